@@ -1,4 +1,4 @@
-//! Prints the sample frames as hex dumps (the form `docs/PROTOCOL.md` uses), or with
+//! Prints the sample frames as the fenced hex dumps `docs/PROTOCOL.md` holds, or with
 //! `--seeds DIR` writes them as fuzzing seeds: one file per frame for `bodies` (opcode index,
 //! kind, body) and for `decoder` (split byte, frame).
 //!
@@ -26,7 +26,7 @@ fn main() -> std::io::Result<()> {
                 let index = Opcode::ALL
                     .iter()
                     .position(|o| o.as_u16() == raw.opcode)
-                    .expect("sample opcodes are known");
+                    .unwrap_or(0);
                 let kind = if raw.flags & 0b100 != 0 {
                     0x80 | (if raw.status == 0 { 0 } else { 2 })
                 } else {
@@ -41,11 +41,12 @@ fn main() -> std::io::Result<()> {
         }
     }
     for (label, frame) in &samples {
-        println!("{label}:");
+        println!("```hex {label}");
         for line in frame.chunks(16) {
             let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-            println!("    {}", hex.join(" "));
+            println!("{}", hex.join(" "));
         }
+        println!("```");
     }
     Ok(())
 }

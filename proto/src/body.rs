@@ -436,7 +436,10 @@ impl<'a> Field<'a> for Target<'a> {
         match u8::read(r)? {
             0 => Ok(Target::Id(u32::read(r)?)),
             1 => Ok(Target::Name(Name::read(r)?)),
-            tag => Err(BodyError::BadTag { what: "target", tag }),
+            tag => Err(BodyError::BadTag {
+                what: "target",
+                tag,
+            }),
         }
     }
     fn write(&self, out: &mut Vec<u8>) {
@@ -515,7 +518,10 @@ impl<'a> Field<'a> for TxnKind {
             1 => Ok(TxnKind::Deposit),
             2 => Ok(TxnKind::Withdraw),
             3 => Ok(TxnKind::Transfer),
-            tag => Err(BodyError::BadTag { what: "txn kind", tag }),
+            tag => Err(BodyError::BadTag {
+                what: "txn kind",
+                tag,
+            }),
         }
     }
     fn write(&self, out: &mut Vec<u8>) {
@@ -682,19 +688,32 @@ mod tests {
             let as_request = Request::decode(op, &[]);
             let as_push = Push::decode(op, &[]);
             if op.is_push() {
-                assert_eq!(as_request, Err(BodyError::WrongKind { opcode: op.as_u16() }));
+                assert_eq!(
+                    as_request,
+                    Err(BodyError::WrongKind {
+                        opcode: op.as_u16()
+                    })
+                );
                 assert!(!matches!(as_push, Err(BodyError::WrongKind { .. })), "{op}");
                 assert!(matches!(
                     Response::decode(op, &[]),
                     Err(BodyError::WrongKind { .. })
                 ));
             } else {
-                assert!(!matches!(as_request, Err(BodyError::WrongKind { .. })), "{op}");
+                assert!(
+                    !matches!(as_request, Err(BodyError::WrongKind { .. })),
+                    "{op}"
+                );
                 assert!(!matches!(
                     Response::decode(op, &[]),
                     Err(BodyError::WrongKind { .. })
                 ));
-                assert_eq!(as_push, Err(BodyError::WrongKind { opcode: op.as_u16() }));
+                assert_eq!(
+                    as_push,
+                    Err(BodyError::WrongKind {
+                        opcode: op.as_u16()
+                    })
+                );
             }
         }
     }
@@ -704,14 +723,20 @@ mod tests {
         let body = [2u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
         assert_eq!(
             TransferRequest::decode(&body),
-            Err(BodyError::BadTag { what: "target", tag: 2 })
+            Err(BodyError::BadTag {
+                what: "target",
+                tag: 2
+            })
         );
     }
 
     #[test]
     fn empty_refuses_any_byte() {
         assert_eq!(Empty::decode(&[]), Ok(Empty {}));
-        assert_eq!(Empty::decode(&[0]), Err(BodyError::TrailingBytes { count: 1 }));
+        assert_eq!(
+            Empty::decode(&[0]),
+            Err(BodyError::TrailingBytes { count: 1 })
+        );
     }
 
     #[test]
@@ -729,7 +754,10 @@ mod tests {
         assert_eq!(ChatBroadcast::decode(&bytes).as_ref(), Ok(&msg));
         for cut in 0..bytes.len() {
             assert!(
-                matches!(ChatBroadcast::decode(&bytes[..cut]), Err(BodyError::Truncated { .. })),
+                matches!(
+                    ChatBroadcast::decode(&bytes[..cut]),
+                    Err(BodyError::Truncated { .. })
+                ),
                 "cut at {cut} accepted"
             );
         }

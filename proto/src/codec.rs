@@ -61,11 +61,19 @@ impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             BodyError::Truncated { what, need, have } => {
-                write!(f, "body truncated in {what}: need {need} bytes, have {have}")
+                write!(
+                    f,
+                    "body truncated in {what}: need {need} bytes, have {have}"
+                )
             }
             BodyError::TrailingBytes { count } => write!(f, "{count} bytes after the last field"),
             BodyError::InvalidUtf8 { what } => write!(f, "{what} is not valid UTF-8"),
-            BodyError::BadLength { what, len, min, max } => {
+            BodyError::BadLength {
+                what,
+                len,
+                min,
+                max,
+            } => {
                 write!(f, "{what} has length {len}, allowed {min}..={max}")
             }
             BodyError::InvalidName => f.write_str("name holds a character outside [A-Za-z0-9_.-]"),
@@ -190,13 +198,21 @@ fn read_len(
 ) -> Result<usize, BodyError> {
     let len = usize::from(u16::read(r)?);
     if len < min || len > max {
-        return Err(BodyError::BadLength { what, len, min, max });
+        return Err(BodyError::BadLength {
+            what,
+            len,
+            min,
+            max,
+        });
     }
     Ok(len)
 }
 
 fn write_len(out: &mut Vec<u8>, len: usize) {
-    debug_assert!(len <= usize::from(u16::MAX), "length prefix overflow: {len}");
+    debug_assert!(
+        len <= usize::from(u16::MAX),
+        "length prefix overflow: {len}"
+    );
     out.extend_from_slice(&(len as u16).to_be_bytes());
 }
 
@@ -232,7 +248,8 @@ impl<'a, const MIN: usize, const MAX: usize> Field<'a> for Str<'a, MIN, MAX> {
         let () = Self::BOUNDS_FIT_U16;
         let len = read_len(r, "string", MIN, MAX)?;
         let bytes = r.take(len, "string")?;
-        let s = core::str::from_utf8(bytes).map_err(|_| BodyError::InvalidUtf8 { what: "string" })?;
+        let s =
+            core::str::from_utf8(bytes).map_err(|_| BodyError::InvalidUtf8 { what: "string" })?;
         Ok(Str(s))
     }
     fn write(&self, out: &mut Vec<u8>) {
@@ -311,7 +328,10 @@ impl<'a> Name<'a> {
                 max: NAME_LEN_MAX,
             });
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
             return Err(BodyError::InvalidName);
         }
         Ok(Name(s))
@@ -443,7 +463,10 @@ mod tests {
             S::decode(&[0, 2, 0xC3, 0x28]),
             Err(BodyError::InvalidUtf8 { what: "string" })
         );
-        assert!(matches!(S::decode(&[0, 0]), Err(BodyError::BadLength { len: 0, .. })));
+        assert!(matches!(
+            S::decode(&[0, 0]),
+            Err(BodyError::BadLength { len: 0, .. })
+        ));
         assert!(matches!(
             S::decode(&[0, 5, b'a', b'b', b'c', b'd', b'e']),
             Err(BodyError::BadLength { len: 5, .. })
@@ -451,7 +474,11 @@ mod tests {
         // The length says 4 but only 3 bytes follow.
         assert!(matches!(
             S::decode(&[0, 4, b'a', b'b', b'c']),
-            Err(BodyError::Truncated { need: 4, have: 3, .. })
+            Err(BodyError::Truncated {
+                need: 4,
+                have: 3,
+                ..
+            })
         ));
         assert!(S::new("").is_err());
         assert!(S::new("abcde").is_err());
@@ -463,15 +490,24 @@ mod tests {
         for bad in ["", "has space", "é", "a/b", "x\0", &"a".repeat(33)] {
             assert!(Name::new(bad).is_err(), "{bad:?} accepted");
         }
-        assert_eq!(Name::decode(&[0, 3, b'a', b' ', b'b']), Err(BodyError::InvalidName));
-        assert_eq!(Name::decode(&[0, 2, 0xC3, 0xA9]), Err(BodyError::InvalidName));
+        assert_eq!(
+            Name::decode(&[0, 3, b'a', b' ', b'b']),
+            Err(BodyError::InvalidName)
+        );
+        assert_eq!(
+            Name::decode(&[0, 2, 0xC3, 0xA9]),
+            Err(BodyError::InvalidName)
+        );
     }
 
     #[test]
     fn list_refuses_lying_counts_before_allocating() {
         type L = List<u64, 1000>;
         // Claims 1000 entries in a 2-byte body.
-        assert!(matches!(L::decode(&[0x03, 0xE8]), Err(BodyError::Truncated { .. })));
+        assert!(matches!(
+            L::decode(&[0x03, 0xE8]),
+            Err(BodyError::Truncated { .. })
+        ));
         // Over the bound.
         assert!(matches!(
             List::<u8, 2>::decode(&[0, 3, 1, 2, 3]),

@@ -154,7 +154,11 @@ impl fmt::Display for DecodeError {
             DecodeError::BodyTooLong {
                 header,
                 body_len_max,
-            } => write!(f, "body_len {} over the limit {body_len_max}", header.body_len),
+            } => write!(
+                f,
+                "body_len {} over the limit {body_len_max}",
+                header.body_len
+            ),
             DecodeError::BadChecksum { header, computed } => write!(
                 f,
                 "checksum 0x{:08X} does not match the frame's CRC-32 0x{computed:08X}",
@@ -417,7 +421,10 @@ impl FrameDecoder {
         debug_assert!(self.partial.len() <= HEADER_LEN + self.body_len_max as usize);
         self.partial_done = true;
         let (header_bytes, body) = self.partial.split_at(HEADER_LEN);
-        (used, verify(raw, header_array(header_bytes), body).map(Some))
+        (
+            used,
+            verify(raw, header_array(header_bytes), body).map(Some),
+        )
     }
 }
 
@@ -440,7 +447,10 @@ impl fmt::Display for EncodeError {
             EncodeError::BodyTooLong {
                 body_len,
                 body_len_max,
-            } => write!(f, "body of {body_len} bytes is over the limit {body_len_max}"),
+            } => write!(
+                f,
+                "body of {body_len} bytes is over the limit {body_len_max}"
+            ),
         }
     }
 }
@@ -479,12 +489,22 @@ pub fn write_frame_with(
     let start = out.len();
     let mut header = [0u8; HEADER_LEN];
     // `body_len <= BODY_LEN_LIMIT`, which fits in u32.
-    RawHeader::new(head.flags, head.opcode, head.status, head.req_id, body_len as u32)
-        .write(&mut header);
+    RawHeader::new(
+        head.flags,
+        head.opcode,
+        head.status,
+        head.req_id,
+        body_len as u32,
+    )
+    .write(&mut header);
     out.extend_from_slice(&header);
     write_body(out);
     let body = &out[start + HEADER_LEN..];
-    assert_eq!(body.len(), body_len, "a body wrote other than its encoded_len");
+    assert_eq!(
+        body.len(),
+        body_len,
+        "a body wrote other than its encoded_len"
+    );
     let crc = checksum(&header, body);
     out[start + offset::CHECKSUM..start + offset::CHECKSUM + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(())
@@ -497,7 +517,9 @@ pub fn write_frame<'a, B: Field<'a>>(
     body: &B,
     body_len_max: u32,
 ) -> Result<(), EncodeError> {
-    write_frame_with(out, head, body.encoded_len(), body_len_max, |o| body.write(o))
+    write_frame_with(out, head, body.encoded_len(), body_len_max, |o| {
+        body.write(o)
+    })
 }
 
 /// Appends a request frame.
@@ -556,12 +578,18 @@ pub fn write_error(out: &mut Vec<u8>, req_id: u64, opcode: u16, status: Status, 
 }
 
 /// Appends a push frame (`is_response` clear, `req_id` 0).
-pub fn write_push(out: &mut Vec<u8>, push: &Push<'_>, body_len_max: u32) -> Result<(), EncodeError> {
+pub fn write_push(
+    out: &mut Vec<u8>,
+    push: &Push<'_>,
+    body_len_max: u32,
+) -> Result<(), EncodeError> {
     let head = FrameHead {
         flags: Flags::NONE,
         opcode: push.opcode().as_u16(),
         status: Status::Ok.as_u16(),
         req_id: 0,
     };
-    write_frame_with(out, head, push.encoded_len(), body_len_max, |o| push.write(o))
+    write_frame_with(out, head, push.encoded_len(), body_len_max, |o| {
+        push.write(o)
+    })
 }

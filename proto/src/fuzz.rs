@@ -33,7 +33,12 @@ pub fn decoder(data: &[u8]) {
             match result {
                 Ok(Some(frame)) => {
                     frames.push((frame.header, frame.body.to_vec()));
-                    body_of(frame.header.opcode, frame.header.flags, frame.header.status, frame.body);
+                    body_of(
+                        frame.header.opcode,
+                        frame.header.flags,
+                        frame.header.status,
+                        frame.body,
+                    );
                 }
                 Ok(None) => {
                     assert!(input.is_empty(), "Ok(None) left input unconsumed");
@@ -62,7 +67,9 @@ pub fn decoder(data: &[u8]) {
         let mut again = FrameDecoder::new(FUZZ_BODY_LEN_MAX);
         let (used, result) = again.decode(&out);
         assert_eq!(used, out.len());
-        let frame = result.expect("re-encoded frame decodes").expect("whole frame");
+        let frame = result
+            .expect("re-encoded frame decodes")
+            .expect("whole frame");
         assert_eq!(frame.header, header);
         assert_eq!(frame.body, &body[..]);
     }
@@ -167,7 +174,9 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             stored_key: [0x22; 32],
             server_key: [0x33; 32],
         }),
-        Request::JoinRoom(JoinRoomRequest { room: name("lobby") }),
+        Request::JoinRoom(JoinRoomRequest {
+            room: name("lobby"),
+        }),
         Request::LeaveRoom(LeaveRoomRequest { room_id: 1 }),
         Request::ChatSend(ChatSendRequest {
             room_id: 1,
@@ -322,15 +331,26 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             missed: 7,
         }),
     ];
+    // Request ids follow one rule so a request and its response carry the same one: the
+    // opcode's number, plus 0x100 for each earlier sample with that opcode.
+    let mut seen = std::collections::HashMap::new();
+    let mut req_id_for = |kind: &str, op: Opcode| {
+        let n = seen.entry((kind.to_string(), op)).or_insert(0u64);
+        let id = u64::from(op.as_u16()) + 0x100 * *n;
+        *n += 1;
+        id
+    };
     let mut out = Vec::new();
-    for (i, r) in requests.iter().enumerate() {
+    for r in &requests {
         let mut f = Vec::new();
-        write_request(&mut f, i as u64 + 1, r, BODY_LEN_LIMIT).expect("small body");
+        let id = req_id_for("request", r.opcode());
+        write_request(&mut f, id, r, BODY_LEN_LIMIT).expect("small body");
         out.push((format!("request-{}", r.opcode()), f));
     }
-    for (i, r) in responses.iter().enumerate() {
+    for r in &responses {
         let mut f = Vec::new();
-        write_response(&mut f, i as u64 + 1, r, BODY_LEN_LIMIT).expect("small body");
+        let id = req_id_for("response", r.opcode());
+        write_response(&mut f, id, r, BODY_LEN_LIMIT).expect("small body");
         out.push((format!("response-{}", r.opcode()), f));
     }
     for p in &pushes {
@@ -341,11 +361,20 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
     let mut f = Vec::new();
     write_error(
         &mut f,
-        7,
+        u64::from(Opcode::Withdraw.as_u16()),
         Opcode::Withdraw.as_u16(),
         crate::Status::ErrInsufficientFunds,
         "balance 100, need 250",
     );
     out.push(("error-WITHDRAW".to_string(), f));
+    let mut f = Vec::new();
+    write_error(
+        &mut f,
+        0x0999,
+        0x0999,
+        crate::Status::ErrUnknownOpcode,
+        "unknown opcode 0x0999",
+    );
+    out.push(("error-unknown-opcode".to_string(), f));
     out
 }

@@ -175,7 +175,8 @@ impl RawHeader {
         b[offset::MAGIC..offset::MAGIC + 2].copy_from_slice(&self.magic.to_be_bytes());
         b[offset::VERSION] = self.version;
         b[offset::FLAGS] = self.flags;
-        b[offset::HEADER_LEN..offset::HEADER_LEN + 2].copy_from_slice(&self.header_len.to_be_bytes());
+        b[offset::HEADER_LEN..offset::HEADER_LEN + 2]
+            .copy_from_slice(&self.header_len.to_be_bytes());
         b[offset::BODY_LEN..offset::BODY_LEN + 4].copy_from_slice(&self.body_len.to_be_bytes());
         b[offset::OPCODE..offset::OPCODE + 2].copy_from_slice(&self.opcode.to_be_bytes());
         b[offset::STATUS..offset::STATUS + 2].copy_from_slice(&self.status.to_be_bytes());

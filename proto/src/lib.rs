@@ -24,7 +24,7 @@ pub use body::{Push, Reply, Request, Response};
 pub use codec::{BodyError, Field};
 pub use codes::{Opcode, Status};
 pub use frame::{
-    write_error, write_frame, write_push, write_request, write_response, DecodeError,
-    EncodeError, Frame, FrameDecoder, FrameHead, BODY_LEN_LIMIT, BODY_LEN_MAX_DEFAULT,
+    write_error, write_frame, write_push, write_request, write_response, DecodeError, EncodeError,
+    Frame, FrameDecoder, FrameHead, BODY_LEN_LIMIT, BODY_LEN_MAX_DEFAULT,
 };
 pub use header::{Flags, FrameKind, Header, RawHeader, HEADER_LEN};

@@ -32,7 +32,8 @@ pub const ITERATIONS_MAX: u32 = 1 << 20;
 pub const AUTH_MESSAGE_PREFIX: &[u8] = b"NS1 SCRAM-SHA-256";
 
 fn hmac(key: &[u8], data: &[u8]) -> Key {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -158,12 +159,20 @@ mod tests {
         let am = auth_message("alice", &[1; 16], &[2; 16], &salt, ITERATIONS_MIN);
 
         let good = ClientSecret::derive(b"pencil", &salt, ITERATIONS_MIN);
-        assert!(verify_client_proof(&stored.stored_key, &am, &good.proof(&am)));
+        assert!(verify_client_proof(
+            &stored.stored_key,
+            &am,
+            &good.proof(&am)
+        ));
         let sig = server_signature_of(&stored.server_key, &am);
         assert!(good.verify_server(&am, &sig));
 
         let bad = ClientSecret::derive(b"pencil2", &salt, ITERATIONS_MIN);
-        assert!(!verify_client_proof(&stored.stored_key, &am, &bad.proof(&am)));
+        assert!(!verify_client_proof(
+            &stored.stored_key,
+            &am,
+            &bad.proof(&am)
+        ));
         assert!(!bad.verify_server(&am, &sig));
     }
 
@@ -175,7 +184,11 @@ mod tests {
         let am1 = auth_message("bob", &[1; 16], &[2; 16], &salt, ITERATIONS_MIN);
         let am2 = auth_message("bob", &[1; 16], &[3; 16], &salt, ITERATIONS_MIN);
         // A proof replayed against a new server nonce fails.
-        assert!(!verify_client_proof(&stored.stored_key, &am2, &secret.proof(&am1)));
+        assert!(!verify_client_proof(
+            &stored.stored_key,
+            &am2,
+            &secret.proof(&am1)
+        ));
         // Knowing only what the server stores is not enough: StoredKey used as a ClientKey fails.
         let forged = xor(&stored.stored_key, &hmac(&stored.stored_key, &am1));
         assert!(!verify_client_proof(&stored.stored_key, &am1, &forged));

@@ -45,7 +45,10 @@ fn decode_one(bytes: &[u8]) -> Result<Option<proto::Header>, DecodeError> {
 }
 
 /// Decodes a whole buffer, collecting every result, until the input is used up or a fatal error.
-fn decode_all(dec: &mut FrameDecoder, mut input: &[u8]) -> Vec<Result<(u64, Vec<u8>), DecodeError>> {
+fn decode_all(
+    dec: &mut FrameDecoder,
+    mut input: &[u8],
+) -> Vec<Result<(u64, Vec<u8>), DecodeError>> {
     let mut out = Vec::new();
     loop {
         let (used, res) = dec.decode(input);
@@ -74,8 +77,15 @@ fn a_whole_frame_decodes_in_place_without_a_copy() {
     let f: Frame<'_> = res.expect("valid").expect("whole");
     assert_eq!(f.header.opcode, Opcode::Deposit);
     assert_eq!(f.header.req_id, 5);
-    assert_eq!(f.body.as_ptr(), frame[HEADER_LEN..].as_ptr(), "body borrowed from input");
-    assert_eq!(f.request(), Ok(Request::Deposit(AmountRequest { amount: 100 })));
+    assert_eq!(
+        f.body.as_ptr(),
+        frame[HEADER_LEN..].as_ptr(),
+        "body borrowed from input"
+    );
+    assert_eq!(
+        f.request(),
+        Ok(Request::Deposit(AmountRequest { amount: 100 }))
+    );
     assert_eq!(dec.buffer_capacity(), 0, "nothing was buffered");
 }
 
@@ -290,7 +300,9 @@ fn an_unknown_opcode_is_refused_with_its_req_id_and_the_stream_goes_on() {
     stream.extend_from_slice(&deposit(12, 1));
     let results = decode_all(&mut FrameDecoder::new(MAX), &stream);
     let err = results[0].as_ref().expect_err("unknown opcode");
-    assert!(matches!(err, DecodeError::UnknownOpcode { header } if header.opcode == 0x0999 && header.req_id == 11));
+    assert!(
+        matches!(err, DecodeError::UnknownOpcode { header } if header.opcode == 0x0999 && header.req_id == 11)
+    );
     assert_eq!(err.status(), Status::ErrUnknownOpcode);
     assert_eq!(results[1].as_ref().map(|(id, _)| *id), Ok(12));
 }
