@@ -150,28 +150,23 @@ fn main() {
         "{:<20} {:>9} {:>10} {:>14} {:>9}",
         "op", "body_B", "frame_B", "Mframes/s", "GB/s"
     );
+    let mut csv = String::from("op,body_bytes,frame_bytes,frames_per_s,gb_per_s\n");
     for r in &rows {
         let frame_len = HEADER_LEN + r.body_len;
+        let gb_per_s = r.frames_per_s * frame_len as f64 / 1e9;
         println!(
             "{:<20} {:>9} {:>10} {:>14.2} {:>9.2}",
             r.op,
             r.body_len,
             frame_len,
             r.frames_per_s / 1e6,
-            r.frames_per_s * frame_len as f64 / 1e9
+            gb_per_s
         );
+        csv.push_str(&format!(
+            "{},{},{},{:.0},{:.3}\n",
+            r.op, r.body_len, frame_len, r.frames_per_s, gb_per_s
+        ));
     }
     println!();
-    println!("op,body_bytes,frame_bytes,frames_per_s,gb_per_s");
-    for r in &rows {
-        let frame_len = HEADER_LEN + r.body_len;
-        println!(
-            "{},{},{},{:.0},{:.3}",
-            r.op,
-            r.body_len,
-            frame_len,
-            r.frames_per_s,
-            r.frames_per_s * frame_len as f64 / 1e9
-        );
-    }
+    print!("{csv}");
 }

@@ -253,20 +253,13 @@ body! {
 }
 
 body! {
-    /// CHAT_BROADCAST push: one room message.
+    /// CHAT_BROADCAST push: one room message. Its bytes are the room id, then the same record
+    /// ROOM_HISTORY returns.
     pub struct ChatBroadcast<'a> {
         /// The room.
         pub room_id: u32,
-        /// The message's sequence number in the room; rises by 1 per message.
-        pub seq: u64,
-        /// The sender's user id.
-        pub sender_id: u32,
-        /// When the room accepted it, milliseconds since the Unix epoch.
-        pub time_ms: u64,
-        /// The sender's name.
-        pub sender: Name<'a>,
         /// The message.
-        pub text: Text<'a>,
+        pub message: RoomMessage<'a>,
     }
 }
 
@@ -303,10 +296,10 @@ body! {
 }
 
 body! {
-    /// LIST_USERS request: online users with ids above `after_user_id`, ascending.
-    pub struct ListUsersRequest {
+    /// LIST_USERS and LIST_ROOMS request: entries with ids above `after_id`, ascending.
+    pub struct PageRequest {
         /// 0 for the first page, else the last id of the previous page.
-        pub after_user_id: u32,
+        pub after_id: u32,
         /// Most entries wanted.
         pub limit: u16,
     }
@@ -327,16 +320,6 @@ body! {
     pub struct ListUsersResponse<'a> {
         /// Ascending by id; fewer than `limit` means this was the last page.
         pub users: List<UserEntry<'a>, LIST_LEN_MAX>,
-    }
-}
-
-body! {
-    /// LIST_ROOMS request: rooms with ids above `after_room_id`, ascending.
-    pub struct ListRoomsRequest {
-        /// 0 for the first page, else the last id of the previous page.
-        pub after_room_id: u32,
-        /// Most entries wanted.
-        pub limit: u16,
     }
 }
 
@@ -375,13 +358,13 @@ body! {
 }
 
 body! {
-    /// One message from a room's history.
-    pub struct HistoryEntry<'a> {
-        /// Its sequence number.
+    /// One message of a room, as pushed and as held in the room's history.
+    pub struct RoomMessage<'a> {
+        /// Its sequence number in the room; rises by 1 per message.
         pub seq: u64,
         /// The sender's user id.
         pub sender_id: u32,
-        /// When the room accepted it.
+        /// When the room accepted it, milliseconds since the Unix epoch.
         pub time_ms: u64,
         /// The sender's name.
         pub sender: Name<'a>,
@@ -398,7 +381,7 @@ body! {
         /// Messages after `after_seq` that the ring no longer holds (lost to the client).
         pub missed: u64,
         /// Oldest first, consecutive sequence numbers.
-        pub messages: List<HistoryEntry<'a>, LIST_LEN_MAX>,
+        pub messages: List<RoomMessage<'a>, LIST_LEN_MAX>,
     }
 }
 
@@ -560,6 +543,16 @@ body! {
     }
 }
 
+/// A body that knows its opcode: a [`Request`], [`Response`] or [`Push`].
+pub trait OpcodeBody {
+    /// The opcode the body goes with.
+    fn opcode(&self) -> Opcode;
+    /// Appends the body's encoding.
+    fn write(&self, out: &mut Vec<u8>);
+    /// Bytes `write` appends.
+    fn encoded_len(&self) -> usize;
+}
+
 /// Declares an enum with one variant per opcode, and its `opcode`, `decode`, `write` and
 /// `encoded_len`.
 macro_rules! by_opcode {
@@ -571,10 +564,22 @@ macro_rules! by_opcode {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum $name<'a> { $( #[doc = concat!("`", stringify!($variant), "`")] $variant($ty), )+ }
 
+        impl OpcodeBody for $name<'_> {
+            fn opcode(&self) -> Opcode {
+                match self { $( $name::$variant(_) => Opcode::$variant, )+ }
+            }
+            fn write(&self, out: &mut Vec<u8>) {
+                match self { $( $name::$variant(b) => b.write(out), )+ }
+            }
+            fn encoded_len(&self) -> usize {
+                match self { $( $name::$variant(b) => b.encoded_len(), )+ }
+            }
+        }
+
         impl<'a> $name<'a> {
             /// The opcode this body goes with.
             pub fn opcode(&self) -> Opcode {
-                match self { $( $name::$variant(_) => Opcode::$variant, )+ }
+                OpcodeBody::opcode(self)
             }
 
             /// Decodes the body of a frame with this opcode, refusing trailing bytes.
@@ -588,12 +593,12 @@ macro_rules! by_opcode {
 
             /// Appends the body's encoding.
             pub fn write(&self, out: &mut Vec<u8>) {
-                match self { $( $name::$variant(b) => b.write(out), )+ }
+                OpcodeBody::write(self, out)
             }
 
             /// Bytes `write` appends.
             pub fn encoded_len(&self) -> usize {
-                match self { $( $name::$variant(b) => b.encoded_len(), )+ }
+                OpcodeBody::encoded_len(self)
             }
         }
     };
@@ -612,8 +617,8 @@ by_opcode! {
         LeaveRoom(LeaveRoomRequest),
         ChatSend(ChatSendRequest<'a>),
         DirectSend(DirectSendRequest<'a>),
-        ListUsers(ListUsersRequest),
-        ListRooms(ListRoomsRequest),
+        ListUsers(PageRequest),
+        ListRooms(PageRequest),
         RoomHistory(RoomHistoryRequest),
         Deposit(AmountRequest),
         Withdraw(AmountRequest),
@@ -743,11 +748,13 @@ mod tests {
     fn short_bodies_are_refused_at_every_cut() {
         let msg = ChatBroadcast {
             room_id: 7,
-            seq: 42,
-            sender_id: 3,
-            time_ms: 1_700_000_000_000,
-            sender: Name::new("alice").expect("valid"),
-            text: Text::new("hello, room").expect("valid"),
+            message: RoomMessage {
+                seq: 42,
+                sender_id: 3,
+                time_ms: 1_700_000_000_000,
+                sender: Name::new("alice").expect("valid"),
+                text: Text::new("hello, room").expect("valid"),
+            },
         };
         let bytes = msg.to_vec();
         assert_eq!(bytes.len(), msg.encoded_len());

@@ -216,6 +216,23 @@ fn write_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&(len as u16).to_be_bytes());
 }
 
+/// Reads a `u16` length in `min..=max`, then that many bytes.
+fn read_prefixed<'a>(
+    r: &mut Reader<'a>,
+    what: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<&'a [u8], BodyError> {
+    let len = read_len(r, what, min, max)?;
+    r.take(len, what)
+}
+
+/// Writes a `u16` length, then the bytes. Callers hold bytes their type bounds below 64 KiB.
+fn write_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    write_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
 /// A UTF-8 string of `MIN..=MAX` bytes, encoded as a `u16` length then the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Str<'a, const MIN: usize, const MAX: usize>(&'a str);
@@ -246,15 +263,13 @@ impl<'a, const MIN: usize, const MAX: usize> Str<'a, MIN, MAX> {
 impl<'a, const MIN: usize, const MAX: usize> Field<'a> for Str<'a, MIN, MAX> {
     fn read(r: &mut Reader<'a>) -> Result<Self, BodyError> {
         let () = Self::BOUNDS_FIT_U16;
-        let len = read_len(r, "string", MIN, MAX)?;
-        let bytes = r.take(len, "string")?;
+        let bytes = read_prefixed(r, "string", MIN, MAX)?;
         let s =
             core::str::from_utf8(bytes).map_err(|_| BodyError::InvalidUtf8 { what: "string" })?;
         Ok(Str(s))
     }
     fn write(&self, out: &mut Vec<u8>) {
-        write_len(out, self.0.len());
-        out.extend_from_slice(self.0.as_bytes());
+        write_prefixed(out, self.0.as_bytes());
     }
     fn encoded_len(&self) -> usize {
         2 + self.0.len()
@@ -297,12 +312,10 @@ impl<'a, const MIN: usize, const MAX: usize> Bytes<'a, MIN, MAX> {
 impl<'a, const MIN: usize, const MAX: usize> Field<'a> for Bytes<'a, MIN, MAX> {
     fn read(r: &mut Reader<'a>) -> Result<Self, BodyError> {
         let () = Self::BOUNDS_FIT_U16;
-        let len = read_len(r, "bytes", MIN, MAX)?;
-        Ok(Bytes(r.take(len, "bytes")?))
+        Ok(Bytes(read_prefixed(r, "bytes", MIN, MAX)?))
     }
     fn write(&self, out: &mut Vec<u8>) {
-        write_len(out, self.0.len());
-        out.extend_from_slice(self.0);
+        write_prefixed(out, self.0);
     }
     fn encoded_len(&self) -> usize {
         2 + self.0.len()
@@ -345,15 +358,13 @@ impl<'a> Name<'a> {
 
 impl<'a> Field<'a> for Name<'a> {
     fn read(r: &mut Reader<'a>) -> Result<Self, BodyError> {
-        let len = read_len(r, "name", 1, NAME_LEN_MAX)?;
-        let bytes = r.take(len, "name")?;
-        // Allowed characters are ASCII, so checking them first also proves UTF-8.
+        let bytes = read_prefixed(r, "name", 1, NAME_LEN_MAX)?;
+        // A name outside ASCII is invalid whatever its encoding, so a UTF-8 failure is one too.
         let s = core::str::from_utf8(bytes).map_err(|_| BodyError::InvalidName)?;
         Name::new(s)
     }
     fn write(&self, out: &mut Vec<u8>) {
-        write_len(out, self.0.len());
-        out.extend_from_slice(self.0.as_bytes());
+        write_prefixed(out, self.0.as_bytes());
     }
     fn encoded_len(&self) -> usize {
         2 + self.0.len()

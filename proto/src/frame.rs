@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use crate::body::{ErrorBody, Message, Push, Reply, Request, Response};
+use crate::body::{ErrorBody, Message, OpcodeBody, Push, Reply, Request, Response};
 use crate::codec::{BodyError, Field};
 use crate::codes::{Opcode, Status};
 use crate::header::{checksum, offset, Flags, Header, RawHeader, HEADER_LEN, MAGIC, VERSION};
@@ -522,6 +522,25 @@ pub fn write_frame<'a, B: Field<'a>>(
     })
 }
 
+/// Appends a frame with status OK carrying `message`, whose opcode it takes.
+fn write_message<M: OpcodeBody>(
+    out: &mut Vec<u8>,
+    flags: Flags,
+    req_id: u64,
+    message: &M,
+    body_len_max: u32,
+) -> Result<(), EncodeError> {
+    let head = FrameHead {
+        flags,
+        opcode: message.opcode().as_u16(),
+        status: Status::Ok.as_u16(),
+        req_id,
+    };
+    write_frame_with(out, head, message.encoded_len(), body_len_max, |o| {
+        message.write(o)
+    })
+}
+
 /// Appends a request frame.
 pub fn write_request(
     out: &mut Vec<u8>,
@@ -529,15 +548,7 @@ pub fn write_request(
     request: &Request<'_>,
     body_len_max: u32,
 ) -> Result<(), EncodeError> {
-    let head = FrameHead {
-        flags: Flags::NONE,
-        opcode: request.opcode().as_u16(),
-        status: Status::Ok.as_u16(),
-        req_id,
-    };
-    write_frame_with(out, head, request.encoded_len(), body_len_max, |o| {
-        request.write(o)
-    })
+    write_message(out, Flags::NONE, req_id, request, body_len_max)
 }
 
 /// Appends an OK response frame.
@@ -547,15 +558,7 @@ pub fn write_response(
     response: &Response<'_>,
     body_len_max: u32,
 ) -> Result<(), EncodeError> {
-    let head = FrameHead {
-        flags: Flags::RESPONSE,
-        opcode: response.opcode().as_u16(),
-        status: Status::Ok.as_u16(),
-        req_id,
-    };
-    write_frame_with(out, head, response.encoded_len(), body_len_max, |o| {
-        response.write(o)
-    })
+    write_message(out, Flags::RESPONSE, req_id, response, body_len_max)
 }
 
 /// Appends an error response frame. `opcode` is the request's raw opcode, echoed even when it
@@ -583,13 +586,5 @@ pub fn write_push(
     push: &Push<'_>,
     body_len_max: u32,
 ) -> Result<(), EncodeError> {
-    let head = FrameHead {
-        flags: Flags::NONE,
-        opcode: push.opcode().as_u16(),
-        status: Status::Ok.as_u16(),
-        req_id: 0,
-    };
-    write_frame_with(out, head, push.encoded_len(), body_len_max, |o| {
-        push.write(o)
-    })
+    write_message(out, Flags::NONE, 0, push, body_len_max)
 }

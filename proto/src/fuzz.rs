@@ -186,12 +186,12 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             to: name("bob"),
             text: text("psst"),
         }),
-        Request::ListUsers(ListUsersRequest {
-            after_user_id: 0,
+        Request::ListUsers(PageRequest {
+            after_id: 0,
             limit: 100,
         }),
-        Request::ListRooms(ListRoomsRequest {
-            after_room_id: 0,
+        Request::ListRooms(PageRequest {
+            after_id: 0,
             limit: 100,
         }),
         Request::RoomHistory(RoomHistoryRequest {
@@ -271,7 +271,7 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
         Response::RoomHistory(RoomHistoryResponse {
             last_seq: 42,
             missed: 0,
-            messages: List::new(vec![HistoryEntry {
+            messages: List::new(vec![RoomMessage {
                 seq: 41,
                 sender_id: 2,
                 time_ms: 1_763_779_199_000,
@@ -309,11 +309,13 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
     let pushes = vec![
         Push::ChatBroadcast(ChatBroadcast {
             room_id: 1,
-            seq: 42,
-            sender_id: 1,
-            time_ms: 1_763_779_200_000,
-            sender: name("alice"),
-            text: text("hi all"),
+            message: RoomMessage {
+                seq: 42,
+                sender_id: 1,
+                time_ms: 1_763_779_200_000,
+                sender: name("alice"),
+                text: text("hi all"),
+            },
         }),
         Push::DirectMessage(DirectMessage {
             from_id: 1,

@@ -187,7 +187,10 @@ proptest! {
         let send_r = ChatSendResponse { seq };
         round_trip(&send_r, &mut buf)?;
         response_frame(&Response::ChatSend(send_r), req_id)?;
-        let bc = ChatBroadcast { room_id, seq, sender_id, time_ms: time, sender: n(&user), text: t(&txt) };
+        let bc = ChatBroadcast {
+            room_id,
+            message: RoomMessage { seq, sender_id, time_ms: time, sender: n(&user), text: t(&txt) },
+        };
         round_trip(&bc, &mut buf)?;
         push_frame(&Push::ChatBroadcast(bc))?;
         let dm = DirectSendRequest { to: n(&user), text: t(&txt) };
@@ -199,7 +202,7 @@ proptest! {
         let dmp = DirectMessage { from_id: sender_id, time_ms: time, from: n(&user), text: t(&txt) };
         round_trip(&dmp, &mut buf)?;
         push_frame(&Push::DirectMessage(dmp))?;
-        let lu = ListUsersRequest { after_user_id: after, limit };
+        let lu = PageRequest { after_id: after, limit };
         round_trip(&lu, &mut buf)?;
         request_frame(&Request::ListUsers(lu), req_id)?;
         let lu_r = ListUsersResponse {
@@ -207,7 +210,7 @@ proptest! {
         };
         round_trip(&lu_r, &mut buf)?;
         response_frame(&Response::ListUsers(lu_r), req_id)?;
-        let lr = ListRoomsRequest { after_room_id: after, limit };
+        let lr = PageRequest { after_id: after, limit };
         round_trip(&lr, &mut buf)?;
         request_frame(&Request::ListRooms(lr), req_id)?;
         let lr_r = ListRoomsResponse {
@@ -222,7 +225,7 @@ proptest! {
         request_frame(&Request::RoomHistory(rh), req_id)?;
         let rh_r = RoomHistoryResponse {
             last_seq: seq, missed,
-            messages: List::new(history.iter().map(|(s, id, tm, nm, tx)| HistoryEntry {
+            messages: List::new(history.iter().map(|(s, id, tm, nm, tx)| RoomMessage {
                 seq: *s, sender_id: *id, time_ms: *tm, sender: n(nm), text: t(tx),
             }).collect())?,
         };
