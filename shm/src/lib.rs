@@ -1,0 +1,29 @@
+//! The shared state every worker process sees: one POSIX shared-memory segment holding the
+//! ledger, users, rooms and metrics, and the robust locks that keep them consistent when a
+//! process is killed at any instruction.
+//!
+//! This crate owns the segment's layout and every operation on it. It knows nothing of sockets
+//! or frames beyond the status codes its errors map to. Every table is fixed-size at creation:
+//! nothing allocates in shared memory afterwards, and a full table is an error, never a panic.
+//!
+//! `unsafe` lives in [`segment`] (mapping and typed views of the tables), [`lock`] (pthreads) and
+//! [`wake`] (futex); everything else works through the safe views they hand out, whose fields are
+//! all atomics or locks.
+
+#![warn(missing_docs)]
+
+pub mod ledger;
+pub mod lock;
+pub mod metrics;
+pub mod rooms;
+pub mod segment;
+pub mod users;
+pub mod wake;
+mod words;
+
+pub use ledger::{Applied, AuditReport, Ledger, LedgerError, TxnRecord};
+pub use lock::{LockError, Locked};
+pub use metrics::{Metrics, WorkerMetrics};
+pub use rooms::{RoomError, Rooms};
+pub use segment::{Capacities, LockMode, Previous, Segment, ShmError};
+pub use users::{Credentials, SessionId, UserError, Users};

@@ -1,0 +1,571 @@
+//! Rooms: the name ↔ id index, member sets, and one event ring per room with a rising sequence
+//! number, read by every worker without locks.
+//!
+//! A room's lock serialises its writers (joins, leaves, messages). An event is written into its
+//! ring slot like a seqlock (the slot's `seq` is 0 while being written), and the room's
+//! `last_seq` is stored after it: that store is the commit point. A writer killed halfway leaves
+//! a slot nobody was told about, which the next message overwrites. Readers copy an event out,
+//! then check its `seq` again; if it changed, the ring lapped them and they learn how many
+//! events they missed.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use proto::body::TEXT_LEN_MAX;
+use proto::codec::NAME_LEN_MAX;
+
+use crate::lock::{LockError, Locked, RobustMutex};
+use crate::segment::{Globals, Segment, ShmError};
+use crate::words::{eq_bytes, hash, load_bytes, store_bytes};
+
+/// One room. Index 0 is unused.
+#[repr(C, align(128))]
+pub(crate) struct Room {
+    lock: RobustMutex,
+    name_len: AtomicU32,
+    member_count: AtomicU32,
+    name: [AtomicU64; NAME_LEN_MAX / 8],
+    last_seq: AtomicU64,
+}
+
+impl Room {
+    /// The lock's address, for initialisation.
+    ///
+    /// # Safety
+    ///
+    /// `this` must point to a `Room`-sized, aligned region.
+    pub(crate) unsafe fn lock_ptr(this: *mut Room) -> *mut RobustMutex {
+        // SAFETY: per the contract; no reference is created.
+        unsafe { core::ptr::addr_of_mut!((*this).lock) }
+    }
+}
+
+/// One member of a room: a user on a worker's connection. `user` 0 marks a free entry.
+#[repr(C)]
+pub(crate) struct Member {
+    user: AtomicU32,
+    worker: AtomicU32,
+    conn: AtomicU64,
+}
+
+const TEXT_WORDS: usize = TEXT_LEN_MAX.div_ceil(8);
+
+/// One event of a room's ring.
+#[repr(C, align(64))]
+pub(crate) struct RoomEvent {
+    seq: AtomicU64,
+    sender: AtomicU32,
+    sender_len: AtomicU32,
+    text_len: AtomicU32,
+    _pad: AtomicU32,
+    time_ms: AtomicU64,
+    sender_name: [AtomicU64; NAME_LEN_MAX / 8],
+    text: [AtomicU64; TEXT_WORDS],
+}
+
+/// Who joins: a user on a connection of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The user's id.
+    pub user: u32,
+    /// The worker holding the connection.
+    pub worker: u32,
+    /// The connection's id on that worker.
+    pub conn: u64,
+}
+
+/// A room as LIST_ROOMS shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Its id.
+    pub room_id: u32,
+    /// Its name.
+    pub name: String,
+    /// Members now.
+    pub members: u32,
+    /// Its latest sequence number.
+    pub last_seq: u64,
+}
+
+/// What JOIN returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's id.
+    pub room_id: u32,
+    /// Its latest sequence number at the join.
+    pub last_seq: u64,
+    /// Members after the join.
+    pub members: u32,
+    /// False when the user was already a member (nothing changed).
+    pub added: bool,
+}
+
+/// One event copied out of a ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The sender's user id.
+    pub sender: u32,
+    /// When the room accepted it.
+    pub time_ms: u64,
+    /// The sender's name.
+    pub sender_name: String,
+    /// The text.
+    pub text: String,
+}
+
+/// What reading sequence number `seq` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The event.
+    Event(Event),
+    /// `seq` is not written yet.
+    NotYet,
+    /// The ring moved on: events `seq..oldest` are gone; `oldest` is the oldest still held.
+    Missed {
+        /// The oldest sequence number the ring still holds.
+        oldest: u64,
+    },
+}
+
+/// Why a room operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomError {
+    /// No such room.
+    NotFound,
+    /// The user is not a member.
+    NotMember,
+    /// The room table or the room's member set is full.
+    Full,
+    /// The name or text is out of bounds.
+    Invalid(&'static str),
+    /// A lock failed.
+    Lock(LockError),
+}
+
+impl RoomError {
+    /// The status a server answers with.
+    pub fn status(&self) -> proto::Status {
+        match self {
+            RoomError::NotFound => proto::Status::ErrNotFound,
+            RoomError::NotMember => proto::Status::ErrNotMember,
+            RoomError::Full => proto::Status::ErrCapacity,
+            RoomError::Invalid(_) => proto::Status::ErrInvalidArgument,
+            RoomError::Lock(_) => proto::Status::ErrInternal,
+        }
+    }
+}
+
+impl core::fmt::Display for RoomError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RoomError::NotFound => f.write_str("no such room"),
+            RoomError::NotMember => f.write_str("not a member of the room"),
+            RoomError::Full => f.write_str("room table or member set full"),
+            RoomError::Invalid(w) => write!(f, "invalid {w}"),
+            RoomError::Lock(e) => write!(f, "room lock: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RoomError {}
+
+impl From<LockError> for RoomError {
+    fn from(e: LockError) -> Self {
+        RoomError::Lock(e)
+    }
+}
+
+/// The rooms tables of a segment.
+#[derive(Clone, Copy)]
+pub struct Rooms<'s> {
+    globals: &'s Globals,
+    rooms: &'s [Room],
+    members: &'s [Member],
+    index: &'s [AtomicU32],
+    events: &'s [RoomEvent],
+    members_per_room: usize,
+    ring: usize,
+}
+
+impl core::fmt::Debug for Rooms<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+/// Holds a room's lock; unlocks on drop.
+struct RoomGuard<'s>(&'s RobustMutex);
+
+impl Drop for RoomGuard<'_> {
+    fn drop(&mut self) {
+        // Unlock fails only for a lock this thread does not hold, which the constructor rules
+        // out; nothing useful can be done about it in a destructor.
+        let _ = self.0.unlock();
+    }
+}
+
+impl<'s> Rooms<'s> {
+    /// The rooms tables of `seg`.
+    pub fn of(seg: &'s Segment) -> Rooms<'s> {
+        let l = seg.layout();
+        let n = l.caps.rooms as usize + 1;
+        let mpr = l.caps.members_per_room as usize;
+        let ring = l.caps.room_ring as usize;
+        // SAFETY: each call names one of the layout's tables with its type and length.
+        unsafe {
+            Rooms {
+                globals: seg.globals(),
+                rooms: seg.table::<Room>(l.rooms, n),
+                members: seg.table::<Member>(l.members, n * mpr),
+                index: seg.table::<AtomicU32>(l.room_index, l.room_index_len),
+                events: seg.table::<RoomEvent>(l.events, n * ring),
+                members_per_room: mpr,
+                ring,
+            }
+        }
+    }
+
+    /// Rooms created; ids 1..=count.
+    pub fn count(&self) -> u32 {
+        self.globals.rooms_count.load(Ordering::Acquire)
+    }
+
+    fn room(&self, id: u32) -> Result<&'s Room, RoomError> {
+        if id == 0 || id > self.count() {
+            return Err(RoomError::NotFound);
+        }
+        self.rooms.get(id as usize).ok_or(RoomError::NotFound)
+    }
+
+    fn members_of(&self, id: u32) -> &'s [Member] {
+        let start = id as usize * self.members_per_room;
+        &self.members[start..start + self.members_per_room]
+    }
+
+    fn event(&self, room: u32, seq: u64) -> &'s RoomEvent {
+        &self.events[room as usize * self.ring + (seq as usize & (self.ring - 1))]
+    }
+
+    /// Locks room `id`, recounting its members if the last holder died mid-change.
+    fn lock(&self, id: u32) -> Result<RoomGuard<'s>, RoomError> {
+        let room = &self.rooms[id as usize];
+        if room.lock.lock()? == Locked::OwnerDied {
+            let n = self
+                .members_of(id)
+                .iter()
+                .filter(|m| m.user.load(Ordering::Relaxed) != 0)
+                .count();
+            room.member_count.store(n as u32, Ordering::Relaxed);
+            room.lock.mark_consistent()?;
+        }
+        Ok(RoomGuard(&room.lock))
+    }
+
+    /// The id of room `name`, without locking.
+    pub fn lookup(&self, name: &str) -> Option<u32> {
+        let mask = self.index.len() - 1;
+        let mut i = hash(name.as_bytes()) as usize & mask;
+        for _ in 0..self.index.len() {
+            let id = self.index[i].load(Ordering::Acquire);
+            if id == 0 {
+                return None;
+            }
+            let r = &self.rooms[id as usize];
+            if eq_bytes(
+                &r.name,
+                r.name_len.load(Ordering::Relaxed) as usize,
+                name.as_bytes(),
+            ) {
+                return Some(id);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// The id of room `name`, creating it if needed.
+    pub fn lookup_or_create(&self, name: &str) -> Result<u32, RoomError> {
+        if let Some(id) = self.lookup(name) {
+            return Ok(id);
+        }
+        if name.is_empty() || name.len() > NAME_LEN_MAX {
+            return Err(RoomError::Invalid("room name"));
+        }
+        let lock = &self.globals.rooms_lock;
+        if lock.lock()? == Locked::OwnerDied {
+            self.repair_create();
+            lock.mark_consistent()?;
+        }
+        let _guard = RoomGuard(lock);
+        if let Some(id) = self.lookup(name) {
+            return Ok(id);
+        }
+        let id = self.count() + 1;
+        if id as usize >= self.rooms.len() {
+            return Err(RoomError::Full);
+        }
+        let r = &self.rooms[id as usize];
+        store_bytes(&r.name, name.as_bytes());
+        r.name_len.store(name.len() as u32, Ordering::Relaxed);
+        let mask = self.index.len() - 1;
+        let mut i = hash(name.as_bytes()) as usize & mask;
+        while self.index[i].load(Ordering::Relaxed) != 0 {
+            i = (i + 1) & mask;
+        }
+        self.index[i].store(id, Ordering::Release);
+        self.globals.rooms_count.store(id, Ordering::Release);
+        Ok(id)
+    }
+
+    /// A creation killed after publishing the index but before the count is finished.
+    fn repair_create(&self) {
+        let id = self.count() + 1;
+        if self
+            .index
+            .iter()
+            .any(|slot| slot.load(Ordering::Acquire) == id)
+        {
+            self.globals.rooms_count.store(id, Ordering::Release);
+        }
+    }
+
+    /// Adds `who` to room `name` (created if needed). Joining twice changes nothing.
+    pub fn join(&self, name: &str, who: MemberInfo) -> Result<Joined, RoomError> {
+        if who.user == 0 {
+            return Err(RoomError::Invalid("user"));
+        }
+        let id = self.lookup_or_create(name)?;
+        let room = &self.rooms[id as usize];
+        let _g = self.lock(id)?;
+        let members = self.members_of(id);
+        let mut free = None;
+        for m in members {
+            let u = m.user.load(Ordering::Relaxed);
+            if u == who.user {
+                m.worker.store(who.worker, Ordering::Relaxed);
+                m.conn.store(who.conn, Ordering::Relaxed);
+                return Ok(Joined {
+                    room_id: id,
+                    last_seq: room.last_seq.load(Ordering::Acquire),
+                    members: room.member_count.load(Ordering::Relaxed),
+                    added: false,
+                });
+            }
+            if u == 0 && free.is_none() {
+                free = Some(m);
+            }
+        }
+        let m = free.ok_or(RoomError::Full)?;
+        m.worker.store(who.worker, Ordering::Relaxed);
+        m.conn.store(who.conn, Ordering::Relaxed);
+        m.user.store(who.user, Ordering::Release);
+        let n = room.member_count.load(Ordering::Relaxed) + 1;
+        room.member_count.store(n, Ordering::Relaxed);
+        Ok(Joined {
+            room_id: id,
+            last_seq: room.last_seq.load(Ordering::Acquire),
+            members: n,
+            added: true,
+        })
+    }
+
+    /// Removes `user` from room `id`.
+    pub fn leave(&self, id: u32, user: u32) -> Result<(), RoomError> {
+        let room = self.room(id)?;
+        let _g = self.lock(id)?;
+        let m = self
+            .members_of(id)
+            .iter()
+            .find(|m| m.user.load(Ordering::Relaxed) == user)
+            .ok_or(RoomError::NotMember)?;
+        m.user.store(0, Ordering::Release);
+        let n = room.member_count.load(Ordering::Relaxed).saturating_sub(1);
+        room.member_count.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True when `user` is in room `id`.
+    pub fn is_member(&self, id: u32, user: u32) -> bool {
+        self.room(id).is_ok()
+            && self
+                .members_of(id)
+                .iter()
+                .any(|m| m.user.load(Ordering::Acquire) == user)
+    }
+
+    /// Removes every member held by `worker` (which died) from every room; returns how many.
+    pub fn remove_worker(&self, worker: u32) -> Result<usize, RoomError> {
+        let mut removed = 0;
+        for id in 1..=self.count() {
+            let room = &self.rooms[id as usize];
+            let _g = self.lock(id)?;
+            for m in self.members_of(id) {
+                if m.user.load(Ordering::Relaxed) != 0 && m.worker.load(Ordering::Relaxed) == worker
+                {
+                    m.user.store(0, Ordering::Release);
+                    let n = room.member_count.load(Ordering::Relaxed).saturating_sub(1);
+                    room.member_count.store(n, Ordering::Relaxed);
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes `user` from every room; returns the ids of the rooms it left.
+    pub fn leave_all(&self, user: u32) -> Result<Vec<u32>, RoomError> {
+        let mut left = Vec::new();
+        for id in 1..=self.count() {
+            if self.is_member(id, user) && self.leave(id, user).is_ok() {
+                left.push(id);
+            }
+        }
+        Ok(left)
+    }
+
+    /// The members of room `id`.
+    pub fn members(&self, id: u32) -> Result<Vec<MemberInfo>, RoomError> {
+        self.room(id)?;
+        Ok(self
+            .members_of(id)
+            .iter()
+            .filter_map(|m| {
+                let user = m.user.load(Ordering::Acquire);
+                (user != 0).then(|| MemberInfo {
+                    user,
+                    worker: m.worker.load(Ordering::Relaxed),
+                    conn: m.conn.load(Ordering::Relaxed),
+                })
+            })
+            .collect())
+    }
+
+    /// Appends a message to room `id` from `sender`; returns its sequence number. The caller
+    /// checks membership and then wakes the workers ([`crate::wake::notify`]).
+    pub fn publish(
+        &self,
+        id: u32,
+        sender: u32,
+        sender_name: &str,
+        text: &str,
+        time_ms: u64,
+    ) -> Result<u64, RoomError> {
+        if text.is_empty() || text.len() > TEXT_LEN_MAX {
+            return Err(RoomError::Invalid("text"));
+        }
+        if sender_name.len() > NAME_LEN_MAX {
+            return Err(RoomError::Invalid("sender name"));
+        }
+        let room = self.room(id)?;
+        let _g = self.lock(id)?;
+        let seq = room.last_seq.load(Ordering::Relaxed) + 1;
+        let e = self.event(id, seq);
+        e.seq.store(0, Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Release);
+        e.sender.store(sender, Ordering::Relaxed);
+        e.time_ms.store(time_ms, Ordering::Relaxed);
+        store_bytes(&e.sender_name, sender_name.as_bytes());
+        e.sender_len
+            .store(sender_name.len() as u32, Ordering::Relaxed);
+        store_bytes(&e.text, text.as_bytes());
+        e.text_len.store(text.len() as u32, Ordering::Relaxed);
+        e.seq.store(seq, Ordering::Release);
+        room.last_seq.store(seq, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// Room `id`'s latest sequence number.
+    pub fn last_seq(&self, id: u32) -> Result<u64, RoomError> {
+        Ok(self.room(id)?.last_seq.load(Ordering::Acquire))
+    }
+
+    /// Copies event `seq` of room `id` out of its ring, without locking.
+    pub fn read(&self, id: u32, seq: u64) -> Result<Read, RoomError> {
+        let room = self.room(id)?;
+        let last = room.last_seq.load(Ordering::Acquire);
+        if seq == 0 || seq > last {
+            return Ok(Read::NotYet);
+        }
+        let oldest = (last + 1).saturating_sub(self.ring as u64).max(1);
+        if seq < oldest {
+            return Ok(Read::Missed { oldest });
+        }
+        let e = self.event(id, seq);
+        if e.seq.load(Ordering::Acquire) != seq {
+            return Ok(Read::Missed {
+                oldest: (room.last_seq.load(Ordering::Acquire) + 1)
+                    .saturating_sub(self.ring as u64)
+                    .max(seq + 1),
+            });
+        }
+        let mut name = [0u8; NAME_LEN_MAX];
+        let name_len = load_bytes(
+            &e.sender_name,
+            e.sender_len.load(Ordering::Relaxed) as usize,
+            &mut name,
+        );
+        let mut text = vec![0u8; TEXT_LEN_MAX];
+        let text_len = load_bytes(
+            &e.text,
+            e.text_len.load(Ordering::Relaxed) as usize,
+            &mut text,
+        );
+        text.truncate(text_len);
+        let sender = e.sender.load(Ordering::Relaxed);
+        let time_ms = e.time_ms.load(Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != seq {
+            // Overwritten while we copied: the ring lapped this reader.
+            return Ok(Read::Missed {
+                oldest: (room.last_seq.load(Ordering::Acquire) + 1)
+                    .saturating_sub(self.ring as u64)
+                    .max(seq + 1),
+            });
+        }
+        // The writer stored valid UTF-8 and the copy was validated whole, so these hold.
+        let sender_name = String::from_utf8_lossy(&name[..name_len]).into_owned();
+        let text = String::from_utf8(text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Read::Event(Event {
+            seq,
+            sender,
+            time_ms,
+            sender_name,
+            text,
+        }))
+    }
+
+    /// Rooms with ids above `after_id`, ascending, at most `limit`.
+    pub fn list(&self, after_id: u32, limit: usize) -> Vec<RoomInfo> {
+        let mut out = Vec::new();
+        for id in after_id.saturating_add(1)..=self.count() {
+            if out.len() >= limit {
+                break;
+            }
+            let r = &self.rooms[id as usize];
+            let mut name = [0u8; NAME_LEN_MAX];
+            let len = load_bytes(
+                &r.name,
+                r.name_len.load(Ordering::Relaxed) as usize,
+                &mut name,
+            );
+            out.push(RoomInfo {
+                room_id: id,
+                name: String::from_utf8_lossy(&name[..len]).into_owned(),
+                members: r.member_count.load(Ordering::Relaxed),
+                last_seq: r.last_seq.load(Ordering::Acquire),
+            });
+        }
+        out
+    }
+}
+
+/// Fails unless `seg` is writable; joins, leaves and messages write.
+pub fn writable_rooms(seg: &Segment) -> Result<Rooms<'_>, ShmError> {
+    seg.require_writable()?;
+    Ok(Rooms::of(seg))
+}
