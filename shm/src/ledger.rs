@@ -465,6 +465,10 @@ impl<'s> Ledger<'s> {
             t: Tables::of(seg),
             slot_index: slot,
         };
+        let owner = ledger.slot().pid.load(Ordering::Acquire);
+        if owner != 0 && owner != std::process::id() && process_alive(owner) {
+            return Err(ShmError::SlotInUse { slot, pid: owner });
+        }
         recover_slot(seg, slot).map_err(|e| match e {
             LedgerError::Lock(l) => ShmError::Lock(l),
             _ => ShmError::Lock(LockError::Os(0)),

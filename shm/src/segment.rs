@@ -287,6 +287,13 @@ pub enum ShmError {
     },
     /// A segment opened read-only was asked for something that writes.
     ReadOnly,
+    /// A live process owns the ledger slot asked for.
+    SlotInUse {
+        /// The slot.
+        slot: u32,
+        /// Its owner.
+        pid: u32,
+    },
     /// A system call failed.
     Os {
         /// What was being done.
@@ -322,6 +329,9 @@ impl fmt::Display for ShmError {
                 "/dev/shm{name} is not a segment this build can use: {what}"
             ),
             ShmError::ReadOnly => f.write_str("the segment was attached read-only"),
+            ShmError::SlotInUse { slot, pid } => {
+                write!(f, "ledger slot {slot} belongs to running process {pid}")
+            }
             ShmError::Os { what, errno } => write!(f, "{what}: {errno}"),
             ShmError::Lock(e) => write!(f, "initialising a lock: {e}"),
         }

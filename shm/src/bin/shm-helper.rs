@@ -3,9 +3,11 @@
 //! one line per operation it completed, so the test knows what was acknowledged.
 //!
 //! ```text
-//! shm-helper ledger <instance> <slot> <seed> <ops> <accounts> <hot>
+//! shm-helper ledger <instance> <slot> <seed> <ops> <accounts> <hot> [pace_ns]
 //!     random operations: transfers (mostly between the <hot> first accounts), deposits,
-//!     withdrawals; prints `ok <kind> <from> <to> <amount> <txn_id>` per applied operation
+//!     withdrawals; writes one 32-byte record per applied operation to stdout: kind (u8, 3
+//!     bytes of padding), from (u32), to (u32), amount (u64), txn_id (u64), marker 0xACC057ED
+//!     (u32), little-endian. Binary, because text cost more than the ledger it reports on.
 //! shm-helper once <instance> <slot> <op> <user> <to> <req_id> <amount>
 //!     one deposit|withdraw|transfer with a given req_id; prints `ok <balance> <txn_id> <replayed>`
 //! ```
@@ -13,6 +15,9 @@
 use std::io::Write;
 
 use shm::{Ledger, Segment};
+
+/// Closes every acknowledgement record, so a record cut short by a kill is recognisable.
+const ACK_MARKER: u32 = 0xACC0_57ED;
 
 /// xorshift64*: a tiny, seeded generator, so a run is replayable from its seed.
 struct Rng(u64);
@@ -65,6 +70,13 @@ fn run_random(ledger: &mut Ledger<'_>, args: &[String]) {
     let ops: u64 = arg(args, 4, "ops");
     let accounts: u64 = arg(args, 5, "accounts");
     let hot: u64 = arg(args, 6, "hot");
+    // Optional: spin so that each operation takes at least this long (bounds the rate, so a
+    // test's transactions fit its log; the spin is outside any lock).
+    let pace = std::time::Duration::from_nanos(if args.len() > 7 {
+        arg(args, 7, "pace_ns")
+    } else {
+        0
+    });
     let mut rng = Rng(seed | 1);
     let stdout = std::io::stdout();
     // Buffered: a line is the acknowledgement, and one lost in a kill was simply never
@@ -72,6 +84,7 @@ fn run_random(ledger: &mut Ledger<'_>, args: &[String]) {
     let mut out = std::io::BufWriter::with_capacity(1 << 14, stdout.lock());
     let req_base = seed << 32;
     for i in 0..ops {
+        let started = std::time::Instant::now();
         let req_id = req_base + i;
         let roll = rng.below(100);
         let pick = |rng: &mut Rng| {
@@ -82,30 +95,35 @@ fn run_random(ledger: &mut Ledger<'_>, args: &[String]) {
             }
         };
         let amount = 1 + rng.below(1000);
-        let (kind, from, to, result) = if roll < 70 {
+        let (kind, from, to, result): (u8, u32, u32, _) = if roll < 70 {
             let from = pick(&mut rng);
             let mut to = pick(&mut rng);
             if to == from {
                 to = 1 + (to % accounts as u32);
             }
-            (
-                "transfer",
-                from,
-                to,
-                ledger.transfer(from, to, req_id, amount),
-            )
+            (3, from, to, ledger.transfer(from, to, req_id, amount))
         } else if roll < 85 {
             let user = pick(&mut rng);
-            ("deposit", 0, user, ledger.deposit(user, req_id, amount))
+            (1, 0, user, ledger.deposit(user, req_id, amount))
         } else {
             let user = pick(&mut rng);
-            ("withdraw", user, 0, ledger.withdraw(user, req_id, amount))
+            (2, user, 0, ledger.withdraw(user, req_id, amount))
         };
         if let Ok(done) = result {
-            let _ = writeln!(out, "ok {kind} {from} {to} {amount} {}", done.txn_id);
+            let mut rec = [0u8; 32];
+            rec[0] = kind;
+            rec[4..8].copy_from_slice(&from.to_le_bytes());
+            rec[8..12].copy_from_slice(&to.to_le_bytes());
+            rec[12..20].copy_from_slice(&amount.to_le_bytes());
+            rec[20..28].copy_from_slice(&done.txn_id.to_le_bytes());
+            rec[28..32].copy_from_slice(&ACK_MARKER.to_le_bytes());
+            let _ = out.write_all(&rec);
         }
         if i % 256 == 255 {
             let _ = out.flush();
+        }
+        while started.elapsed() < pace {
+            std::hint::spin_loop();
         }
     }
     let _ = out.flush();

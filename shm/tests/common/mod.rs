@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,10 +69,10 @@ pub fn instance(seg: &Segment) -> String {
     seg.name().trim_start_matches("/ns-").to_string()
 }
 
-/// A helper process whose stdout lines are collected by a thread; killed and reaped on drop.
+/// A helper process whose stdout is collected by a thread; killed and reaped on drop.
 pub struct Helper {
     pub child: Child,
-    pub lines: Arc<Mutex<Vec<String>>>,
+    out: Arc<Mutex<Vec<u8>>>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -84,44 +84,49 @@ impl Helper {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn shm-helper");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&out);
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("lines lock").push(line);
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink
+                        .lock()
+                        .expect("output lock")
+                        .extend_from_slice(&buf[..n]),
+                }
             }
         });
         Helper {
             child,
-            lines,
+            out,
             reader: Some(reader),
         }
     }
 
-    /// Waits for exit and for every line; returns the lines and whether it exited 0.
-    pub fn finish(mut self) -> (Vec<String>, bool) {
-        let ok = self.child.wait().map(|s| s.success()).unwrap_or(false);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let lines = std::mem::take(&mut *self.lines.lock().expect("lines lock"));
-        (lines, ok)
+    /// Waits for exit and all output; returns the output and whether it exited 0.
+    pub fn finish(mut self) -> (Vec<u8>, bool) {
+        let (out, status) = self.reap();
+        (out, status.success())
     }
 
-    /// SIGKILL, reap, and collect the lines it got out before dying.
-    pub fn kill9(mut self) -> Vec<String> {
+    /// SIGKILL, reap, and collect what it wrote before dying, with its exit status.
+    pub fn kill9(mut self) -> (Vec<u8>, ExitStatus) {
         let _ = self.child.kill();
-        self.finish_killed()
+        self.reap()
     }
 
-    fn finish_killed(&mut self) -> Vec<String> {
-        let _ = self.child.wait();
+    fn reap(&mut self) -> (Vec<u8>, ExitStatus) {
+        let status = self.child.wait().expect("wait for helper");
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        std::mem::take(&mut *self.lines.lock().expect("lines lock"))
+        (
+            std::mem::take(&mut *self.out.lock().expect("output lock")),
+            status,
+        )
     }
 }
 
@@ -129,7 +134,7 @@ impl Drop for Helper {
     fn drop(&mut self) {
         if self.reader.is_some() {
             let _ = self.child.kill();
-            let _ = self.finish_killed();
+            let _ = self.reap();
         }
     }
 }
