@@ -8,6 +8,12 @@
 //!     withdrawals; writes one 32-byte record per applied operation to stdout: kind (u8, 3
 //!     bytes of padding), from (u32), to (u32), amount (u64), txn_id (u64), marker 0xACC057ED
 //!     (u32), little-endian. Binary, because text cost more than the ledger it reports on.
+//! shm-helper create <instance>
+//!     creates a segment with small capacities, prints `ready`, and waits to be killed (a
+//!     master that dies without cleaning up)
+//! shm-helper transfers <instance> <slot> <ops> <a> <b>
+//!     <ops> transfers of 1 between accounts a and b, alternating direction; prints
+//!     `<ops> <elapsed_ns>` (the contended benchmark)
 //! shm-helper once <instance> <slot> <op> <user> <to> <req_id> <amount>
 //!     one deposit|withdraw|transfer with a given req_id; prints `ok <balance> <txn_id> <replayed>`
 //! ```
@@ -46,6 +52,26 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or("");
     let instance: String = arg(&args, 1, "instance");
+    if mode == "create" {
+        let caps = shm::Capacities {
+            users: 16,
+            rooms: 2,
+            members_per_room: 2,
+            room_ring: 2,
+            txn_log: 16,
+            idem_per_user: 2,
+            workers: 2,
+        };
+        let _seg = Segment::create(&instance, caps, shm::LockMode::Account).unwrap_or_else(|e| {
+            eprintln!("shm-helper: {e}");
+            std::process::exit(1)
+        });
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
     let slot: u32 = arg(&args, 2, "slot");
     let seg = Segment::attach(&instance, true).unwrap_or_else(|e| {
         eprintln!("shm-helper: {e}");
@@ -58,6 +84,7 @@ fn main() {
     match mode {
         "ledger" => run_random(&mut ledger, &args),
         "once" => run_once(&mut ledger, &args),
+        "transfers" => run_transfers(&mut ledger, &args),
         _ => {
             eprintln!("shm-helper: unknown mode {mode:?}");
             std::process::exit(2)
@@ -148,4 +175,20 @@ fn run_once(ledger: &mut Ledger<'_>, args: &[String]) {
         Ok(done) => println!("ok {} {} {}", done.balance, done.txn_id, done.replayed),
         Err(e) => println!("err {e}"),
     }
+}
+
+fn run_transfers(ledger: &mut Ledger<'_>, args: &[String]) {
+    let ops: u64 = arg(args, 3, "ops");
+    let a: u32 = arg(args, 4, "a");
+    let b: u32 = arg(args, 5, "b");
+    let base = u64::from(std::process::id()) << 32;
+    let start = std::time::Instant::now();
+    for i in 0..ops {
+        let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        if let Err(e) = ledger.transfer(from, to, base + i, 1) {
+            eprintln!("shm-helper: transfer failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!("{ops} {}", start.elapsed().as_nanos());
 }
