@@ -931,6 +931,10 @@ pub fn audit(seg: &Segment, lock_timeout: Duration) -> Result<AuditReport, ShmEr
     let mut report = AuditReport::default();
     let recovered_before = t.globals.locks_recovered.load(Ordering::Relaxed);
     let users = t.globals.users_count.load(Ordering::Acquire) as usize;
+    // The kernel releases at most 2048 robust locks of a dying thread (ROBUST_LIST_LIMIT); the
+    // audit may hold more. Block every signal that could end it while it holds them, so only
+    // SIGKILL can, and keep the locked section short.
+    let _signals = SignalsBlocked::new();
     let mut held: Vec<&RobustMutex> = Vec::new();
     let lock_list: Vec<(Option<u32>, &RobustMutex, &AtomicU32)> = if t.mode == LockMode::Global {
         vec![(None, &t.globals.ledger_lock, &t.globals.ledger_holder)]
@@ -968,6 +972,30 @@ pub fn audit(seg: &Segment, lock_timeout: Duration) -> Result<AuditReport, ShmEr
     }
     report.locks_recovered = t.globals.locks_recovered.load(Ordering::Relaxed) - recovered_before;
     Ok(report)
+}
+
+/// Blocks catchable signals in this thread until dropped.
+struct SignalsBlocked(Option<nix::sys::signal::SigSet>);
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+        let mut old = SigSet::empty();
+        let ok = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old));
+        SignalsBlocked(ok.ok().map(|()| old))
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        if let Some(old) = self.0 {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&old),
+                None,
+            );
+        }
+    }
 }
 
 /// The audit's checks, with every ledger lock held.
