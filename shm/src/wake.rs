@@ -1,6 +1,7 @@
 //! The chat wake-up: a futex word in the segment that every worker can sleep on (directly, or
 //! through io_uring's FUTEX_WAIT on kernels that have it), bumped and woken after every room
-//! event. The epoll backend uses eventfds the master creates before forking; see the server.
+//! event; and, for workers whose loop is epoll (or a kernel without io_uring futex ops), one
+//! eventfd per worker, which the master creates before forking so every worker holds them all.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -48,4 +49,49 @@ pub fn wait(seg: &Segment, seen: u32, timeout: Duration) -> u32 {
         );
     }
     word.load(Ordering::Acquire)
+}
+
+/// One eventfd per worker, created by the master before forking, so that every worker (and every
+/// replacement, forked later from the same master) can signal every other.
+#[derive(Debug)]
+pub struct WakeFds {
+    fds: Vec<nix::sys::eventfd::EventFd>,
+}
+
+impl WakeFds {
+    /// `workers` non-blocking eventfds. Not close-on-exec on purpose: forked workers inherit them.
+    pub fn new(workers: usize) -> nix::Result<WakeFds> {
+        let fds = (0..workers)
+            .map(|_| {
+                nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)
+            })
+            .collect::<nix::Result<Vec<_>>>()?;
+        Ok(WakeFds { fds })
+    }
+
+    /// Worker `i`'s eventfd, to register with its epoll.
+    pub fn fd(&self, i: usize) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fds.get(i).map(AsFd::as_fd)
+    }
+
+    /// Signals every worker's eventfd. A full counter (EAGAIN) already means "wake up".
+    pub fn notify_all(&self) {
+        for fd in &self.fds {
+            let _ = fd.write(1);
+        }
+    }
+
+    /// Clears worker `i`'s eventfd after a wake-up; returns how many signals it had collected.
+    pub fn drain(&self, i: usize) -> u64 {
+        self.fds.get(i).and_then(|fd| fd.read().ok()).unwrap_or(0)
+    }
+}
+
+/// Wakes every worker: the futex word for io_uring loops, and the eventfds if given.
+pub fn notify_all(seg: &Segment, fds: Option<&WakeFds>) {
+    notify(seg);
+    if let Some(f) = fds {
+        f.notify_all();
+    }
 }

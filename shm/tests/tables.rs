@@ -265,6 +265,64 @@ fn a_waiter_in_another_thread_wakes_on_notify() {
 }
 
 #[test]
+fn eventfds_carry_a_wake_up_to_each_worker() {
+    let fds = shm::wake::WakeFds::new(3).expect("eventfds");
+    assert_eq!(fds.drain(1), 0, "nothing yet (non-blocking read)");
+    let seg = create("efd", small_caps(), LockMode::Account);
+    shm::wake::notify_all(&seg, Some(&fds));
+    shm::wake::notify_all(&seg, Some(&fds));
+    for i in 0..3 {
+        assert_eq!(fds.drain(i), 2);
+        assert_eq!(fds.drain(i), 0);
+    }
+    assert!(fds.fd(2).is_some() && fds.fd(3).is_none());
+}
+
+#[test]
+fn ledger_slots_are_bounded_and_owned() {
+    let seg = create("slots", small_caps(), LockMode::Account);
+    assert!(matches!(
+        shm::Ledger::attach(&seg, small_caps().workers),
+        Err(ShmError::BadCapacity { name: "slot", .. })
+    ));
+    // A slot held by a live process is refused; once that process is dead, it can be claimed.
+    let ids = register_users(&seg, 8);
+    let mut mine = shm::Ledger::attach(&seg, 0).expect("attach");
+    for id in ids {
+        mine.deposit(id, u64::from(id), 1_000_000).expect("fund");
+    }
+    let args: Vec<String> = [
+        "ledger",
+        &instance(&seg),
+        "2",
+        "9",
+        "1000000",
+        "8",
+        "2",
+        "1000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let other = common::Helper::spawn(&args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while other.output_len() == 0 {
+        assert!(std::time::Instant::now() < deadline, "helper never ran");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = other.child.id();
+    assert!(matches!(
+        shm::Ledger::attach(&seg, 2),
+        Err(ShmError::SlotInUse { slot: 2, pid: p }) if p == pid
+    ));
+    let _ = other.kill9();
+    shm::Ledger::attach(&seg, 2).expect("a dead owner's slot can be claimed");
+    assert!(shm::ledger::audit(&seg, Duration::from_secs(1))
+        .expect("audit")
+        .ok());
+}
+
+#[test]
 fn metrics_blocks_are_per_worker_and_readable_read_only() {
     let seg = create("metrics", small_caps(), LockMode::Account);
     let m = Metrics::of(&seg);

@@ -106,6 +106,11 @@ impl Helper {
         }
     }
 
+    /// Bytes of output collected so far.
+    pub fn output_len(&self) -> usize {
+        self.out.lock().expect("output lock").len()
+    }
+
     /// Waits for exit and all output; returns the output and whether it exited 0.
     pub fn finish(mut self) -> (Vec<u8>, bool) {
         let (out, status) = self.reap();
