@@ -518,7 +518,7 @@ impl<'a> Field<'a> for TxnKind {
 body! {
     /// One transaction.
     pub struct TxnEntry {
-        /// Its id; ids rise by 1 per transaction across the whole ledger.
+        /// Its id; ids rise across the whole ledger (a crash can leave one unused).
         pub txn_id: u64,
         /// What it did.
         pub kind: TxnKind,
