@@ -1,0 +1,169 @@
+//! Command line: the server's options and its tool subcommands.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The NS trading chatroom server: a master that forks workers, each with its own io_uring (or
+/// epoll) loop and SO_REUSEPORT listener, sharing chat and ledger state in shared memory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "uring-server", version)]
+pub struct Args {
+    /// Worker processes to fork (default: the number of cores).
+    #[arg(short = 'w', long)]
+    pub workers: Option<u32>,
+
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+
+    /// I/O backend: io_uring, epoll, or auto (io_uring where the kernel allows it, else epoll).
+    #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+
+    /// Ledger locking: one lock per account, or one for the whole ledger (for comparison).
+    #[arg(long, value_enum, default_value_t = LockModeArg::Account)]
+    pub lock_mode: LockModeArg,
+
+    /// Most open connections per worker; one more gets ERR_SERVER_BUSY and is closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_conns: usize,
+
+    /// Close a connection after this long without a frame from it.
+    #[arg(long, default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Largest request body accepted; a longer one is answered ERR_TOO_LARGE and closed.
+    #[arg(long, default_value_t = proto::BODY_LEN_MAX_DEFAULT)]
+    pub body_len_max: u32,
+
+    /// Most bytes queued for one connection; a client that does not read past this is closed.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub out_max_bytes: usize,
+
+    /// Whether clients may create accounts with REGISTER (closed: only `uring-server adduser`).
+    #[arg(long, value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+
+    /// Users (and accounts) the shared memory holds.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_users: u32,
+
+    /// Rooms the shared memory holds.
+    #[arg(long, default_value_t = 256)]
+    pub max_rooms: u32,
+
+    /// Members one room holds.
+    #[arg(long, default_value_t = 1024)]
+    pub members_per_room: u32,
+
+    /// Messages each room's ring keeps for pushes and history (a power of two).
+    #[arg(long, default_value_t = 256)]
+    pub room_ring: u32,
+
+    /// Transactions the ledger's log ring keeps (a power of two).
+    #[arg(long, default_value_t = 1 << 18)]
+    pub txn_log: u32,
+
+    /// Recent (req_id → result) records kept per account for idempotent retries.
+    #[arg(long, default_value_t = 16)]
+    pub idem_per_user: u32,
+
+    /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same.
+    #[arg(long, default_value = "ns")]
+    pub name: String,
+
+    /// A tool to run against a running server instead of starting one.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools that attach to a running server's shared memory.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print the server's metrics (connections, req/s, opcodes, statuses, per worker).
+    Stats {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatsFormat::Text)]
+        format: StatsFormat,
+    },
+    /// Check the ledger's invariants on a consistent view; exits 1 on any violation.
+    Audit {
+        /// Give up on a lock held longer than this (reported as stuck).
+        #[arg(long, default_value_t = 5_000)]
+        lock_timeout_ms: u64,
+    },
+    /// Register a user (how accounts are made when registration is closed).
+    Adduser {
+        /// The user's name.
+        user: String,
+        /// The password; read from the NS_PASSWORD environment variable if absent.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// `--io`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoMode {
+    /// io_uring where available, else epoll (with a log line saying why).
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+/// `--lock-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockModeArg {
+    /// One lock per account.
+    Account,
+    /// One lock for the ledger.
+    Global,
+}
+
+/// `--registration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Registration {
+    /// Anyone may REGISTER.
+    Open,
+    /// REGISTER answers ERR_REGISTRATION_CLOSED.
+    Closed,
+}
+
+/// `stats --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// A table for people.
+    Text,
+    /// Prometheus text exposition format.
+    Prometheus,
+}
+
+impl Args {
+    /// The shared-memory capacities these options ask for.
+    pub fn capacities(&self, workers: u32) -> shm::Capacities {
+        shm::Capacities {
+            users: self.max_users,
+            rooms: self.max_rooms,
+            members_per_room: self.members_per_room,
+            room_ring: self.room_ring,
+            txn_log: self.txn_log,
+            idem_per_user: self.idem_per_user,
+            // Slots for the workers plus one for tools that write (adduser).
+            workers: workers + 1,
+        }
+    }
+
+    /// The worker count, defaulting to the cores.
+    pub fn worker_count(&self) -> u32 {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    }
+}

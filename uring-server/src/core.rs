@@ -1,0 +1,701 @@
+//! The protocol logic of a worker, shared by both I/O backends: connections, their decoders and
+//! bounded output queues, the session state machine, login, and the handlers that turn requests
+//! into shared-memory operations and responses. The backends only move bytes: they hand received
+//! bytes to [`Core::on_bytes`] and send what [`Conn::out`] holds.
+
+use std::os::fd::OwnedFd;
+
+use proto::body::*;
+use proto::codec::{List, Name};
+use proto::codes::notice;
+use proto::{
+    write_error, write_push, write_response, DecodeError, Frame, FrameDecoder, FrameKind, Push,
+    Request, Response, Status,
+};
+use shm::ledger::{self, Applied, LedgerError};
+use shm::metrics::opcode_index;
+use shm::{Ledger, Segment, SessionId, Users, WorkerMetrics};
+use slab::Slab;
+
+/// What a worker needs to know from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This worker's index.
+    pub worker: u16,
+    /// Most connections.
+    pub max_conns: usize,
+    /// Idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Largest body accepted.
+    pub body_len_max: u32,
+    /// Most bytes queued per connection.
+    pub out_max_bytes: usize,
+    /// Whether REGISTER is served.
+    pub registration_open: bool,
+}
+
+/// How long a LOGIN challenge stays valid.
+const CHALLENGE_TTL_MS: u64 = 10_000;
+/// Consecutive failed proofs allowed before a user's logins are refused for a while.
+const LOGIN_FAILURES_FREE: u32 = 3;
+/// Longest lock-out after failed logins.
+const LOGIN_LOCKOUT_MAX_MS: u64 = 60_000;
+/// The server's name in HELLO.
+const SERVER_LABEL: &str = concat!("uring-server/", env!("CARGO_PKG_VERSION"));
+
+/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send in flight reads
+/// `sending`, which does not move or grow until the send completes (io_uring holds a pointer).
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    pending: Vec<u8>,
+    sending: Vec<u8>,
+    sent: usize,
+}
+
+impl OutQueue {
+    /// Bytes not yet sent.
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.sending.len() - self.sent
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next bytes to send: the rest of `sending`, refilled from `pending` when empty.
+    pub fn chunk(&mut self) -> &[u8] {
+        if self.sent == self.sending.len() {
+            self.sending.clear();
+            self.sent = 0;
+            std::mem::swap(&mut self.sending, &mut self.pending);
+        }
+        &self.sending[self.sent..]
+    }
+
+    /// Records that `n` bytes of the last chunk were sent.
+    pub fn advance(&mut self, n: usize) {
+        debug_assert!(self.sent + n <= self.sending.len());
+        self.sent = (self.sent + n).min(self.sending.len());
+    }
+}
+
+/// Where a connection's session stands.
+#[derive(Debug)]
+enum Session {
+    Connected,
+    Challenged {
+        user_id: u32,
+        auth_message: Vec<u8>,
+        expires_ms: u64,
+    },
+    LoggedIn {
+        user_id: u32,
+    },
+}
+
+/// Per-connection state the handlers change.
+#[derive(Debug)]
+pub struct ConnState {
+    /// Worker-unique id (slab key and generation), as sessions record it.
+    pub id: u64,
+    /// Output waiting to be sent.
+    pub out: OutQueue,
+    session: Session,
+    /// Last time a byte arrived.
+    pub last_active_ms: u64,
+    /// Close once the output is flushed; read nothing more.
+    pub closing: bool,
+}
+
+/// What a backend tracks about a connection's operations in flight.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoFlags {
+    /// A (multishot) receive is armed.
+    pub recv_armed: bool,
+    /// A send is in flight (io_uring) or EPOLLOUT is registered (epoll).
+    pub send_busy: bool,
+    /// `shutdown(2)` was called to end the armed receive.
+    pub shut: bool,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub fd: OwnedFd,
+    decoder: FrameDecoder,
+    /// The rest.
+    pub st: ConnState,
+    /// The backend's bookkeeping.
+    pub io: IoFlags,
+}
+
+/// Everything a handler may touch besides the connection.
+pub struct Ctx<'s> {
+    /// Settings.
+    pub cfg: Config,
+    seg: &'s Segment,
+    ledger: Ledger<'s>,
+    users: Users<'s>,
+    /// This worker's counters.
+    pub metrics: &'s WorkerMetrics,
+    /// Wall clock of the current loop turn.
+    pub now_ms: u64,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's connections and context.
+#[derive(Debug)]
+pub struct Core<'s> {
+    /// Open connections by key.
+    pub conns: Slab<Conn>,
+    /// The rest.
+    pub ctx: Ctx<'s>,
+    generation: u64,
+}
+
+/// Wall clock in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<'s> Core<'s> {
+    /// A worker core on `seg`, using ledger slot `cfg.worker`.
+    pub fn new(cfg: Config, seg: &'s Segment) -> anyhow::Result<Core<'s>> {
+        let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
+        let metrics = shm::Metrics::of(seg)
+            .worker(usize::from(cfg.worker))
+            .ok_or_else(|| anyhow::anyhow!("no metrics block for worker {}", cfg.worker))?;
+        Ok(Core {
+            conns: Slab::with_capacity(cfg.max_conns.min(1 << 16)),
+            ctx: Ctx {
+                users: Users::of(seg),
+                seg,
+                ledger,
+                metrics,
+                now_ms: now_ms(),
+                cfg,
+            },
+            generation: 0,
+        })
+    }
+
+    /// Takes a new connection, or refuses it over the limit (ERR_SERVER_BUSY, then close).
+    pub fn accept(&mut self, fd: OwnedFd) -> Option<usize> {
+        let m = self.ctx.metrics;
+        if self.conns.len() >= self.ctx.cfg.max_conns {
+            let mut frame = Vec::new();
+            write_error(
+                &mut frame,
+                0,
+                0,
+                Status::ErrServerBusy,
+                "too many connections",
+            );
+            // Best effort: the socket is new, so its buffer has room for one small frame.
+            let _ = nix::unistd::write(&fd, &frame);
+            m.conns_refused.add(1);
+            m.statuses[Status::ErrServerBusy.as_u16() as usize].add(1);
+            return None;
+        }
+        self.generation += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let id = (self.generation << 24 | key as u64) & ((1 << 48) - 1);
+        entry.insert(Conn {
+            fd,
+            decoder: FrameDecoder::new(self.ctx.cfg.body_len_max),
+            st: ConnState {
+                id,
+                out: OutQueue::default(),
+                session: Session::Connected,
+                last_active_ms: self.ctx.now_ms,
+                closing: false,
+            },
+            io: IoFlags::default(),
+        });
+        m.conns_accepted.add(1);
+        m.conns_active.set(self.conns.len() as u64);
+        Some(key)
+    }
+
+    /// Handles bytes received on connection `key`: every whole frame in them is answered into
+    /// its output queue. Afterwards the connection may be marked closing.
+    pub fn on_bytes(&mut self, key: usize, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let ctx = &mut self.ctx;
+        ctx.metrics.bytes_in.add(data.len() as u64);
+        conn.st.last_active_ms = ctx.now_ms;
+        let Conn { decoder, st, .. } = conn;
+        let mut input = data;
+        while !st.closing {
+            let (used, result) = decoder.decode(input);
+            input = &input[used..];
+            match result {
+                Ok(Some(frame)) => ctx.handle(st, &frame),
+                Ok(None) => break,
+                Err(e) => ctx.bad_frame(st, &e),
+            }
+        }
+    }
+
+    /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
+    pub fn remove(&mut self, key: usize) -> Option<Conn> {
+        let conn = self.conns.try_remove(key)?;
+        self.ctx.end_session(&conn.st);
+        let m = self.ctx.metrics;
+        m.conns_closed.add(1);
+        m.conns_active.set(self.conns.len() as u64);
+        Some(conn)
+    }
+
+    /// Once a second: closes idle connections and ones whose session was taken over by a newer
+    /// login on another worker. Returns the keys it marked closing.
+    pub fn sweep(&mut self) -> Vec<usize> {
+        let mut marked = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            if conn.st.closing {
+                continue;
+            }
+            if self.ctx.now_ms.saturating_sub(conn.st.last_active_ms) > self.ctx.cfg.idle_timeout_ms
+            {
+                self.ctx.metrics.idle_timeouts.add(1);
+                self.ctx
+                    .notice(&mut conn.st, notice::IDLE_TIMEOUT, "idle timeout: closing");
+                conn.st.closing = true;
+                marked.push(key);
+            } else if let Session::LoggedIn { user_id } = conn.st.session {
+                if self.ctx.users.session(user_id) != Some(self.ctx.session_id(&conn.st)) {
+                    self.ctx.notice(
+                        &mut conn.st,
+                        notice::LOGGED_IN_ELSEWHERE,
+                        "logged in on another connection",
+                    );
+                    conn.st.session = Session::Connected;
+                    conn.st.closing = true;
+                    marked.push(key);
+                }
+            }
+        }
+        marked
+    }
+
+    /// Shutdown: tells every client, and closes after their output is flushed.
+    pub fn begin_shutdown(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            if !conn.st.closing {
+                self.ctx
+                    .notice(&mut conn.st, notice::SHUTTING_DOWN, "server shutting down");
+                conn.st.closing = true;
+            }
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn session_id(&self, st: &ConnState) -> SessionId {
+        SessionId {
+            worker: self.cfg.worker,
+            conn: st.id,
+        }
+    }
+
+    fn end_session(&mut self, st: &ConnState) {
+        if let Session::LoggedIn { user_id } = st.session {
+            self.users.set_offline(user_id, self.session_id(st));
+        }
+    }
+
+    /// Queues bytes written by `write` unless that would pass the connection's bound, in which
+    /// case the connection is closed as a slow consumer.
+    fn queue(&mut self, st: &mut ConnState, frame_len: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if st.closing {
+            return;
+        }
+        if st.out.len() + frame_len > self.cfg.out_max_bytes {
+            self.metrics.slow_consumer_disconnects.add(1);
+            st.closing = true;
+            return;
+        }
+        let before = st.out.pending.len();
+        write(&mut st.out.pending);
+        self.metrics
+            .bytes_out
+            .add((st.out.pending.len() - before) as u64);
+    }
+
+    fn respond(&mut self, st: &mut ConnState, req_id: u64, resp: &Response<'_>) {
+        self.metrics.statuses[0].add(1);
+        let body_len_max = proto::BODY_LEN_LIMIT;
+        self.queue(st, proto::HEADER_LEN + resp.encoded_len(), |out| {
+            // Bodies the handlers build are bounded well below the limit.
+            let _ = write_response(out, req_id, resp, body_len_max);
+        });
+    }
+
+    fn error(&mut self, st: &mut ConnState, req_id: u64, opcode: u16, status: Status, msg: &str) {
+        self.metrics.statuses[status.as_u16() as usize].add(1);
+        tracing::debug!(
+            conn = st.id,
+            req_id,
+            opcode,
+            status = status.name(),
+            msg,
+            "error response"
+        );
+        self.queue(st, proto::HEADER_LEN + 2 + msg.len().min(256), |out| {
+            write_error(out, req_id, opcode, status, msg)
+        });
+    }
+
+    fn notice(&mut self, st: &mut ConnState, code: u16, text: &str) {
+        let Ok(text) = Message::new(text) else {
+            return;
+        };
+        let push = Push::Notice(NoticePush { code, text });
+        self.queue(st, proto::HEADER_LEN + push.encoded_len(), |out| {
+            let _ = write_push(out, &push, proto::BODY_LEN_LIMIT);
+        });
+    }
+
+    /// A frame the decoder refused: answer it, and close if the stream is lost.
+    fn bad_frame(&mut self, st: &mut ConnState, e: &DecodeError) {
+        self.metrics.bad_frames.add(1);
+        let (req_id, opcode) = e.header().map_or((0, 0), |h| (h.req_id, h.opcode));
+        tracing::debug!(conn = st.id, error = %e, "bad frame");
+        self.error(st, req_id, opcode, e.status(), &e.to_string());
+        if e.is_fatal() {
+            st.closing = true;
+        }
+    }
+
+    /// Answers one verified frame.
+    fn handle(&mut self, st: &mut ConnState, frame: &Frame<'_>) {
+        let h = frame.header;
+        let op = h.opcode;
+        self.metrics.requests[opcode_index(op)].add(1);
+        if h.kind() != FrameKind::Request {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrBadPacket,
+                "only requests may be sent to the server",
+            );
+        }
+        if h.flags.is_encrypted() || h.flags.is_compressed() {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrUnsupported,
+                "encrypted and compressed bodies are not supported",
+            );
+        }
+        let req = match frame.request() {
+            Ok(r) => r,
+            Err(e) => {
+                return self.error(
+                    st,
+                    h.req_id,
+                    op.as_u16(),
+                    Status::ErrBadPacket,
+                    &e.to_string(),
+                )
+            }
+        };
+        let logged_in = match st.session {
+            Session::LoggedIn { user_id } => Some(user_id),
+            _ => None,
+        };
+        if logged_in.is_none() && !op.allowed_before_login() {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrUnauthorized,
+                "log in first",
+            );
+        }
+        tracing::trace!(
+            conn = st.id,
+            req_id = h.req_id,
+            opcode = op.name(),
+            "request"
+        );
+        let id = h.req_id;
+        let result = match (req, logged_in) {
+            (Request::Hello(_), _) => {
+                let resp = self.hello();
+                self.respond(st, id, &resp);
+                Ok(())
+            }
+            (Request::Heartbeat(hb), _) => {
+                let resp = Response::Heartbeat(HeartbeatResponse {
+                    client_time_ms: hb.client_time_ms,
+                    server_time_ms: self.now_ms,
+                });
+                self.respond(st, id, &resp);
+                Ok(())
+            }
+            (Request::Register(r), None) => self.register(st, id, &r),
+            (Request::Login(l), None) => self.login(st, id, &l),
+            (Request::LoginProof(p), None) => self.login_proof(st, id, &p),
+            (Request::Register(_) | Request::Login(_) | Request::LoginProof(_), Some(_)) => {
+                Err((Status::ErrBadState, "already logged in".to_string()))
+            }
+            (Request::Logout(_), Some(_)) => {
+                self.end_session(st);
+                st.session = Session::Connected;
+                self.respond(st, id, &Response::Logout(Empty {}));
+                Ok(())
+            }
+            (req, Some(user)) => self.operation(st, user, id, req),
+            (_, None) => Err((Status::ErrUnauthorized, "log in first".to_string())),
+        };
+        if let Err((status, msg)) = result {
+            self.error(st, id, op.as_u16(), status, &msg);
+        }
+    }
+
+    fn hello(&self) -> Response<'static> {
+        let server = Label::new(SERVER_LABEL)
+            .or_else(|_| Label::new("uring-server"))
+            .unwrap_or_else(|_| unreachable!("both labels are under 64 bytes"));
+        Response::Hello(HelloResponse {
+            server,
+            worker_id: self.cfg.worker,
+            body_len_max: self.cfg.body_len_max,
+            heartbeat_interval_ms: (self.cfg.idle_timeout_ms / 3).min(u64::from(u32::MAX)) as u32,
+            idle_timeout_ms: self.cfg.idle_timeout_ms.min(u64::from(u32::MAX)) as u32,
+            server_time_ms: self.now_ms,
+        })
+    }
+
+    fn register(&mut self, st: &mut ConnState, id: u64, r: &RegisterRequest<'_>) -> Handled {
+        if !self.cfg.registration_open {
+            return Err((
+                Status::ErrRegistrationClosed,
+                "registration is closed: ask the operator (uring-server adduser)".into(),
+            ));
+        }
+        let creds = shm::Credentials {
+            salt: r.salt.as_bytes().to_vec(),
+            iterations: r.iterations,
+            stored_key: r.stored_key,
+            server_key: r.server_key,
+        };
+        let user_id = self
+            .users
+            .register(r.username.as_str(), &creds)
+            .map_err(|e| (e.status(), e.to_string()))?;
+        tracing::info!(user = r.username.as_str(), user_id, "registered");
+        self.respond(st, id, &Response::Register(RegisterResponse { user_id }));
+        Ok(())
+    }
+
+    fn login(&mut self, st: &mut ConnState, id: u64, l: &LoginRequest<'_>) -> Handled {
+        let name = l.username.as_str();
+        let user_id = self.users.lookup(name).ok_or_else(|| {
+            (
+                Status::ErrNotFound,
+                format!("no user {name}: REGISTER first"),
+            )
+        })?;
+        let (failures, last_failure_ms) = self.users.login_failures(user_id);
+        if failures >= LOGIN_FAILURES_FREE {
+            let lockout =
+                (1000u64 << (failures - LOGIN_FAILURES_FREE).min(16)).min(LOGIN_LOCKOUT_MAX_MS);
+            let until = last_failure_ms + lockout;
+            if self.now_ms < until {
+                return Err((
+                    Status::ErrRateLimited,
+                    format!(
+                        "{failures} failed logins: retry in {} ms",
+                        until - self.now_ms
+                    ),
+                ));
+            }
+        }
+        let creds = self
+            .users
+            .credentials(user_id)
+            .ok_or_else(|| (Status::ErrNotFound, format!("no user {name}")))?;
+        let mut server_nonce = [0u8; 24];
+        getrandom::fill(&mut server_nonce)
+            .map_err(|_| (Status::ErrInternal, "no randomness".to_string()))?;
+        let (Ok(salt), Ok(nonce)) = (Salt::new(&creds.salt), Nonce::new(&server_nonce)) else {
+            return Err((Status::ErrInternal, "stored salt out of bounds".into()));
+        };
+        let resp = Response::Login(LoginResponse {
+            salt,
+            iterations: creds.iterations,
+            server_nonce: nonce,
+        });
+        let auth_message = proto::scram::auth_message(
+            name,
+            l.client_nonce.as_bytes(),
+            &server_nonce,
+            &creds.salt,
+            creds.iterations,
+        );
+        self.respond(st, id, &resp);
+        st.session = Session::Challenged {
+            user_id,
+            auth_message,
+            expires_ms: self.now_ms + CHALLENGE_TTL_MS,
+        };
+        Ok(())
+    }
+
+    fn login_proof(&mut self, st: &mut ConnState, id: u64, p: &LoginProofRequest) -> Handled {
+        let Session::Challenged {
+            user_id,
+            auth_message,
+            expires_ms,
+        } = std::mem::replace(&mut st.session, Session::Connected)
+        else {
+            return Err((Status::ErrBadState, "send LOGIN first".into()));
+        };
+        if self.now_ms > expires_ms {
+            return Err((
+                Status::ErrTimeout,
+                "login challenge expired: LOGIN again".into(),
+            ));
+        }
+        let creds = self
+            .users
+            .credentials(user_id)
+            .ok_or_else(|| (Status::ErrNotFound, "user vanished".to_string()))?;
+        if !proto::scram::verify_client_proof(&creds.stored_key, &auth_message, &p.client_proof) {
+            let failures = self.users.note_login_failure(user_id, self.now_ms);
+            tracing::info!(user_id, failures, "failed login");
+            return Err((Status::ErrUnauthorized, "wrong password".into()));
+        }
+        self.users.note_login_success(user_id);
+        let sid = self.session_id(st);
+        if let Ok(Some(previous)) = self.users.set_online(user_id, sid) {
+            // The newer session wins; the older one's worker notices on its next sweep.
+            tracing::info!(user_id, ?previous, "login replaces an older session");
+        }
+        st.session = Session::LoggedIn { user_id };
+        let server_signature = proto::scram::server_signature_of(&creds.server_key, &auth_message);
+        self.respond(
+            st,
+            id,
+            &Response::LoginProof(LoginProofResponse {
+                server_signature,
+                user_id,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Requests of a logged-in user.
+    fn operation(&mut self, st: &mut ConnState, user: u32, id: u64, req: Request<'_>) -> Handled {
+        let applied = |r: Result<Applied, LedgerError>| {
+            r.map(|a| LedgerResponse {
+                balance: a.balance,
+                txn_id: a.txn_id,
+            })
+            .map_err(|e| (e.status(), e.to_string()))
+        };
+        let resp = match req {
+            Request::Deposit(a) => {
+                Response::Deposit(applied(self.ledger.deposit(user, id, a.amount))?)
+            }
+            Request::Withdraw(a) => {
+                Response::Withdraw(applied(self.ledger.withdraw(user, id, a.amount))?)
+            }
+            Request::Transfer(t) => {
+                let to = match t.to {
+                    Target::Id(to) => to,
+                    Target::Name(n) => self
+                        .users
+                        .lookup(n.as_str())
+                        .ok_or_else(|| (Status::ErrNotFound, format!("no user {}", n.as_str())))?,
+                };
+                Response::Transfer(applied(self.ledger.transfer(user, to, id, t.amount))?)
+            }
+            Request::Balance(_) => Response::Balance(BalanceResponse {
+                balance: ledger::balance(self.seg, user)
+                    .map_err(|e| (e.status(), e.to_string()))?,
+            }),
+            Request::TxnHistory(q) => {
+                let limit = usize::from(q.limit).min(self.list_limit(TXN_ENTRY_LEN));
+                let txns = ledger::history(self.seg, user, q.before_txn_id, limit)
+                    .map_err(|e| (e.status(), e.to_string()))?
+                    .into_iter()
+                    .map(|t| TxnEntry {
+                        txn_id: t.txn_id,
+                        kind: t.kind,
+                        from_id: t.from,
+                        to_id: t.to,
+                        amount: t.amount,
+                        balance_after: if t.from == user {
+                            t.from_balance
+                        } else {
+                            t.to_balance
+                        },
+                        time_ms: t.time_ms,
+                    })
+                    .collect();
+                Response::TxnHistory(TxnHistoryResponse {
+                    txns: List::new(txns).map_err(|e| (Status::ErrInternal, e.to_string()))?,
+                })
+            }
+            Request::ListUsers(q) => {
+                let limit = usize::from(q.limit).min(self.list_limit(4 + 2 + 32));
+                let ids = self.users.online_after(q.after_id, limit);
+                let names: Vec<(u32, String)> = ids
+                    .into_iter()
+                    .filter_map(|id| self.users.name(id).map(|n| (id, n)))
+                    .collect();
+                let users = names
+                    .iter()
+                    .filter_map(|(id, n)| {
+                        Name::new(n)
+                            .ok()
+                            .map(|name| UserEntry { user_id: *id, name })
+                    })
+                    .collect();
+                let resp = Response::ListUsers(ListUsersResponse {
+                    users: List::new(users).map_err(|e| (Status::ErrInternal, e.to_string()))?,
+                });
+                self.respond(st, id, &resp);
+                return Ok(());
+            }
+            _ => {
+                return Err((
+                    Status::ErrUnsupported,
+                    "chat requests are not served by this build yet".into(),
+                ))
+            }
+        };
+        self.respond(st, id, &resp);
+        Ok(())
+    }
+
+    /// Most list entries of `entry_len` bytes that fit the body limit.
+    fn list_limit(&self, entry_len: usize) -> usize {
+        ((self.cfg.body_len_max as usize).saturating_sub(64) / entry_len).min(LIST_LEN_MAX)
+    }
+}
+
+/// Bytes one TXN_HISTORY entry takes.
+const TXN_ENTRY_LEN: usize = 8 + 1 + 4 + 4 + 8 + 8 + 8;
+
+/// Handlers respond themselves, or return the error status and message.
+type Handled = Result<(), (Status, String)>;

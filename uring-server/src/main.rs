@@ -1,0 +1,44 @@
+//! `uring-server`: the NS trading chatroom server, and the tools that inspect a running one.
+//!
+//! The master (`master.rs`) forks workers; each worker (`worker.rs`) runs one event loop, io_uring
+//! (`uring.rs`) or epoll (`epoll.rs`), over its own SO_REUSEPORT listener. Both backends drive
+//! the same protocol logic (`core.rs`), which works on the shared segment of the `shm` crate.
+
+#![warn(missing_docs)]
+
+mod cli;
+mod core;
+mod epoll;
+mod master;
+mod tools;
+mod uring;
+mod worker;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match &args.command {
+        None => master::run(&args),
+        Some(cli::Command::Stats { watch, format }) => tools::stats(&args.name, *watch, *format),
+        Some(cli::Command::Audit { lock_timeout_ms }) => tools::audit(&args.name, *lock_timeout_ms),
+        Some(cli::Command::Adduser { user, password }) => {
+            tools::adduser(&args.name, user, password.clone(), 0)
+        }
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("uring-server: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

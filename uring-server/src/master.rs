@@ -1,0 +1,287 @@
+//! The master: probes the I/O backend, creates the segment, forks the workers, restarts any that
+//! dies (finishing what it left half done in shared memory first), and shuts everything down on
+//! SIGINT/SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::cli::{Args, IoMode, LockModeArg, Registration};
+use crate::core::Config;
+
+/// The I/O backend the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+impl Backend {
+    /// The code `stats` reads from the metrics.
+    pub fn code(self) -> u64 {
+        match self {
+            Backend::Uring => 1,
+            Backend::Epoll => 2,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Decides the backend: probes io_uring with the workers' exact setup unless told epoll.
+pub fn choose_backend(mode: IoMode) -> anyhow::Result<Backend> {
+    if mode == IoMode::Epoll {
+        return Ok(Backend::Epoll);
+    }
+    match crate::uring::probe() {
+        Ok(()) => Ok(Backend::Uring),
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::EPERM) => format!(
+                    "io_uring is not permitted (EPERM): kernel.io_uring_disabled = {} or a \
+                     seccomp profile (Docker's default blocks it)",
+                    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                        .map_or_else(|_| "?".into(), |s| s.trim().to_string())
+                ),
+                Some(libc::ENOSYS) => "this kernel has no io_uring (ENOSYS)".into(),
+                Some(libc::EINVAL) => {
+                    "this kernel lacks a setup flag or feature the workers need (EINVAL)".into()
+                }
+                _ => e.to_string(),
+            };
+            if mode == IoMode::Uring {
+                anyhow::bail!("--io uring: {why}");
+            }
+            tracing::warn!(reason = %why, "io_uring unavailable: falling back to epoll");
+            Ok(Backend::Epoll)
+        }
+    }
+}
+
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+struct WorkerSlot {
+    pid: Option<Pid>,
+    started: Instant,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+}
+
+/// Runs the server until a signal stops it; returns the process exit code.
+pub fn run(args: &Args) -> anyhow::Result<i32> {
+    let workers = args.worker_count();
+    anyhow::ensure!((1..=1024).contains(&workers), "--workers must be 1..=1024");
+    anyhow::ensure!(
+        args.body_len_max >= 1024 && args.body_len_max <= proto::BODY_LEN_LIMIT,
+        "--body-len-max must be 1024..={}",
+        proto::BODY_LEN_LIMIT
+    );
+    let backend = choose_backend(args.io)?;
+    let lock_mode = match args.lock_mode {
+        LockModeArg::Account => shm::LockMode::Account,
+        LockModeArg::Global => shm::LockMode::Global,
+    };
+    let (mut seg, previous) =
+        shm::Segment::create(&args.name, args.capacities(workers), lock_mode)?;
+    if let shm::Previous::Stale(pid) = previous {
+        tracing::warn!(
+            dead_master_pid = pid,
+            "replaced a stale segment left by a dead server"
+        );
+    }
+    let host: IpAddr = args
+        .host
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--host {}: {e}", args.host))?;
+    // Reserve the port: a bound, non-listening SO_REUSEPORT socket kept by the master, so that
+    // port 0 resolves once and restarted workers can always bind it again.
+    let reserve = crate::worker::reuseport_socket(SocketAddr::new(host, args.port), false)?;
+    let port = crate::worker::local_port(&reserve)?;
+    let addr = SocketAddr::new(host, port);
+    install_signal_handlers()?;
+    let master = std::process::id();
+    tracing::info!(
+        %addr, workers, backend = backend.name(), lock_mode = ?lock_mode, segment = seg.name(),
+        "uring-server starting"
+    );
+    // Tests and scripts read the address from this line.
+    println!(
+        "listening on {addr} backend {} workers {workers}",
+        backend.name()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let base = |worker: u16| Config {
+        worker,
+        max_conns: args.max_conns,
+        idle_timeout_ms: args.idle_timeout_ms,
+        body_len_max: args.body_len_max,
+        out_max_bytes: args.out_max_bytes,
+        registration_open: args.registration == Registration::Open,
+    };
+    let mut slots: Vec<WorkerSlot> = (0..workers)
+        .map(|_| WorkerSlot {
+            pid: None,
+            started: Instant::now(),
+            backoff: Duration::ZERO,
+            restart_at: Some(Instant::now()),
+        })
+        .collect();
+    let mut stopping: Option<Instant> = None;
+    let mut code = 0;
+    loop {
+        let signals = SIGNALS.load(Ordering::Relaxed);
+        if signals >= 1 && stopping.is_none() {
+            tracing::info!("signal received: stopping workers (a second signal stops at once)");
+            stopping = Some(Instant::now() + Duration::from_secs(5));
+            for s in &slots {
+                if let Some(pid) = s.pid {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+        }
+        if signals >= 2 || stopping.is_some_and(|d| Instant::now() >= d) {
+            if signals >= 2 {
+                tracing::warn!("second signal: killing workers now");
+                code = 1;
+            } else {
+                tracing::warn!("workers did not stop in time: killing them");
+            }
+            for s in &slots {
+                if let Some(pid) = s.pid {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        // Reap.
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { break };
+                    let Some(i) = slots.iter().position(|s| s.pid == Some(pid)) else {
+                        continue;
+                    };
+                    slots[i].pid = None;
+                    let how = match status {
+                        WaitStatus::Exited(_, c) => format!("exit code {c}"),
+                        WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
+                        other => format!("{other:?}"),
+                    };
+                    clean_up_after(&seg, i as u32, pid, &how, stopping.is_some());
+                    if stopping.is_none() {
+                        let s = &mut slots[i];
+                        // A worker that died young is restarted with growing delays.
+                        s.backoff = if s.started.elapsed() < Duration::from_secs(2) {
+                            (s.backoff * 2)
+                                .clamp(Duration::from_millis(100), Duration::from_secs(5))
+                        } else {
+                            Duration::ZERO
+                        };
+                        s.restart_at = Some(Instant::now() + s.backoff);
+                        if let Some(m) = shm::Metrics::of(&seg).worker(i) {
+                            m.restarts.add(1);
+                        }
+                    }
+                }
+            }
+        }
+        if stopping.is_some() {
+            if slots.iter().all(|s| s.pid.is_none()) {
+                break;
+            }
+        } else {
+            for (i, s) in slots.iter_mut().enumerate() {
+                if s.pid.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
+                    s.restart_at = None;
+                    s.started = Instant::now();
+                    let cfg = base(i as u16);
+                    // SAFETY: the master is single-threaded (no thread was ever spawned), so the
+                    // child may run arbitrary code after the fork.
+                    match unsafe { fork() }? {
+                        ForkResult::Child => crate::worker::run(cfg, &seg, addr, backend, master),
+                        ForkResult::Parent { child } => {
+                            tracing::info!(worker = i, pid = child.as_raw(), "worker started");
+                            s.pid = Some(child);
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reserve);
+    seg.unlink()?;
+    tracing::info!(
+        segment = seg.name(),
+        "all workers stopped; shared memory unlinked"
+    );
+    Ok(code)
+}
+
+/// After a worker died: finish its half-done ledger operation, free its locks, end its users'
+/// sessions and room memberships.
+fn clean_up_after(seg: &shm::Segment, worker: u32, pid: Pid, how: &str, stopping: bool) {
+    let report = shm::ledger::recover_slot(seg, worker);
+    let offline = shm::Users::of(seg).clear_worker(worker as u16);
+    let left = shm::Rooms::of(seg).remove_worker(worker).unwrap_or(0);
+    if let Some(m) = shm::Metrics::of(seg).worker(worker as usize) {
+        m.pid.set(0);
+        m.conns_active.set(0);
+    }
+    match report {
+        Ok(r) if stopping && how == "exit code 0" => {
+            tracing::info!(worker, pid = pid.as_raw(), "worker exited");
+            let _ = r;
+        }
+        Ok(r) => tracing::warn!(
+            worker,
+            pid = pid.as_raw(),
+            how,
+            locks_recovered = r.locks_recovered,
+            intents_rolled_forward = r.intents_recovered,
+            users_offline = offline,
+            memberships_removed = left,
+            "worker died; its state is recovered"
+        ),
+        Err(e) => {
+            tracing::error!(worker, error = %e, "recovering a dead worker's ledger slot failed")
+        }
+    }
+}
+
+fn install_signal_handlers() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only increments an atomic, which is async-signal-safe.
+    unsafe {
+        sigaction(Signal::SIGINT, &act)?;
+        sigaction(Signal::SIGTERM, &act)?;
+        sigaction(
+            Signal::SIGPIPE,
+            &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
+        )?;
+    }
+    Ok(())
+}

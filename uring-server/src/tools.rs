@@ -1,0 +1,278 @@
+//! The subcommands that attach to a running server: `stats`, `audit`, `adduser`.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use proto::{Opcode, Status};
+use shm::metrics::{opcode_index, WorkerMetrics};
+use shm::{Metrics, Segment};
+
+use crate::cli::StatsFormat;
+
+/// Totals over the workers at one instant.
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    conns_active: u64,
+    conns_accepted: u64,
+    conns_closed: u64,
+    conns_refused: u64,
+    requests: u64,
+    by_opcode: Vec<u64>,
+    by_status: Vec<u64>,
+    bad_frames: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    slow_consumers: u64,
+    idle_timeouts: u64,
+    restarts: u64,
+}
+
+fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
+    let mut s = Snapshot {
+        by_opcode: vec![0; Opcode::ALL.len()],
+        by_status: vec![0; Status::ALL.len()],
+        ..Snapshot::default()
+    };
+    for w in workers {
+        s.conns_active += w.conns_active.get();
+        s.conns_accepted += w.conns_accepted.get();
+        s.conns_closed += w.conns_closed.get();
+        s.conns_refused += w.conns_refused.get();
+        for (i, c) in w.requests.iter().enumerate() {
+            s.by_opcode[i] += c.get();
+            s.requests += c.get();
+        }
+        for (i, c) in w.statuses.iter().enumerate() {
+            s.by_status[i] += c.get();
+        }
+        s.bad_frames += w.bad_frames.get();
+        s.bytes_in += w.bytes_in.get();
+        s.bytes_out += w.bytes_out.get();
+        s.slow_consumers += w.slow_consumer_disconnects.get();
+        s.idle_timeouts += w.idle_timeouts.get();
+        s.restarts += w.restarts.get();
+    }
+    s
+}
+
+fn backend_name(code: u64) -> &'static str {
+    match code {
+        1 => "io_uring",
+        2 => "epoll",
+        _ => "-",
+    }
+}
+
+fn text(seg: &Segment, now: &Snapshot, rate: Option<f64>) -> String {
+    let metrics = Metrics::of(seg);
+    let ledger = shm::ledger::stats(seg);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "segment {}  created by pid {}  lock mode {:?}",
+        seg.name(),
+        seg.creator_pid(),
+        seg.lock_mode()
+    );
+    let _ = writeln!(
+        o,
+        "connections: {} open, {} accepted, {} closed, {} refused (busy), {} idle timeouts, {} slow consumers",
+        now.conns_active, now.conns_accepted, now.conns_closed, now.conns_refused, now.idle_timeouts, now.slow_consumers
+    );
+    let _ = writeln!(
+        o,
+        "requests: {} total{}; bad frames {}; bytes in {} out {}",
+        now.requests,
+        rate.map_or(String::new(), |r| format!(", {r:.0} req/s")),
+        now.bad_frames,
+        now.bytes_in,
+        now.bytes_out
+    );
+    let _ = writeln!(
+        o,
+        "ledger: txn_seq {}, {} ops, {} lock waits ({} ms), {} locks taken from dead owners, {} operations rolled forward",
+        ledger.txn_seq,
+        ledger.ops,
+        ledger.lock_waits,
+        ledger.lock_wait_ns / 1_000_000,
+        ledger.locks_recovered,
+        ledger.intents_recovered
+    );
+    let _ = writeln!(o, "by opcode:");
+    for op in Opcode::ALL {
+        let n = now.by_opcode[opcode_index(*op)];
+        if n > 0 {
+            let _ = writeln!(o, "  {:<16} {n}", op.name());
+        }
+    }
+    let _ = writeln!(o, "by status:");
+    for st in Status::ALL {
+        let n = now.by_status[st.as_u16() as usize];
+        if n > 0 {
+            let _ = writeln!(o, "  {:<24} {n}", st.name());
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{:>6} {:>8} {:>9} {:>7} {:>12} {:>12} {:>9}",
+        "worker", "pid", "backend", "conns", "requests", "bytes_in", "restarts"
+    );
+    for (i, w) in metrics.workers().iter().enumerate() {
+        let reqs: u64 = w.requests.iter().map(|c| c.get()).sum();
+        if w.pid.get() == 0 && reqs == 0 && w.restarts.get() == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "{:>6} {:>8} {:>9} {:>7} {:>12} {:>12} {:>9}",
+            i,
+            w.pid.get(),
+            backend_name(w.backend.get()),
+            w.conns_active.get(),
+            reqs,
+            w.bytes_in.get(),
+            w.restarts.get()
+        );
+    }
+    o
+}
+
+fn prometheus(seg: &Segment) -> String {
+    let metrics = Metrics::of(seg);
+    let mut o = String::new();
+    let mut family = |name: &str, help: &str, kind: &str| {
+        let _ = writeln!(o, "# HELP ns_{name} {help}\n# TYPE ns_{name} {kind}");
+    };
+    family("connections_open", "Open client connections.", "gauge");
+    family(
+        "connections_accepted_total",
+        "Connections accepted.",
+        "counter",
+    );
+    family("requests_total", "Requests by opcode.", "counter");
+    family("responses_total", "Responses by status.", "counter");
+    family(
+        "bad_frames_total",
+        "Frames refused by the decoder.",
+        "counter",
+    );
+    family("bytes_received_total", "Bytes received.", "counter");
+    family("bytes_sent_total", "Bytes queued for sending.", "counter");
+    family(
+        "worker_restarts_total",
+        "Times a worker slot was restarted.",
+        "counter",
+    );
+    for (i, w) in metrics.workers().iter().enumerate() {
+        if w.pid.get() == 0 && w.conns_accepted.get() == 0 && w.restarts.get() == 0 {
+            continue;
+        }
+        let b = backend_name(w.backend.get());
+        let l = format!("worker=\"{i}\",backend=\"{b}\"");
+        let _ = writeln!(o, "ns_connections_open{{{l}}} {}", w.conns_active.get());
+        let _ = writeln!(
+            o,
+            "ns_connections_accepted_total{{{l}}} {}",
+            w.conns_accepted.get()
+        );
+        for op in Opcode::ALL {
+            let n = w.requests[opcode_index(*op)].get();
+            if n > 0 {
+                let _ = writeln!(o, "ns_requests_total{{{l},opcode=\"{}\"}} {n}", op.name());
+            }
+        }
+        for st in Status::ALL {
+            let n = w.statuses[st.as_u16() as usize].get();
+            if n > 0 {
+                let _ = writeln!(o, "ns_responses_total{{{l},status=\"{}\"}} {n}", st.name());
+            }
+        }
+        let _ = writeln!(o, "ns_bad_frames_total{{{l}}} {}", w.bad_frames.get());
+        let _ = writeln!(o, "ns_bytes_received_total{{{l}}} {}", w.bytes_in.get());
+        let _ = writeln!(o, "ns_bytes_sent_total{{{l}}} {}", w.bytes_out.get());
+        let _ = writeln!(o, "ns_worker_restarts_total{{{l}}} {}", w.restarts.get());
+    }
+    let ledger = shm::ledger::stats(seg);
+    let _ = writeln!(o, "# HELP ns_ledger_txn_seq Last transaction id.\n# TYPE ns_ledger_txn_seq counter\nns_ledger_txn_seq {}", ledger.txn_seq);
+    let _ = writeln!(o, "# HELP ns_ledger_lock_waits_total Times a ledger lock was busy.\n# TYPE ns_ledger_lock_waits_total counter\nns_ledger_lock_waits_total {}", ledger.lock_waits);
+    o
+}
+
+/// `uring-server stats`.
+pub fn stats(name: &str, watch: bool, format: StatsFormat) -> anyhow::Result<i32> {
+    let seg = Segment::attach(name, false)?;
+    let workers = Metrics::of(&seg).workers();
+    let mut prev = (Instant::now(), snapshot(workers));
+    loop {
+        let now = snapshot(workers);
+        let elapsed = prev.0.elapsed().as_secs_f64();
+        let rate = (watch && elapsed > 0.1)
+            .then(|| now.requests.saturating_sub(prev.1.requests) as f64 / elapsed);
+        let out = match format {
+            StatsFormat::Text => text(&seg, &now, rate),
+            StatsFormat::Prometheus => prometheus(&seg),
+        };
+        if watch {
+            // Clear the screen and home the cursor, like `watch`.
+            print!("\x1b[2J\x1b[H{out}");
+        } else {
+            print!("{out}");
+        }
+        if !watch {
+            return Ok(0);
+        }
+        prev = (Instant::now(), now);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `uring-server audit`.
+pub fn audit(name: &str, lock_timeout_ms: u64) -> anyhow::Result<i32> {
+    let seg = Segment::attach(name, true)?;
+    let r = shm::ledger::audit(&seg, Duration::from_millis(lock_timeout_ms))?;
+    println!(
+        "accounts {}  balance sum {}  deposits {}  withdrawals {}  txn_seq {}",
+        r.accounts, r.balance_sum, r.deposits, r.withdrawals, r.txn_seq
+    );
+    println!(
+        "log entries checked {}  unused ids {}  full replay {}  locks taken from dead owners {}",
+        r.log_entries_checked, r.log_holes, r.full_replay, r.locks_recovered
+    );
+    if r.ok() {
+        println!("audit OK: conservation holds, the log agrees with the balances, no stuck lock");
+        Ok(0)
+    } else {
+        for v in &r.violations {
+            println!("VIOLATION: {v}");
+        }
+        Ok(1)
+    }
+}
+
+/// `uring-server adduser`.
+pub fn adduser(name: &str, user: &str, password: Option<String>, slot: u32) -> anyhow::Result<i32> {
+    let password = match password {
+        Some(p) => p,
+        None => std::env::var("NS_PASSWORD")
+            .map_err(|_| anyhow::anyhow!("give --password or set NS_PASSWORD"))?,
+    };
+    proto::codec::Name::new(user).map_err(|e| anyhow::anyhow!("user name {user:?}: {e}"))?;
+    let seg = Segment::attach(name, true)?;
+    let _ = slot;
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let iterations = proto::scram::ITERATIONS_DEFAULT;
+    let secret = proto::scram::ClientSecret::derive(password.as_bytes(), &salt, iterations);
+    let stored = secret.stored();
+    let id = shm::Users::of(&seg).register(
+        user,
+        &shm::Credentials {
+            salt: salt.to_vec(),
+            iterations,
+            stored_key: stored.stored_key,
+            server_key: stored.server_key,
+        },
+    )?;
+    println!("user {user} registered with id {id}");
+    Ok(0)
+}
