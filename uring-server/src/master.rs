@@ -120,13 +120,6 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         %addr, workers, backend = backend.name(), lock_mode = ?lock_mode, segment = seg.name(),
         "uring-server starting"
     );
-    // Tests and scripts read the address from this line.
-    println!(
-        "listening on {addr} backend {} workers {workers}",
-        backend.name()
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
 
     let base = |worker: u16| Config {
         worker,
@@ -145,8 +138,19 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         })
         .collect();
     let mut stopping: Option<Instant> = None;
+    let mut announced = false;
     let mut code = 0;
     loop {
+        if !announced && all_listening(&seg, &slots) {
+            announced = true;
+            // Printed once every worker listens: tests and scripts read the address from it.
+            println!(
+                "listening on {addr} backend {} workers {workers}",
+                backend.name()
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
         let signals = SIGNALS.load(Ordering::Relaxed);
         if signals >= 1 && stopping.is_none() {
             tracing::info!("signal received: stopping workers (a second signal stops at once)");
@@ -234,6 +238,18 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         "all workers stopped; shared memory unlinked"
     );
     Ok(code)
+}
+
+/// True when every worker has published its pid, which it does once its listener is open.
+fn all_listening(seg: &shm::Segment, slots: &[WorkerSlot]) -> bool {
+    let metrics = shm::Metrics::of(seg);
+    slots.iter().enumerate().all(|(i, s)| {
+        s.pid.is_some_and(|pid| {
+            metrics
+                .worker(i)
+                .is_some_and(|m| m.pid.get() == pid.as_raw() as u64)
+        })
+    })
 }
 
 /// After a worker died: finish its half-done ledger operation, free its locks, end its users'

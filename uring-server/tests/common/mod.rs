@@ -1,0 +1,410 @@
+//! Test support: start the real server binary on a free port with its own shared memory, and a
+//! blocking protocol client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use proto::body::*;
+use proto::codec::Name;
+use proto::scram::{auth_message, ClientSecret};
+use proto::{
+    write_request, Field, Frame, FrameDecoder, Header, Push, Reply, Request, Response, Status,
+    BODY_LEN_LIMIT,
+};
+
+/// A unique instance name for this test.
+pub fn unique_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Both backends, for tests that must pass on each.
+pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+/// A running server, stopped (and its shared memory removed) on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+    pub backend: String,
+}
+
+impl Server {
+    /// Starts `uring-server` with `--port 0`, a unique `--name`, and `extra` arguments.
+    pub fn start(tag: &str, extra: &[&str]) -> Server {
+        let name = unique_name(tag);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-server"));
+        cmd.args(["--port", "0", "--name", &name, "--max-users", "4096"])
+            .args([
+                "--txn-log",
+                "65536",
+                "--max-rooms",
+                "16",
+                "--members-per-room",
+                "64",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("NS_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().expect("start uring-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() >= 4 && words[0] == "listening",
+            "unexpected first line {line:?}"
+        );
+        let addr: SocketAddr = words[2].parse().expect("address");
+        Server {
+            child,
+            addr,
+            name,
+            backend: words[4].to_string(),
+        }
+    }
+
+    /// Connects a client.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Runs a tool subcommand against this server; returns (exit code, stdout).
+    pub fn tool(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_uring-server"))
+            .args(["--name", &self.name])
+            .args(args)
+            .output()
+            .expect("run tool");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Sends `sig` to the master.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal the master");
+    }
+
+    /// Waits up to `limit` for the master to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The shared-memory file.
+    pub fn shm_path(&self) -> String {
+        format!("/dev/shm/ns-{}", self.name)
+    }
+
+    /// Worker pids by index, read from the shared metrics.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let seg = shm::Segment::attach(&self.name, false).expect("attach");
+        shm::Metrics::of(&seg)
+            .workers()
+            .iter()
+            .map(|w| w.pid.get() as u32)
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        // A test that killed the master leaves the segment; remove it.
+        let _ = std::fs::remove_file(self.shm_path());
+    }
+}
+
+/// One test password for every user: derived once (PBKDF2 is deliberately slow).
+pub const PASSWORD: &str = "correct horse";
+pub const SALT: [u8; 16] = [0x5A; 16];
+
+pub fn secret() -> &'static ClientSecret {
+    static S: std::sync::OnceLock<ClientSecret> = std::sync::OnceLock::new();
+    S.get_or_init(|| ClientSecret::derive(PASSWORD.as_bytes(), &SALT, proto::scram::ITERATIONS_MIN))
+}
+
+/// An owned copy of a received frame.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub header: Header,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn reply(&self) -> Reply<'_> {
+        Reply::decode(self.header.opcode, self.header.status, &self.body).expect("reply body")
+    }
+
+    pub fn push(&self) -> Push<'_> {
+        Push::decode(self.header.opcode, &self.body).expect("push body")
+    }
+
+    pub fn status(&self) -> Status {
+        self.header.status
+    }
+}
+
+/// A blocking client.
+pub struct Client {
+    pub stream: TcpStream,
+    dec: FrameDecoder,
+    next_id: u64,
+    pub pushes: Vec<Got>,
+    pub user_id: u32,
+    /// Frames read from the socket but not yet handed out.
+    pending: std::collections::VecDeque<Got>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            dec: FrameDecoder::new(BODY_LEN_LIMIT),
+            next_id: 1,
+            pushes: Vec::new(),
+            user_id: 0,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn next_req_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Encodes a request with `req_id`.
+    pub fn frame(req_id: u64, req: &Request<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_request(&mut out, req_id, req, BODY_LEN_LIMIT).expect("encode");
+        out
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads the next frame (response or push); `None` at EOF. Panics on a bad frame, and on a
+    /// close in the middle of one.
+    pub fn read_frame(&mut self) -> Option<Got> {
+        let mut buf = [0u8; 4096];
+        while self.pending.is_empty() {
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    assert!(self.dec.is_idle(), "connection closed mid-frame");
+                    return None;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            };
+            let mut input = &buf[..n];
+            while !input.is_empty() {
+                let (used, res) = self.dec.decode(input);
+                input = &input[used..];
+                if let Some(f) = res.expect("server sent a bad frame") {
+                    let g = owned(&f);
+                    self.pending.push_back(g);
+                }
+            }
+        }
+        self.pending.pop_front()
+    }
+
+    /// Reads until the response to `req_id`, keeping pushes aside.
+    pub fn response(&mut self, req_id: u64) -> Got {
+        loop {
+            let g = self.next().expect("connection closed before the response");
+            if g.header.flags.is_response() {
+                assert_eq!(g.header.req_id, req_id, "responses come in request order");
+                return g;
+            }
+            self.pushes.push(g);
+        }
+    }
+
+    /// The next frame, from the queue or the socket.
+    pub fn next(&mut self) -> Option<Got> {
+        self.read_frame()
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, req: &Request<'_>) -> Got {
+        let id = self.next_req_id();
+        self.call_with_id(id, req)
+    }
+
+    pub fn call_with_id(&mut self, id: u64, req: &Request<'_>) -> Got {
+        let bytes = Self::frame(id, req);
+        self.send_raw(&bytes);
+        self.response(id)
+    }
+
+    /// Expects status `st` and returns the response.
+    pub fn expect(&mut self, req: &Request<'_>, st: Status) -> Got {
+        let g = self.call(req);
+        assert_eq!(g.status(), st, "{:?} got {:?}", req.opcode(), g.reply());
+        g
+    }
+
+    pub fn register(&mut self, user: &str) -> Status {
+        let stored = secret().stored();
+        self.call(&Request::Register(RegisterRequest {
+            username: Name::new(user).expect("name"),
+            salt: Salt::new(&SALT).expect("salt"),
+            iterations: proto::scram::ITERATIONS_MIN,
+            stored_key: stored.stored_key,
+            server_key: stored.server_key,
+        }))
+        .status()
+    }
+
+    /// SCRAM login with `secret`; returns the LOGIN_PROOF response's status.
+    pub fn login_with(&mut self, user: &str, secret: &ClientSecret) -> Status {
+        let client_nonce = [0x42u8; 16];
+        let g = self.call(&Request::Login(LoginRequest {
+            username: Name::new(user).expect("name"),
+            client_nonce: Nonce::new(&client_nonce).expect("nonce"),
+        }));
+        let (salt, iterations, server_nonce) = match g.reply() {
+            Reply::Ok(Response::Login(l)) => (
+                l.salt.as_bytes().to_vec(),
+                l.iterations,
+                l.server_nonce.as_bytes().to_vec(),
+            ),
+            Reply::Err(st, _) => return st,
+            other => panic!("{other:?}"),
+        };
+        let am = auth_message(user, &client_nonce, &server_nonce, &salt, iterations);
+        let g = self.call(&Request::LoginProof(LoginProofRequest {
+            client_proof: secret.proof(&am),
+        }));
+        match g.reply() {
+            Reply::Ok(Response::LoginProof(p)) => {
+                assert!(
+                    secret.verify_server(&am, &p.server_signature),
+                    "server signature does not verify"
+                );
+                self.user_id = p.user_id;
+                Status::Ok
+            }
+            Reply::Err(st, _) => st,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Registers (if needed) and logs in with the test password.
+    pub fn join_as(&mut self, user: &str) {
+        let st = self.register(user);
+        assert!(
+            st == Status::Ok || st == Status::ErrAlreadyExists,
+            "register {user}: {st:?}"
+        );
+        assert_eq!(self.login_with(user, secret()), Status::Ok, "login {user}");
+    }
+
+    /// The worker serving this connection (from HELLO).
+    pub fn worker(&mut self) -> u16 {
+        match self
+            .call(&Request::Hello(HelloRequest {
+                client: Label::new("it").expect("label"),
+            }))
+            .reply()
+        {
+            Reply::Ok(Response::Hello(h)) => h.worker_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A ledger call's (balance, txn_id), or its error status.
+    pub fn ledger(&mut self, req: &Request<'_>) -> Result<(u64, u64), Status> {
+        let id = self.next_req_id();
+        self.ledger_with_id(id, req)
+    }
+
+    pub fn ledger_with_id(&mut self, id: u64, req: &Request<'_>) -> Result<(u64, u64), Status> {
+        match self.call_with_id(id, req).reply() {
+            Reply::Ok(Response::Deposit(r) | Response::Withdraw(r) | Response::Transfer(r)) => {
+                Ok((r.balance, r.txn_id))
+            }
+            Reply::Err(st, _) => Err(st),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub fn balance(&mut self) -> u64 {
+        match self.call(&Request::Balance(Empty {})).reply() {
+            Reply::Ok(Response::Balance(b)) => b.balance,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn owned(f: &Frame<'_>) -> Got {
+    Got {
+        header: f.header,
+        body: f.body.to_vec(),
+    }
+}
+
+pub fn deposit(amount: u64) -> Request<'static> {
+    Request::Deposit(AmountRequest { amount })
+}
+
+pub fn withdraw(amount: u64) -> Request<'static> {
+    Request::Withdraw(AmountRequest { amount })
+}
+
+pub fn transfer_to(name: &str, amount: u64) -> Request<'_> {
+    Request::Transfer(TransferRequest {
+        to: Target::Name(Name::new(name).expect("name")),
+        amount,
+    })
+}
+
+pub fn transfer_id(id: u32, amount: u64) -> Request<'static> {
+    Request::Transfer(TransferRequest {
+        to: Target::Id(id),
+        amount,
+    })
+}
+
+/// Bytes of an encoded body, for hand-made frames.
+pub fn body_bytes<'a, T: Field<'a>>(b: &T) -> Vec<u8> {
+    b.to_vec()
+}

@@ -1,0 +1,256 @@
+//! The real server over loopback, on both backends: sessions, login, the ledger, idempotent
+//! retries, pipelining, 1-byte writes, stats and audit.
+
+mod common;
+
+use common::*;
+use proto::body::*;
+use proto::{Reply, Request, Response, Status};
+
+#[test]
+fn the_whole_session_and_ledger_flow() {
+    for backend in BACKENDS {
+        let server = Server::start("flow", &["-w", "2", "--io", backend]);
+        assert_eq!(
+            server.backend,
+            if backend == "uring" {
+                "io_uring"
+            } else {
+                "epoll"
+            }
+        );
+        let mut a = server.client();
+        // HELLO tells the limits.
+        match a
+            .call(&Request::Hello(HelloRequest {
+                client: Label::new("it").expect("label"),
+            }))
+            .reply()
+        {
+            Reply::Ok(Response::Hello(h)) => {
+                assert_eq!(h.body_len_max, proto::BODY_LEN_MAX_DEFAULT);
+                assert!(h.idle_timeout_ms > 0 && h.heartbeat_interval_ms > 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing but the session before login.
+        a.expect(&deposit(5), Status::ErrUnauthorized);
+        a.expect(&Request::Balance(Empty {}), Status::ErrUnauthorized);
+        let hb = a.call(&Request::Heartbeat(HeartbeatRequest { client_time_ms: 77 }));
+        assert!(matches!(hb.reply(), Reply::Ok(Response::Heartbeat(h)) if h.client_time_ms == 77));
+        // LOGIN_PROOF without LOGIN.
+        a.expect(
+            &Request::LoginProof(LoginProofRequest {
+                client_proof: [0; 32],
+            }),
+            Status::ErrBadState,
+        );
+        // Unknown user, then register.
+        let wrong =
+            proto::scram::ClientSecret::derive(b"wrong", &SALT, proto::scram::ITERATIONS_MIN);
+        assert_eq!(a.login_with("alice", &wrong), Status::ErrNotFound);
+        assert_eq!(a.register("alice"), Status::Ok);
+        assert_eq!(a.register("alice"), Status::ErrAlreadyExists);
+        assert_eq!(a.login_with("alice", &wrong), Status::ErrUnauthorized);
+        assert_eq!(a.login_with("alice", secret()), Status::Ok);
+        let alice = a.user_id;
+        a.expect(
+            &Request::Login(LoginRequest {
+                username: proto::codec::Name::new("alice").expect("name"),
+                client_nonce: Nonce::new(&[1; 16]).expect("nonce"),
+            }),
+            Status::ErrBadState,
+        );
+
+        let mut b = server.client();
+        b.join_as("bob");
+        let bob = b.user_id;
+        assert_ne!(alice, bob);
+
+        // Money.
+        assert_eq!(a.ledger(&deposit(10_000)).map(|r| r.0), Ok(10_000));
+        assert_eq!(a.ledger(&withdraw(2_500)).map(|r| r.0), Ok(7_500));
+        assert_eq!(a.ledger(&transfer_to("bob", 1_250)).map(|r| r.0), Ok(6_250));
+        assert_eq!(a.ledger(&transfer_id(bob, 250)).map(|r| r.0), Ok(6_000));
+        assert_eq!(b.balance(), 1_500);
+        assert_eq!(
+            a.ledger(&withdraw(6_001)),
+            Err(Status::ErrInsufficientFunds)
+        );
+        assert_eq!(a.ledger(&deposit(0)), Err(Status::ErrInvalidAmount));
+        assert_eq!(
+            a.ledger(&transfer_id(alice, 1)),
+            Err(Status::ErrInvalidArgument)
+        );
+        assert_eq!(
+            a.ledger(&transfer_to("nobody", 1)),
+            Err(Status::ErrNotFound)
+        );
+        assert_eq!(a.ledger(&transfer_id(9999, 1)), Err(Status::ErrNotFound));
+        assert_eq!(a.ledger(&deposit(u64::MAX)), Err(Status::ErrOverflow));
+
+        // A retry with the same req_id is answered with the first result and applied once.
+        let first = a
+            .ledger_with_id(9_000, &transfer_to("bob", 100))
+            .expect("transfer");
+        let again = a
+            .ledger_with_id(9_000, &transfer_to("bob", 100))
+            .expect("retry");
+        assert_eq!(first, again);
+        assert_eq!(a.balance(), 5_900);
+        assert_eq!(
+            a.ledger_with_id(9_000, &transfer_to("bob", 101)),
+            Err(Status::ErrInvalidArgument)
+        );
+
+        // History, newest first, with the caller's balance after each.
+        match a
+            .call(&Request::TxnHistory(TxnHistoryRequest {
+                before_txn_id: 0,
+                limit: 3,
+            }))
+            .reply()
+        {
+            Reply::Ok(Response::TxnHistory(h)) => {
+                let t = h.txns.items();
+                assert_eq!(t.len(), 3);
+                assert_eq!(t[0].txn_id, first.1);
+                assert_eq!(t[0].balance_after, 5_900);
+                assert_eq!(t[0].kind, TxnKind::Transfer);
+                assert!(t[0].txn_id > t[1].txn_id && t[1].txn_id > t[2].txn_id);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // LIST_USERS shows both online.
+        match a
+            .call(&Request::ListUsers(PageRequest {
+                after_id: 0,
+                limit: 10,
+            }))
+            .reply()
+        {
+            Reply::Ok(Response::ListUsers(l)) => assert_eq!(l.users.items().len(), 2),
+            other => panic!("{other:?}"),
+        }
+
+        // LOGOUT ends the session on the same connection.
+        a.expect(&Request::Logout(Empty {}), Status::Ok);
+        a.expect(&deposit(1), Status::ErrUnauthorized);
+        assert_eq!(a.login_with("alice", secret()), Status::Ok);
+
+        let (code, out) = server.tool(&["audit"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("audit OK"), "{out}");
+        let (code, out) = server.tool(&["stats"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("TRANSFER"), "{out}");
+        let (code, prom) = server.tool(&["stats", "--format", "prometheus"]);
+        assert_eq!(code, 0);
+        assert!(prom.contains("ns_requests_total{worker="), "{prom}");
+        assert!(prom.contains("opcode=\"DEPOSIT\""), "{prom}");
+    }
+}
+
+#[test]
+fn one_byte_at_a_time_and_100_pipelined_requests_in_one_write() {
+    for backend in BACKENDS {
+        let server = Server::start("split", &["-w", "1", "--io", backend]);
+        let mut c = server.client();
+        c.join_as("carol");
+        // A deposit dribbled one byte per write.
+        let bytes = Client::frame(500, &deposit(7));
+        for b in &bytes {
+            c.send_raw(std::slice::from_ref(b));
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let r = c.response(500);
+        assert_eq!(r.status(), Status::Ok);
+        // 100 requests in one write; responses in order.
+        let mut batch = Vec::new();
+        for i in 0..100u64 {
+            batch.extend(Client::frame(1_000 + i, &deposit(1)));
+        }
+        c.send_raw(&batch);
+        for i in 0..100u64 {
+            let g = c.response(1_000 + i);
+            match g.reply() {
+                Reply::Ok(Response::Deposit(d)) => assert_eq!(d.balance, 8 + i),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn closed_registration_and_adduser() {
+    let server = Server::start("closed", &["-w", "1", "--registration", "closed"]);
+    let mut c = server.client();
+    assert_eq!(c.register("dave"), Status::ErrRegistrationClosed);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
+        .args([
+            "--name",
+            &server.name,
+            "adduser",
+            "dave",
+            "--password",
+            PASSWORD,
+        ])
+        .output()
+        .expect("adduser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // adduser picks its own salt; the client derives from what LOGIN returns.
+    let g = c.call(&Request::Login(LoginRequest {
+        username: proto::codec::Name::new("dave").expect("name"),
+        client_nonce: Nonce::new(&[3; 16]).expect("nonce"),
+    }));
+    let (salt, iterations) = match g.reply() {
+        Reply::Ok(Response::Login(l)) => (l.salt.as_bytes().to_vec(), l.iterations),
+        other => panic!("{other:?}"),
+    };
+    let s = proto::scram::ClientSecret::derive(PASSWORD.as_bytes(), &salt, iterations);
+    assert_eq!(c.login_with("dave", &s), Status::Ok);
+}
+
+#[test]
+fn repeated_login_failures_are_slowed_down() {
+    let server = Server::start("throttle", &["-w", "1"]);
+    let mut c = server.client();
+    assert_eq!(c.register("erin"), Status::Ok);
+    let wrong = proto::scram::ClientSecret::derive(b"nope", &SALT, proto::scram::ITERATIONS_MIN);
+    for _ in 0..3 {
+        assert_eq!(c.login_with("erin", &wrong), Status::ErrUnauthorized);
+    }
+    // Locked out for a while, even with the right password.
+    assert_eq!(c.login_with("erin", secret()), Status::ErrRateLimited);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(c.login_with("erin", secret()), Status::Ok);
+}
+
+#[test]
+fn a_newer_login_ends_the_older_session() {
+    let server = Server::start("dup", &["-w", "1"]);
+    let mut old = server.client();
+    old.join_as("frank");
+    let mut new = server.client();
+    new.join_as("frank");
+    // The old connection is told and closed within a sweep (1 s).
+    let mut saw_notice = false;
+    while let Some(g) = old.next() {
+        if g.header.opcode == proto::Opcode::Notice {
+            match g.push() {
+                proto::Push::Notice(n) => {
+                    assert_eq!(n.code, proto::codes::notice::LOGGED_IN_ELSEWHERE);
+                    saw_notice = true;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(saw_notice);
+    assert_eq!(new.ledger(&deposit(1)).map(|r| r.0), Ok(1));
+}
