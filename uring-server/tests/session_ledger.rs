@@ -241,7 +241,7 @@ fn a_newer_login_ends_the_older_session() {
     // The old connection is told and closed within a sweep (1 s).
     let mut saw_notice = false;
     while let Some(g) = old.next() {
-        if g.header.opcode == proto::Opcode::Notice {
+        if g.opcode() == Some(proto::Opcode::Notice) {
             match g.push() {
                 proto::Push::Notice(n) => {
                     assert_eq!(n.code, proto::codes::notice::LOGGED_IN_ELSEWHERE);

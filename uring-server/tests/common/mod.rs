@@ -13,7 +13,7 @@ use proto::body::*;
 use proto::codec::Name;
 use proto::scram::{auth_message, ClientSecret};
 use proto::{
-    write_request, Field, Frame, FrameDecoder, Header, Push, Reply, Request, Response, Status,
+    write_request, Field, Frame, FrameDecoder, Push, RawHeader, Reply, Request, Response, Status,
     BODY_LEN_LIMIT,
 };
 
@@ -154,24 +154,52 @@ pub fn secret() -> &'static ClientSecret {
     S.get_or_init(|| ClientSecret::derive(PASSWORD.as_bytes(), &SALT, proto::scram::ITERATIONS_MIN))
 }
 
-/// An owned copy of a received frame.
+/// An owned copy of a received frame. Kept raw: an error response may carry an opcode this
+/// client does not know (the echo of an unknown one, or 0 for a frame the server could not read).
 #[derive(Debug, Clone)]
 pub struct Got {
-    pub header: Header,
+    pub raw: RawHeader,
     pub body: Vec<u8>,
 }
 
 impl Got {
+    pub fn status(&self) -> Status {
+        Status::from_u16(self.raw.status).expect("known status")
+    }
+
+    pub fn opcode(&self) -> Option<proto::Opcode> {
+        proto::Opcode::from_u16(self.raw.opcode)
+    }
+
+    pub fn req_id(&self) -> u64 {
+        self.raw.req_id
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.raw.flags & proto::Flags::IS_RESPONSE != 0
+    }
+
     pub fn reply(&self) -> Reply<'_> {
-        Reply::decode(self.header.opcode, self.header.status, &self.body).expect("reply body")
+        match self.opcode() {
+            Some(op) => Reply::decode(op, self.status(), &self.body).expect("reply body"),
+            None => {
+                assert_ne!(
+                    self.status(),
+                    Status::Ok,
+                    "OK response with an unknown opcode"
+                );
+                Reply::Err(
+                    self.status(),
+                    ErrorBody {
+                        message: Message::new("").expect("empty"),
+                    },
+                )
+            }
+        }
     }
 
     pub fn push(&self) -> Push<'_> {
-        Push::decode(self.header.opcode, &self.body).expect("push body")
-    }
-
-    pub fn status(&self) -> Status {
-        self.header.status
+        Push::decode(self.opcode().expect("push opcode"), &self.body).expect("push body")
     }
 }
 
@@ -237,9 +265,22 @@ impl Client {
             while !input.is_empty() {
                 let (used, res) = self.dec.decode(input);
                 input = &input[used..];
-                if let Some(f) = res.expect("server sent a bad frame") {
-                    let g = owned(&f);
-                    self.pending.push_back(g);
+                match res {
+                    Ok(Some(f)) => {
+                        let g = owned(&f);
+                        self.pending.push_back(g);
+                    }
+                    Ok(None) => {}
+                    // An error response echoing an opcode we do not know: keep its header.
+                    Err(proto::DecodeError::UnknownOpcode { header })
+                        if header.flags & proto::Flags::IS_RESPONSE != 0 && header.status != 0 =>
+                    {
+                        self.pending.push_back(Got {
+                            raw: header,
+                            body: Vec::new(),
+                        });
+                    }
+                    Err(e) => panic!("server sent a bad frame: {e}"),
                 }
             }
         }
@@ -250,8 +291,8 @@ impl Client {
     pub fn response(&mut self, req_id: u64) -> Got {
         loop {
             let g = self.next().expect("connection closed before the response");
-            if g.header.flags.is_response() {
-                assert_eq!(g.header.req_id, req_id, "responses come in request order");
+            if g.is_response() {
+                assert_eq!(g.req_id(), req_id, "responses come in request order");
                 return g;
             }
             self.pushes.push(g);
@@ -376,8 +417,15 @@ impl Client {
 }
 
 fn owned(f: &Frame<'_>) -> Got {
+    let h = f.header;
     Got {
-        header: f.header,
+        raw: RawHeader::new(
+            h.flags,
+            h.opcode.as_u16(),
+            h.status.as_u16(),
+            h.req_id,
+            h.body_len,
+        ),
         body: f.body.to_vec(),
     }
 }
