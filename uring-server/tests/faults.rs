@@ -1,0 +1,193 @@
+//! Faults under load, on both backends: kill -9 of a worker (restarted, state recovered, other
+//! workers' clients untouched) and SIGINT (graceful: exit 0, shared memory gone, whole frames).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use proto::{Request, Status};
+
+/// Opens connections until `per_worker` clients are logged in on each of `workers` workers.
+fn clients_by_worker(server: &Server, workers: u16, per_worker: usize) -> Vec<Vec<Client>> {
+    let mut by: Vec<Vec<Client>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while by.iter().any(|v| v.len() < per_worker) {
+        assert!(
+            Instant::now() < deadline,
+            "SO_REUSEPORT never spread the connections"
+        );
+        let mut c = server.client();
+        let w = c.worker() as usize;
+        if by[w].len() < per_worker {
+            n += 1;
+            c.join_as(&format!("u{n}"));
+            c.ledger(&deposit(1_000_000)).expect("fund");
+            by[w].push(c);
+        }
+    }
+    by
+}
+
+#[test]
+fn kill_9_of_a_worker_under_load_is_recovered_and_others_see_no_error() {
+    for backend in BACKENDS {
+        let server = Server::start("kill", &["-w", "2", "--io", backend]);
+        let mut by = clients_by_worker(&server, 2, 3);
+        let survivors = std::mem::take(&mut by[1]);
+        let victims = std::mem::take(&mut by[0]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        // Survivors transfer among themselves (and to the victims' accounts) nonstop.
+        let threads: Vec<_> = survivors
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut k = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        k += 1;
+                        let to = 1 + (k + i as u32) % 6;
+                        let r = if to == c.user_id {
+                            c.ledger(&deposit(1))
+                        } else {
+                            c.ledger(&transfer_id(to, 1))
+                        };
+                        r.unwrap_or_else(|st| panic!("a survivor saw {st:?}"));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    c
+                })
+            })
+            .collect();
+        // Victims also transfer, so the kill lands mid-traffic.
+        let victim_threads: Vec<_> = victims
+            .into_iter()
+            .map(|mut c| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = c.next_req_id();
+                        let bytes = Client::frame(id, &transfer_id(1 + id as u32 % 6, 1));
+                        if std::io::Write::write_all(&mut c.stream, &bytes).is_err() {
+                            break;
+                        }
+                        if c.next().is_none() {
+                            break; // The worker died under us, as intended.
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let pids = server.worker_pids();
+        let victim_pid = pids[0];
+        assert!(victim_pid != 0);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim_pid as i32),
+            Signal::SIGKILL,
+        )
+        .expect("kill the worker");
+        // The master restarts it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = server.worker_pids();
+            if now[0] != 0 && now[0] != victim_pid {
+                break;
+            }
+            assert!(Instant::now() < deadline, "worker 0 was not restarted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        for t in victim_threads {
+            let _ = t.join();
+        }
+        let mut survivors: Vec<Client> = threads
+            .into_iter()
+            .map(|t| t.join().expect("survivor thread"))
+            .collect();
+        assert!(done.load(Ordering::Relaxed) > 50, "survivors made progress");
+        // New connections work (on either worker), and the ledger is sound.
+        let mut fresh = server.client();
+        fresh.join_as("u1");
+        assert!(fresh.balance() > 0);
+        survivors[0].call(&Request::Heartbeat(proto::body::HeartbeatRequest {
+            client_time_ms: 0,
+        }));
+        let (code, out) = server.tool(&["audit"]);
+        assert_eq!(code, 0, "{out}");
+        let (_, stats) = server.tool(&["stats"]);
+        assert!(stats.contains("restarts"), "{stats}");
+    }
+}
+
+#[test]
+fn sigint_under_load_exits_0_cleanly_with_whole_frames() {
+    for backend in BACKENDS {
+        let mut server = Server::start("sigint", &["-w", "2", "--io", backend]);
+        let shm_path = server.shm_path();
+        assert!(std::path::Path::new(&shm_path).exists());
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let mut c = server.client();
+                c.join_as(&format!("s{i}"));
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut ok = 0u64;
+                    let mut saw_notice = false;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = c.next_req_id();
+                        let bytes = Client::frame(id, &deposit(1));
+                        if std::io::Write::write_all(&mut c.stream, &bytes).is_err() {
+                            break;
+                        }
+                        // `next` panics on a frame cut short or malformed: every frame the
+                        // server sent must be whole.
+                        match c.next() {
+                            Some(g) if g.is_response() => {
+                                assert_eq!(g.status(), Status::Ok);
+                                ok += 1;
+                            }
+                            Some(g) => {
+                                saw_notice |= g.opcode() == Some(proto::Opcode::Notice);
+                                // Drain what remains until the close.
+                                while c.next().is_some() {}
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    (ok, saw_notice)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        server.signal(Signal::SIGINT);
+        let code = server.wait_exit(Duration::from_secs(8));
+        stop.store(true, Ordering::Relaxed);
+        let results: Vec<(u64, bool)> = threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .collect();
+        assert_eq!(code, Some(0), "graceful exit");
+        assert!(
+            !std::path::Path::new(&shm_path).exists(),
+            "shared memory unlinked"
+        );
+        assert!(
+            results.iter().all(|r| r.0 > 0),
+            "clients made progress: {results:?}"
+        );
+        assert!(
+            results.iter().any(|r| r.1),
+            "clients were told of the shutdown: {results:?}"
+        );
+    }
+}
