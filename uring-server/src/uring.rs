@@ -243,6 +243,7 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
     lp.push(tick_entry);
     let mut last_sweep = Instant::now();
     let mut deadline: Option<Instant> = None;
+    let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
     loop {
         if accepting && !accept_armed {
             let e = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
@@ -285,9 +286,11 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
         }
         lp.core.ctx.now_ms = now_ms();
         let mut returned = false;
-        // Completions are copied out first: handling one may push new submissions.
-        let cqes: Vec<cqueue::Entry> = lp.ring.completion().collect();
-        for cqe in cqes {
+        // Completions are copied out first (into a reused buffer): handling one may push new
+        // submissions, which needs the ring.
+        cqes.clear();
+        cqes.extend(lp.ring.completion());
+        for cqe in cqes.drain(..) {
             let ud = cqe.user_data();
             let key = (ud & KEY_MASK) as usize;
             let (res, flags) = (cqe.result(), cqe.flags());
