@@ -47,6 +47,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Registration::Open)]
     pub registration: Registration,
 
+    /// Chat flood limit: messages (room or direct) a user may send in a burst.
+    #[arg(long, default_value_t = 100)]
+    pub flood_burst: u32,
+
+    /// Chat flood limit: messages per second after the burst; past it, ERR_RATE_LIMITED.
+    #[arg(long, default_value_t = 50)]
+    pub flood_per_sec: u32,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,

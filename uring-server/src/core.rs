@@ -14,7 +14,11 @@ use proto::{
 };
 use shm::ledger::{self, Applied, LedgerError};
 use shm::metrics::opcode_index;
-use shm::{Ledger, Segment, SessionId, Users, WorkerMetrics};
+use shm::rooms::{MemberInfo, Read};
+use shm::wake::WakeFds;
+use shm::{Ledger, Rooms, Segment, SessionId, Users, WorkerMetrics};
+
+use crate::chat::{Bucket, ChatLocal, LocalMember};
 use slab::Slab;
 
 /// What a worker needs to know from the command line.
@@ -32,6 +36,10 @@ pub struct Config {
     pub out_max_bytes: usize,
     /// Whether REGISTER is served.
     pub registration_open: bool,
+    /// Flood limit: chat messages a user may send at once.
+    pub flood_burst: u32,
+    /// Flood limit: chat messages per second after the burst.
+    pub flood_per_sec: u32,
 }
 
 /// How long a LOGIN challenge stays valid.
@@ -106,6 +114,14 @@ pub struct ConnState {
     pub last_active_ms: u64,
     /// Close once the output is flushed; read nothing more.
     pub closing: bool,
+    /// The slab key.
+    key: usize,
+    /// Rooms joined on this connection.
+    rooms: Vec<u32>,
+    /// The user's name once logged in (the sender name of its messages).
+    name: String,
+    /// Chat flood limit.
+    bucket: Bucket,
 }
 
 /// What a backend tracks about a connection's operations in flight.
@@ -138,6 +154,9 @@ pub struct Ctx<'s> {
     seg: &'s Segment,
     ledger: Ledger<'s>,
     users: Users<'s>,
+    rooms: Rooms<'s>,
+    chat: ChatLocal,
+    wake_fds: Option<&'s WakeFds>,
     /// This worker's counters.
     pub metrics: &'s WorkerMetrics,
     /// Wall clock of the current loop turn.
@@ -171,7 +190,11 @@ pub fn now_ms() -> u64 {
 
 impl<'s> Core<'s> {
     /// A worker core on `seg`, using ledger slot `cfg.worker`.
-    pub fn new(cfg: Config, seg: &'s Segment) -> anyhow::Result<Core<'s>> {
+    pub fn new(
+        cfg: Config,
+        seg: &'s Segment,
+        wake_fds: Option<&'s WakeFds>,
+    ) -> anyhow::Result<Core<'s>> {
         let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
         let metrics = shm::Metrics::of(seg)
             .worker(usize::from(cfg.worker))
@@ -180,6 +203,9 @@ impl<'s> Core<'s> {
             conns: Slab::with_capacity(cfg.max_conns.min(1 << 16)),
             ctx: Ctx {
                 users: Users::of(seg),
+                rooms: Rooms::of(seg),
+                chat: ChatLocal::default(),
+                wake_fds,
                 seg,
                 ledger,
                 metrics,
@@ -221,6 +247,10 @@ impl<'s> Core<'s> {
                 session: Session::Connected,
                 last_active_ms: self.ctx.now_ms,
                 closing: false,
+                key,
+                rooms: Vec::new(),
+                name: String::new(),
+                bucket: Bucket::new(self.ctx.cfg.flood_burst, self.ctx.now_ms),
             },
             io: IoFlags::default(),
         });
@@ -253,8 +283,8 @@ impl<'s> Core<'s> {
 
     /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
     pub fn remove(&mut self, key: usize) -> Option<Conn> {
-        let conn = self.conns.try_remove(key)?;
-        self.ctx.end_session(&conn.st);
+        let mut conn = self.conns.try_remove(key)?;
+        self.ctx.end_session(&mut conn.st);
         let m = self.ctx.metrics;
         m.conns_closed.add(1);
         m.conns_active.set(self.conns.len() as u64);
@@ -292,6 +322,103 @@ impl<'s> Core<'s> {
         marked
     }
 
+    /// The chat epoch word in shared memory (a futex the loop can wait on) and the value this
+    /// worker last delivered at.
+    pub fn chat_epoch(&self) -> (&'s std::sync::atomic::AtomicU32, u32) {
+        (shm::wake::epoch(self.ctx.seg), self.ctx.chat.epoch_seen)
+    }
+
+    /// Delivers every room message this worker has not yet pushed to its local members, if the
+    /// chat epoch moved. Each message is encoded once and copied into each member's queue.
+    /// Returns the connections that got output.
+    pub fn deliver(&mut self) -> Vec<usize> {
+        let epoch = shm::wake::epoch(self.ctx.seg).load(std::sync::atomic::Ordering::Acquire);
+        if epoch == self.ctx.chat.epoch_seen {
+            return Vec::new();
+        }
+        self.ctx.chat.epoch_seen = epoch;
+        let mut touched = Vec::new();
+        let mut frame = Vec::with_capacity(256);
+        let rooms: Vec<u32> = self.ctx.chat.members.keys().copied().collect();
+        for room in rooms {
+            let Ok(last) = self.ctx.rooms.last_seq(room) else {
+                continue;
+            };
+            let mut seq = self.ctx.chat.cursors.get(&room).copied().unwrap_or(last);
+            while seq < last {
+                seq += 1;
+                frame.clear();
+                let event = match self.ctx.rooms.read(room, seq) {
+                    Ok(Read::Event(e)) => e,
+                    Ok(Read::Missed { oldest }) => {
+                        // This worker fell a whole ring behind: tell members what they lost.
+                        let gap = Push::ChatGap(ChatGap {
+                            room_id: room,
+                            first_seq: seq,
+                            missed: oldest - seq,
+                        });
+                        let _ = write_push(&mut frame, &gap, proto::BODY_LEN_LIMIT);
+                        self.fan_out(room, seq, &frame, &mut touched);
+                        seq = oldest - 1;
+                        continue;
+                    }
+                    Ok(Read::NotYet) | Err(_) => break,
+                };
+                let (Ok(sender), Ok(text)) =
+                    (Name::new(&event.sender_name), Text::new(&event.text))
+                else {
+                    continue;
+                };
+                let push = Push::ChatBroadcast(ChatBroadcast {
+                    room_id: room,
+                    message: RoomMessage {
+                        seq,
+                        sender_id: event.sender,
+                        time_ms: event.time_ms,
+                        sender,
+                        text,
+                    },
+                });
+                let _ = write_push(&mut frame, &push, proto::BODY_LEN_LIMIT);
+                self.fan_out(room, seq, &frame, &mut touched);
+            }
+            self.ctx.chat.cursors.insert(room, seq);
+        }
+        touched
+    }
+
+    /// Copies one encoded push into the queue of every local member of `room` that joined
+    /// before message `seq`.
+    fn fan_out(&mut self, room: u32, seq: u64, frame: &[u8], touched: &mut Vec<usize>) {
+        // Taken out of the map while the queues are filled (which needs the context mutably).
+        let Some(members) = self.ctx.chat.members.remove(&room) else {
+            return;
+        };
+        for m in &members {
+            if seq <= m.after_seq {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(m.key) else {
+                continue;
+            };
+            if conn.st.id != m.conn_id {
+                continue;
+            }
+            let ctx = &mut self.ctx;
+            let before = conn.st.closing;
+            ctx.queue(&mut conn.st, frame.len(), |out| {
+                out.extend_from_slice(frame)
+            });
+            if conn.st.closing && !before {
+                ctx.metrics.pushes_dropped.add(1);
+            } else {
+                ctx.metrics.pushes_delivered.add(1);
+            }
+            touched.push(m.key);
+        }
+        self.ctx.chat.members.insert(room, members);
+    }
+
     /// Shutdown: tells every client, and closes after their output is flushed.
     pub fn begin_shutdown(&mut self) {
         for (_, conn) in self.conns.iter_mut() {
@@ -312,8 +439,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn end_session(&mut self, st: &ConnState) {
+    /// Ends a session: leaves its rooms and marks the user offline (if still this session).
+    fn end_session(&mut self, st: &mut ConnState) {
         if let Session::LoggedIn { user_id } = st.session {
+            for room in std::mem::take(&mut st.rooms) {
+                let _ = self.rooms.leave(room, user_id);
+                self.chat.leave(room, st.id);
+            }
             self.users.set_offline(user_id, self.session_id(st));
         }
     }
@@ -591,6 +723,7 @@ impl Ctx<'_> {
             tracing::info!(user_id, ?previous, "login replaces an older session");
         }
         st.session = Session::LoggedIn { user_id };
+        st.name = self.users.name(user_id).unwrap_or_default();
         let server_signature = proto::scram::server_signature_of(&creds.server_key, &auth_message);
         self.respond(
             st,
@@ -677,13 +810,149 @@ impl Ctx<'_> {
                 self.respond(st, id, &resp);
                 return Ok(());
             }
+            Request::JoinRoom(j) => {
+                let joined = self
+                    .rooms
+                    .join(
+                        j.room.as_str(),
+                        MemberInfo {
+                            user,
+                            worker: u32::from(self.cfg.worker),
+                            conn: st.id,
+                        },
+                    )
+                    .map_err(|e| (e.status(), e.to_string()))?;
+                if !st.rooms.contains(&joined.room_id) {
+                    st.rooms.push(joined.room_id);
+                }
+                self.chat.join(
+                    joined.room_id,
+                    LocalMember {
+                        key: st.key,
+                        conn_id: st.id,
+                        after_seq: joined.last_seq,
+                    },
+                    joined.last_seq,
+                );
+                Response::JoinRoom(JoinRoomResponse {
+                    room_id: joined.room_id,
+                    last_seq: joined.last_seq,
+                    members: joined.members,
+                })
+            }
+            Request::LeaveRoom(l) => {
+                self.rooms
+                    .leave(l.room_id, user)
+                    .map_err(|e| (e.status(), e.to_string()))?;
+                st.rooms.retain(|&r| r != l.room_id);
+                self.chat.leave(l.room_id, st.id);
+                Response::LeaveRoom(Empty {})
+            }
+            Request::ChatSend(c) => {
+                if !st.rooms.contains(&c.room_id) {
+                    let status = if self.rooms.last_seq(c.room_id).is_ok() {
+                        Status::ErrNotMember
+                    } else {
+                        Status::ErrNotFound
+                    };
+                    return Err((status, format!("not in room {}", c.room_id)));
+                }
+                let (burst, rate) = (self.cfg.flood_burst, self.cfg.flood_per_sec);
+                st.bucket
+                    .take(burst, rate, self.now_ms)
+                    .map_err(|wait_ms| {
+                        (
+                            Status::ErrRateLimited,
+                            format!("flood limit: retry in {wait_ms} ms"),
+                        )
+                    })?;
+                let seq = self
+                    .rooms
+                    .publish(c.room_id, user, &st.name, c.text.as_str(), self.now_ms)
+                    .map_err(|e| (e.status(), e.to_string()))?;
+                shm::wake::notify_all(self.seg, self.wake_fds);
+                Response::ChatSend(ChatSendResponse { seq })
+            }
+            Request::ListRooms(q) => {
+                let limit = usize::from(q.limit).min(self.list_limit(4 + 4 + 8 + 2 + 32));
+                let infos = self.rooms.list(q.after_id, limit);
+                let rooms = infos
+                    .iter()
+                    .filter_map(|r| {
+                        Name::new(&r.name).ok().map(|name| RoomEntry {
+                            room_id: r.room_id,
+                            members: r.members,
+                            last_seq: r.last_seq,
+                            name,
+                        })
+                    })
+                    .collect();
+                let resp = Response::ListRooms(ListRoomsResponse {
+                    rooms: List::new(rooms).map_err(|e| (Status::ErrInternal, e.to_string()))?,
+                });
+                self.respond(st, id, &resp);
+                return Ok(());
+            }
+            Request::RoomHistory(q) => return self.history(st, id, &q),
             _ => {
                 return Err((
                     Status::ErrUnsupported,
-                    "chat requests are not served by this build yet".into(),
+                    "direct messages are not served by this build yet".into(),
                 ))
             }
         };
+        self.respond(st, id, &resp);
+        Ok(())
+    }
+
+    /// ROOM_HISTORY: messages after `after_seq` still in the ring, within the body limit.
+    fn history(&mut self, st: &mut ConnState, id: u64, q: &RoomHistoryRequest) -> Handled {
+        let last_seq = self
+            .rooms
+            .last_seq(q.room_id)
+            .map_err(|e| (e.status(), e.to_string()))?;
+        let budget = (self.cfg.body_len_max as usize).saturating_sub(64);
+        let mut events = Vec::new();
+        let mut missed = 0u64;
+        let mut bytes = 0usize;
+        let mut seq = q.after_seq + 1;
+        while seq <= last_seq && events.len() < usize::from(q.limit).min(LIST_LEN_MAX) {
+            match self.rooms.read(q.room_id, seq) {
+                Ok(Read::Event(e)) => {
+                    let len = 8 + 4 + 8 + 2 + e.sender_name.len() + 2 + e.text.len();
+                    if bytes + len > budget {
+                        break;
+                    }
+                    bytes += len;
+                    events.push(e);
+                    seq += 1;
+                }
+                Ok(Read::Missed { oldest }) => {
+                    missed += oldest.saturating_sub(seq);
+                    seq = oldest;
+                }
+                Ok(Read::NotYet) | Err(_) => break,
+            }
+        }
+        let messages = events
+            .iter()
+            .filter_map(|e| {
+                let sender = Name::new(&e.sender_name).ok()?;
+                let text = Text::new(&e.text).ok()?;
+                Some(RoomMessage {
+                    seq: e.seq,
+                    sender_id: e.sender,
+                    time_ms: e.time_ms,
+                    sender,
+                    text,
+                })
+            })
+            .collect();
+        let resp = Response::RoomHistory(RoomHistoryResponse {
+            last_seq,
+            missed,
+            messages: List::new(messages).map_err(|e| (Status::ErrInternal, e.to_string()))?,
+        });
         self.respond(st, id, &resp);
         Ok(())
     }

@@ -11,6 +11,7 @@ use crate::core::{now_ms, Core};
 use crate::worker::Shutdown;
 
 const LISTENER: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
 const READ_BUF: usize = 64 << 10;
 
 fn interest(want_write: bool) -> EpollFlags {
@@ -94,12 +95,20 @@ fn settle(core: &mut Core<'_>, epoll: &Epoll, key: usize) {
 }
 
 /// Runs the worker's loop until shutdown completes.
-pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    core: &mut Core<'_>,
+    listener: OwnedFd,
+    shutdown: &Shutdown,
+    wake_fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> anyhow::Result<()> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(
         listener.as_fd(),
         EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
     )?;
+    if let Some(fd) = wake_fd {
+        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    }
     let mut listener = Some(listener);
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut buf = vec![0u8; READ_BUF];
@@ -134,6 +143,13 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
         };
         core.ctx.now_ms = now_ms();
         for ev in &events[..n] {
+            if ev.data() == WAKE {
+                if let Some(fd) = wake_fd {
+                    let mut b = [0u8; 8];
+                    let _ = nix::unistd::read(fd.as_raw_fd(), &mut b);
+                }
+                continue;
+            }
             if ev.data() == LISTENER {
                 let Some(l) = listener.as_ref() else { continue };
                 loop {
@@ -187,6 +203,7 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
             }
             touched.push(key);
         }
+        touched.extend(core.deliver());
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             touched.extend(core.sweep());

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod chat;
 mod cli;
 mod core;
 mod epoll;

@@ -114,6 +114,13 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let reserve = crate::worker::reuseport_socket(SocketAddr::new(host, args.port), false)?;
     let port = crate::worker::local_port(&reserve)?;
     let addr = SocketAddr::new(host, port);
+    // Workers that cannot wait on the futex word through io_uring wake on eventfds, created
+    // here so every worker, and every replacement, inherits all of them.
+    let wake_fds = if backend == Backend::Uring && crate::uring::futex_supported() {
+        None
+    } else {
+        Some(shm::wake::WakeFds::new(workers as usize)?)
+    };
     install_signal_handlers()?;
     let master = std::process::id();
     tracing::info!(
@@ -128,6 +135,8 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         body_len_max: args.body_len_max,
         out_max_bytes: args.out_max_bytes,
         registration_open: args.registration == Registration::Open,
+        flood_burst: args.flood_burst,
+        flood_per_sec: args.flood_per_sec,
     };
     let mut slots: Vec<WorkerSlot> = (0..workers)
         .map(|_| WorkerSlot {
@@ -220,7 +229,9 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
                     // SAFETY: the master is single-threaded (no thread was ever spawned), so the
                     // child may run arbitrary code after the fork.
                     match unsafe { fork() }? {
-                        ForkResult::Child => crate::worker::run(cfg, &seg, addr, backend, master),
+                        ForkResult::Child => {
+                            crate::worker::run(cfg, &seg, addr, backend, master, wake_fds.as_ref())
+                        }
                         ForkResult::Parent { child } => {
                             tracing::info!(worker = i, pid = child.as_raw(), "worker started");
                             s.pid = Some(child);

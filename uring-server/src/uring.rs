@@ -29,6 +29,11 @@ const RECV: u64 = 2 << KIND_SHIFT;
 const SEND: u64 = 3 << KIND_SHIFT;
 const TICK: u64 = 4 << KIND_SHIFT;
 const CANCEL: u64 = 5 << KIND_SHIFT;
+const WAKE: u64 = 6 << KIND_SHIFT;
+
+/// futex2 flags: a 32-bit futex word, shared between processes (not FUTEX2_PRIVATE).
+const FUTEX2_SIZE_U32: u32 = 0x02;
+const FUTEX_BITSET_MATCH_ANY: u64 = 0xFFFF_FFFF;
 const KEY_MASK: u64 = (1 << 32) - 1;
 
 /// The ring builder the worker uses; the master's probe builds the same.
@@ -62,6 +67,16 @@ pub fn probe() -> std::io::Result<()> {
     ring.submitter().unregister_buf_ring(BUF_GROUP)?;
     drop(bufs);
     Ok(())
+}
+
+/// True when this kernel's io_uring can wait on a futex (6.7+); otherwise workers wait on an
+/// eventfd read instead.
+pub fn futex_supported() -> bool {
+    let Ok(ring) = builder().build(8) else {
+        return false;
+    };
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p).is_ok() && p.is_supported(opcode::FutexWait::CODE)
 }
 
 /// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for receives.
@@ -165,7 +180,9 @@ impl Loop<'_, '_> {
     fn push(&mut self, e: squeue::Entry) {
         // SAFETY: every entry pushed here refers to memory that outlives its operation: fds
         // owned by live connections (removed only once no operation is in flight), send buffers
-        // that do not move while a send is in flight, and the tick's timespec (owned by `run`).
+        // that do not move while a send is in flight, the tick's timespec and the wake-up's read
+        // buffer (owned by `run`, which outlives the ring), and the futex word (in the segment,
+        // mapped for the life of the process).
         unsafe {
             while self.ring.submission().push(&e).is_err() {
                 // Submission queue full: hand what is queued to the kernel, then retry.
@@ -224,7 +241,12 @@ impl Loop<'_, '_> {
 }
 
 /// Runs the worker's loop until shutdown completes.
-pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    core: &mut Core<'_>,
+    listener: OwnedFd,
+    shutdown: &Shutdown,
+    wake_fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> anyhow::Result<()> {
     let ring = builder().build(RING_ENTRIES)?;
     let mut bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
     let tick = Timespec::new().sec(1);
@@ -244,7 +266,30 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
     let mut last_sweep = Instant::now();
     let mut deadline: Option<Instant> = None;
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
+    // The chat wake-up: a futex wait on the epoch word, or a read of this worker's eventfd.
+    let mut wake_armed = false;
+    let mut wake_buf = Box::new([0u8; 8]);
     loop {
+        if !wake_armed {
+            wake_armed = true;
+            let e = match wake_fd {
+                Some(fd) => opcode::Read::new(Fd(fd.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
+                    .build()
+                    .user_data(WAKE),
+                None => {
+                    let (word, seen) = lp.core.chat_epoch();
+                    opcode::FutexWait::new(
+                        word.as_ptr(),
+                        u64::from(seen),
+                        FUTEX_BITSET_MATCH_ANY,
+                        FUTEX2_SIZE_U32,
+                    )
+                    .build()
+                    .user_data(WAKE)
+                }
+            };
+            lp.push(e);
+        }
         if accepting && !accept_armed {
             let e = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
@@ -351,6 +396,7 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
                     }
                     lp.touched.push(key);
                 }
+                WAKE => wake_armed = false,
                 TICK | CANCEL => {}
                 _ => tracing::warn!(user_data = ud, "unexpected completion"),
             }
@@ -358,6 +404,8 @@ pub fn run(core: &mut Core<'_>, listener: OwnedFd, shutdown: &Shutdown) -> anyho
         if returned {
             bufs.publish();
         }
+        let delivered = lp.core.deliver();
+        lp.touched.extend(delivered);
         if last_sweep.elapsed() >= Duration::from_secs(1) {
             last_sweep = Instant::now();
             let marked = lp.core.sweep();

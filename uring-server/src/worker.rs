@@ -90,8 +90,15 @@ pub fn local_port(fd: &OwnedFd) -> anyhow::Result<u16> {
 }
 
 /// The worker's life after the fork. Never returns: exits the process.
-pub fn run(cfg: Config, seg: &shm::Segment, addr: SocketAddr, backend: Backend, master: u32) -> ! {
-    let code = match run_inner(cfg, seg, addr, backend, master) {
+pub fn run(
+    cfg: Config,
+    seg: &shm::Segment,
+    addr: SocketAddr,
+    backend: Backend,
+    master: u32,
+    wake_fds: Option<&shm::wake::WakeFds>,
+) -> ! {
+    let code = match run_inner(cfg, seg, addr, backend, master, wake_fds) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "worker failed");
@@ -109,6 +116,7 @@ fn run_inner(
     addr: SocketAddr,
     backend: Backend,
     master: u32,
+    wake_fds: Option<&shm::wake::WakeFds>,
 ) -> anyhow::Result<()> {
     // Die with the master, whatever kills it.
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number reads nothing else.
@@ -121,7 +129,8 @@ fn run_inner(
     let span = tracing::info_span!("worker", id = worker, pid = std::process::id());
     let _enter = span.enter();
     let listener = reuseport_socket(addr, true)?;
-    let mut core = Core::new(cfg, seg)?;
+    let wake_fd = wake_fds.and_then(|w| w.fd(usize::from(worker)));
+    let mut core = Core::new(cfg, seg, wake_fds)?;
     let m = core.ctx.metrics;
     m.pid.set(u64::from(std::process::id()));
     m.backend.set(backend.code());
@@ -132,8 +141,8 @@ fn run_inner(
         grace: Duration::from_secs(3),
     };
     match backend {
-        Backend::Uring => crate::uring::run(&mut core, listener, &shutdown)?,
-        Backend::Epoll => crate::epoll::run(&mut core, listener, &shutdown)?,
+        Backend::Uring => crate::uring::run(&mut core, listener, &shutdown, wake_fd)?,
+        Backend::Epoll => crate::epoll::run(&mut core, listener, &shutdown, wake_fd)?,
     }
     m.pid.set(0);
     tracing::info!("worker stopped");
