@@ -56,7 +56,7 @@ pub(crate) struct RoomEvent {
     sender: AtomicU32,
     sender_len: AtomicU32,
     text_len: AtomicU32,
-    _pad: AtomicU32,
+    target: AtomicU32,
     time_ms: AtomicU64,
     sender_name: [AtomicU64; NAME_LEN_MAX / 8],
     text: [AtomicU64; TEXT_WORDS],
@@ -106,6 +106,8 @@ pub struct Event {
     pub seq: u64,
     /// The sender's user id.
     pub sender: u32,
+    /// The one user it is for (a direct message through a worker's inbox), or 0 for everyone.
+    pub target: u32,
     /// When the room accepted it.
     pub time_ms: u64,
     /// The sender's name.
@@ -454,6 +456,20 @@ impl<'s> Rooms<'s> {
         text: &str,
         time_ms: u64,
     ) -> Result<u64, RoomError> {
+        self.publish_to(id, sender, 0, sender_name, text, time_ms)
+    }
+
+    /// Like [`Rooms::publish`], for one user only: how a worker's inbox room carries direct
+    /// messages to the users it serves.
+    pub fn publish_to(
+        &self,
+        id: u32,
+        sender: u32,
+        target: u32,
+        sender_name: &str,
+        text: &str,
+        time_ms: u64,
+    ) -> Result<u64, RoomError> {
         if text.is_empty() || text.len() > TEXT_LEN_MAX {
             return Err(RoomError::Invalid("text"));
         }
@@ -467,6 +483,7 @@ impl<'s> Rooms<'s> {
         e.seq.store(0, Ordering::Relaxed);
         core::sync::atomic::fence(Ordering::Release);
         e.sender.store(sender, Ordering::Relaxed);
+        e.target.store(target, Ordering::Relaxed);
         e.time_ms.store(time_ms, Ordering::Relaxed);
         store_bytes(&e.sender_name, sender_name.as_bytes());
         e.sender_len
@@ -516,6 +533,7 @@ impl<'s> Rooms<'s> {
         );
         text.truncate(text_len);
         let sender = e.sender.load(Ordering::Relaxed);
+        let target = e.target.load(Ordering::Relaxed);
         let time_ms = e.time_ms.load(Ordering::Relaxed);
         core::sync::atomic::fence(Ordering::Acquire);
         if e.seq.load(Ordering::Relaxed) != seq {
@@ -533,6 +551,7 @@ impl<'s> Rooms<'s> {
         Ok(Read::Event(Event {
             seq,
             sender,
+            target,
             time_ms,
             sender_name,
             text,

@@ -196,6 +196,11 @@ impl<'s> Core<'s> {
         wake_fds: Option<&'s WakeFds>,
     ) -> anyhow::Result<Core<'s>> {
         let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
+        let rooms = Rooms::of(seg);
+        let inbox_id = rooms
+            .lookup_or_create(&crate::chat::inbox_name(cfg.worker))
+            .map_err(|e| anyhow::anyhow!("creating the inbox room: {e}"))?;
+        let inbox_seq = rooms.last_seq(inbox_id).unwrap_or(0);
         let metrics = shm::Metrics::of(seg)
             .worker(usize::from(cfg.worker))
             .ok_or_else(|| anyhow::anyhow!("no metrics block for worker {}", cfg.worker))?;
@@ -203,8 +208,11 @@ impl<'s> Core<'s> {
             conns: Slab::with_capacity(cfg.max_conns.min(1 << 16)),
             ctx: Ctx {
                 users: Users::of(seg),
-                rooms: Rooms::of(seg),
-                chat: ChatLocal::default(),
+                rooms,
+                chat: ChatLocal {
+                    inbox: Some((inbox_id, inbox_seq)),
+                    ..ChatLocal::default()
+                },
                 wake_fds,
                 seg,
                 ledger,
@@ -339,6 +347,7 @@ impl<'s> Core<'s> {
         self.ctx.chat.epoch_seen = epoch;
         let mut touched = Vec::new();
         let mut frame = Vec::with_capacity(256);
+        self.deliver_inbox(&mut touched, &mut frame);
         let rooms: Vec<u32> = self.ctx.chat.members.keys().copied().collect();
         for room in rooms {
             let Ok(last) = self.ctx.rooms.last_seq(room) else {
@@ -385,6 +394,53 @@ impl<'s> Core<'s> {
             self.ctx.chat.cursors.insert(room, seq);
         }
         touched
+    }
+
+    /// Delivers the direct messages in this worker's inbox to their recipients here.
+    fn deliver_inbox(&mut self, touched: &mut Vec<usize>, frame: &mut Vec<u8>) {
+        let Some((inbox, mut seq)) = self.ctx.chat.inbox else {
+            return;
+        };
+        let last = self.ctx.rooms.last_seq(inbox).unwrap_or(seq);
+        while seq < last {
+            seq += 1;
+            let event = match self.ctx.rooms.read(inbox, seq) {
+                Ok(Read::Event(e)) => e,
+                Ok(Read::Missed { oldest }) => {
+                    // The inbox ring lapped this worker: those messages are lost, and counted.
+                    self.ctx.metrics.pushes_dropped.add(oldest - seq);
+                    seq = oldest - 1;
+                    continue;
+                }
+                Ok(Read::NotYet) | Err(_) => break,
+            };
+            let Some(&(key, conn_id)) = self.ctx.chat.users.get(&event.target) else {
+                self.ctx.metrics.pushes_dropped.add(1);
+                continue;
+            };
+            let (Ok(from), Ok(text)) = (Name::new(&event.sender_name), Text::new(&event.text))
+            else {
+                continue;
+            };
+            frame.clear();
+            let push = Push::DirectMessage(DirectMessage {
+                from_id: event.sender,
+                time_ms: event.time_ms,
+                from,
+                text,
+            });
+            let _ = write_push(frame, &push, proto::BODY_LEN_LIMIT);
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.st.id == conn_id {
+                    self.ctx.queue(&mut conn.st, frame.len(), |out| {
+                        out.extend_from_slice(frame)
+                    });
+                    self.ctx.metrics.pushes_delivered.add(1);
+                    touched.push(key);
+                }
+            }
+        }
+        self.ctx.chat.inbox = Some((inbox, seq));
     }
 
     /// Copies one encoded push into the queue of every local member of `room` that joined
@@ -447,6 +503,14 @@ impl Ctx<'_> {
                 self.chat.leave(room, st.id);
             }
             self.users.set_offline(user_id, self.session_id(st));
+            if self
+                .chat
+                .users
+                .get(&user_id)
+                .is_some_and(|&(_, id)| id == st.id)
+            {
+                self.chat.users.remove(&user_id);
+            }
         }
     }
 
@@ -724,6 +788,7 @@ impl Ctx<'_> {
         }
         st.session = Session::LoggedIn { user_id };
         st.name = self.users.name(user_id).unwrap_or_default();
+        self.chat.users.insert(user_id, (st.key, st.id));
         let server_signature = proto::scram::server_signature_of(&creds.server_key, &auth_message);
         self.respond(
             st,
@@ -894,12 +959,40 @@ impl Ctx<'_> {
                 return Ok(());
             }
             Request::RoomHistory(q) => return self.history(st, id, &q),
-            _ => {
-                return Err((
-                    Status::ErrUnsupported,
-                    "direct messages are not served by this build yet".into(),
-                ))
+            Request::DirectSend(d) => {
+                let to = self
+                    .users
+                    .lookup(d.to.as_str())
+                    .ok_or_else(|| (Status::ErrNotFound, format!("no user {}", d.to.as_str())))?;
+                if to == user {
+                    return Err((Status::ErrInvalidArgument, "a message to oneself".into()));
+                }
+                let session = self.users.session(to).ok_or_else(|| {
+                    (
+                        Status::ErrUserOffline,
+                        format!("{} is offline", d.to.as_str()),
+                    )
+                })?;
+                let (burst, rate) = (self.cfg.flood_burst, self.cfg.flood_per_sec);
+                st.bucket
+                    .take(burst, rate, self.now_ms)
+                    .map_err(|wait_ms| {
+                        (
+                            Status::ErrRateLimited,
+                            format!("flood limit: retry in {wait_ms} ms"),
+                        )
+                    })?;
+                let inbox = self
+                    .rooms
+                    .lookup(&crate::chat::inbox_name(session.worker))
+                    .ok_or_else(|| (Status::ErrUserOffline, "recipient's worker is gone".into()))?;
+                self.rooms
+                    .publish_to(inbox, user, to, &st.name, d.text.as_str(), self.now_ms)
+                    .map_err(|e| (e.status(), e.to_string()))?;
+                shm::wake::notify_all(self.seg, self.wake_fds);
+                Response::DirectSend(DirectSendResponse { to_user_id: to })
             }
+            _ => return Err((Status::ErrBadPacket, "not an operation".into())),
         };
         self.respond(st, id, &resp);
         Ok(())
@@ -907,6 +1000,16 @@ impl Ctx<'_> {
 
     /// ROOM_HISTORY: messages after `after_seq` still in the ring, within the body limit.
     fn history(&mut self, st: &mut ConnState, id: u64, q: &RoomHistoryRequest) -> Handled {
+        // Workers' inbox rooms (direct messages) are not rooms clients may read.
+        let hidden = q.room_id == 0
+            || self
+                .rooms
+                .list(q.room_id - 1, 1)
+                .first()
+                .is_some_and(|r| r.room_id == q.room_id && r.name.starts_with('~'));
+        if hidden {
+            return Err((Status::ErrNotFound, format!("no room {}", q.room_id)));
+        }
         let last_seq = self
             .rooms
             .last_seq(q.room_id)

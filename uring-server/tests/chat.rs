@@ -163,6 +163,69 @@ fn every_member_on_every_worker_gets_every_message_in_order() {
 }
 
 #[test]
+fn direct_messages_reach_a_user_on_any_worker() {
+    for backend in BACKENDS {
+        let server = Server::start("dm", &["-w", "2", "--io", backend]);
+        // One client on each worker.
+        let mut a = server.client();
+        let wa = a.worker();
+        let mut b = loop {
+            let mut c = server.client();
+            if c.worker() != wa {
+                break c;
+            }
+        };
+        a.join_as("ann");
+        b.join_as("ben");
+        let dm = |c: &mut Client, to: &str, text: &str| {
+            c.call(&Request::DirectSend(DirectSendRequest {
+                to: Name::new(to).expect("name"),
+                text: Text::new(text).expect("text"),
+            }))
+            .status()
+        };
+        assert_eq!(dm(&mut a, "ben", "hello ben"), Status::Ok);
+        assert_eq!(dm(&mut b, "ann", "hi ann"), Status::Ok);
+        let next_push = |c: &mut Client| {
+            if c.pushes.is_empty() {
+                c.next().expect("a push")
+            } else {
+                c.pushes.remove(0)
+            }
+        };
+        let got_b = loop {
+            let g = next_push(&mut b);
+            if let Push::DirectMessage(m) = g.push() {
+                break (m.from.as_str().to_string(), m.text.as_str().to_string());
+            }
+        };
+        assert_eq!(got_b, ("ann".to_string(), "hello ben".to_string()));
+        let got_a = loop {
+            let g = next_push(&mut a);
+            if let Push::DirectMessage(m) = g.push() {
+                break m.text.as_str().to_string();
+            }
+        };
+        assert_eq!(got_a, "hi ann");
+        assert_eq!(dm(&mut a, "ann", "me"), Status::ErrInvalidArgument);
+        assert_eq!(dm(&mut a, "nobody", "x"), Status::ErrNotFound);
+        let mut c = server.client();
+        c.join_as("cat");
+        c.call(&Request::Logout(Empty {}));
+        assert_eq!(dm(&mut a, "cat", "x"), Status::ErrUserOffline);
+        // The inbox rooms that carry direct messages cannot be read as rooms.
+        for room_id in 1..=2 {
+            let g = a.call(&Request::RoomHistory(RoomHistoryRequest {
+                room_id,
+                after_seq: 0,
+                limit: 10,
+            }));
+            assert_eq!(g.status(), Status::ErrNotFound);
+        }
+    }
+}
+
+#[test]
 fn the_flood_limit_answers_with_a_status() {
     for backend in BACKENDS {
         let server = Server::start(
