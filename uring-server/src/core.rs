@@ -81,6 +81,11 @@ impl OutQueue {
         &self.sending[self.sent..]
     }
 
+    /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
+    pub fn discard_pending(&mut self) {
+        self.pending = Vec::new();
+    }
+
     /// Records that `n` bytes of the last chunk were sent.
     pub fn advance(&mut self, n: usize) {
         debug_assert!(self.sent + n <= self.sending.len());
@@ -114,6 +119,8 @@ pub struct ConnState {
     pub last_active_ms: u64,
     /// Close once the output is flushed; read nothing more.
     pub closing: bool,
+    /// Close now, without flushing: the peer is not reading (slow consumer).
+    pub abort: bool,
     /// The slab key.
     key: usize,
     /// Rooms joined on this connection.
@@ -255,6 +262,7 @@ impl<'s> Core<'s> {
                 session: Session::Connected,
                 last_active_ms: self.ctx.now_ms,
                 closing: false,
+                abort: false,
                 key,
                 rooms: Vec::new(),
                 name: String::new(),
@@ -521,8 +529,17 @@ impl Ctx<'_> {
             return;
         }
         if st.out.len() + frame_len > self.cfg.out_max_bytes {
+            // The peer does not read: waiting to flush could take forever, so its queued output
+            // is dropped and the connection closed at once (Redis's and NATS's policy).
+            tracing::info!(
+                conn = st.id,
+                queued = st.out.len(),
+                "slow consumer: disconnecting"
+            );
             self.metrics.slow_consumer_disconnects.add(1);
             st.closing = true;
+            st.abort = true;
+            st.out.discard_pending();
             return;
         }
         let before = st.out.pending.len();

@@ -58,6 +58,12 @@ fn settle(core: &mut Core<'_>, epoll: &Epoll, key: usize) {
     let Some(conn) = core.conns.get_mut(key) else {
         return;
     };
+    if conn.st.abort {
+        // A slow consumer: close without flushing, resetting the connection.
+        crate::worker::reset_on_close(&conn.fd);
+        core.remove(key);
+        return;
+    }
     while !conn.st.out.is_empty() {
         let chunk = conn.st.out.chunk();
         match nix::sys::socket::send(

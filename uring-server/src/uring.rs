@@ -211,6 +211,22 @@ impl Loop<'_, '_> {
         let Some(conn) = self.core.conns.get_mut(key) else {
             return;
         };
+        if conn.st.abort {
+            // Shut the socket: an in-flight send fails at once and the receive ends; the fd is
+            // closed when both have completed.
+            if !conn.io.shut {
+                conn.io.shut = true;
+                crate::worker::reset_on_close(&conn.fd);
+                let _ = nix::sys::socket::shutdown(
+                    conn.fd.as_raw_fd(),
+                    nix::sys::socket::Shutdown::Both,
+                );
+            }
+            if !conn.io.send_busy && !conn.io.recv_armed {
+                self.core.remove(key);
+            }
+            return;
+        }
         if !conn.io.send_busy && !conn.st.out.is_empty() {
             let chunk = conn.st.out.chunk();
             let (ptr, len) = (chunk.as_ptr(), chunk.len().min(u32::MAX as usize) as u32);

@@ -55,6 +55,16 @@ pub fn tune_socket(fd: &OwnedFd) {
     let _ = socket::setsockopt(fd, sockopt::TcpNoDelay, &true);
 }
 
+/// Makes the coming close reset the connection (SO_LINGER 0): the kernel drops the unsent bytes
+/// of a peer that was not reading instead of trying to deliver them.
+pub fn reset_on_close(fd: &OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = socket::setsockopt(fd, sockopt::Linger, &linger);
+}
+
 /// A TCP socket bound to `addr` with SO_REUSEPORT; listening if `listen`.
 pub fn reuseport_socket(addr: SocketAddr, listen: bool) -> anyhow::Result<OwnedFd> {
     let family = if addr.is_ipv4() {

@@ -48,9 +48,9 @@ impl Server {
                 "--txn-log",
                 "65536",
                 "--max-rooms",
-                "16",
-                "--members-per-room",
                 "64",
+                "--members-per-room",
+                "256",
             ])
             .args(extra)
             .stdout(Stdio::piped())
