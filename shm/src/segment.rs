@@ -366,10 +366,20 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         return false;
     }
     // Signal 0 checks existence only. EPERM means it exists but is not ours: alive.
-    !matches!(
+    if matches!(
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
         Err(Errno::ESRCH)
-    )
+    ) {
+        return false;
+    }
+    // A zombie (dead, not yet reaped: its parent died too and nothing reaps orphans here) still
+    // answers signal 0; its state in /proc says it is gone.
+    let zombie = std::fs::read_to_string(format!("/proc/{raw}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X")
+    });
+    !zombie
 }
 
 /// Wall clock, milliseconds since the Unix epoch.

@@ -99,12 +99,8 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     };
     let (mut seg, previous) =
         shm::Segment::create(&args.name, args.capacities(workers), lock_mode)?;
-    if let shm::Previous::Stale(pid) = previous {
-        tracing::warn!(
-            dead_master_pid = pid,
-            "replaced a stale segment left by a dead server"
-        );
-    }
+    // The shm crate has logged the replacement of a stale segment, if there was one.
+    let _ = previous;
     let host: IpAddr = args
         .host
         .parse()
