@@ -1,0 +1,12 @@
+//! The NS client library and load generator.
+//!
+//! [`client`] is a blocking client for programs and tests; [`load`] drives many connections
+//! from a few threads, each with its own event loop, and measures latency with HdrHistograms.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod load;
+
+pub use client::{Client, ClientError, Received, Retry};

@@ -1,0 +1,279 @@
+//! `bench-client`: the load generator for the NS server.
+//!
+//! `bench-client run --connections 200 --mix trade-heavy --duration 30 --out results/run.csv`
+
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bench_client::load::{self, Mix, OPS};
+use clap::{Parser, Subcommand};
+
+/// Load generator for the NS trading chatroom server.
+#[derive(Debug, Parser)]
+#[command(name = "bench-client", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one configuration against a running server and report (console + one CSV row).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Connections (each logs in as its own user).
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Threads, each driving its share of the connections from one event loop.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+    mix: Mix,
+    /// Chat text bytes.
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Requests in flight per connection (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Open loop at this many requests per second in total; latency from intended send times.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Accounts that receive the transfers (lock contention).
+    #[arg(long, default_value_t = 8)]
+    hot_accounts: usize,
+    /// Rooms for the chat mixes.
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Seed for every random choice (printed; rerun with it to replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Append one CSV row (header written if the file is new).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Label for the CSV's backend column (the server's `--io`).
+    #[arg(long, default_value = "unknown")]
+    backend: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Run(r) => run(r),
+    };
+    if let Err(e) = result {
+        eprintln!("bench-client: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let seed = a.seed.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b) % 1_000_000_000
+    });
+    let cfg = load::Config {
+        addr,
+        connections: a.connections,
+        threads: a.threads,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        mix: a.mix,
+        payload: a.payload,
+        pipeline: a.pipeline,
+        rate: a.rate,
+        hot_accounts: a.hot_accounts,
+        rooms: a.rooms,
+        seed,
+    };
+    println!(
+        "bench-client: {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
+        cfg.connections,
+        cfg.threads,
+        cfg.mix.name(),
+        cfg.payload,
+        match cfg.rate {
+            Some(r) => format!("open loop at {r:.0} req/s"),
+            None => format!("closed loop, pipeline {}", cfg.pipeline),
+        }
+    );
+    let r = load::run(&cfg)?;
+    println!(
+        "{:<10} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "op", "requests", "errors", "req/s", "p50_us", "p95_us", "p99_us", "p99.9_us", "max_us"
+    );
+    let row = |name: &str, o: &load::OpStats| {
+        let errors: u64 = o.errors.values().sum();
+        println!(
+            "{:<10} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            name,
+            o.requests,
+            errors,
+            o.requests as f64 / r.seconds,
+            o.latency_us.value_at_quantile(0.50),
+            o.latency_us.value_at_quantile(0.95),
+            o.latency_us.value_at_quantile(0.99),
+            o.latency_us.value_at_quantile(0.999),
+            o.latency_us.max()
+        );
+    };
+    for (name, o) in OPS.iter().zip(&r.ops) {
+        if o.requests > 0 {
+            row(name, o);
+        }
+    }
+    row("total", &r.total);
+    for (status, n) in &r.total.errors {
+        println!("  errors {status}: {n}");
+    }
+    if cfg.rate.is_some() {
+        println!(
+            "  uncorrected (from actual send): p50 {} us, p99 {} us, max {} us",
+            r.total.latency_uncorrected_us.value_at_quantile(0.5),
+            r.total.latency_uncorrected_us.value_at_quantile(0.99),
+            r.total.latency_uncorrected_us.max()
+        );
+    }
+    if r.pushes > 0 {
+        println!(
+            "  pushes {} ({:.0}/s), send to delivery p50 {} us, p99 {} us, max {} us",
+            r.pushes,
+            r.pushes as f64 / r.seconds,
+            r.push_latency_us.value_at_quantile(0.5),
+            r.push_latency_us.value_at_quantile(0.99),
+            r.push_latency_us.max()
+        );
+    }
+    let cpu_us = r.client_cpu_s * 1e6 / r.total.requests.max(1) as f64;
+    println!(
+        "  client CPU {:.2} s = {cpu_us:.2} us per request; server workers seen: {}",
+        r.client_cpu_s, r.workers_seen
+    );
+    if let Some(path) = a.out {
+        write_csv(&path, &cfg, &a.backend, &r)?;
+        println!("  appended to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The CSV columns, in order.
+pub const CSV_HEADER: [&str; 26] = [
+    "timestamp",
+    "cores",
+    "kernel",
+    "git_commit",
+    "backend",
+    "workers_seen",
+    "connections",
+    "threads",
+    "mix",
+    "payload",
+    "pipeline",
+    "rate",
+    "seed",
+    "seconds",
+    "requests",
+    "errors",
+    "req_per_s",
+    "p50_us",
+    "p95_us",
+    "p99_us",
+    "p999_us",
+    "max_us",
+    "p99_uncorrected_us",
+    "pushes_per_s",
+    "push_p99_us",
+    "client_cpu_us_per_req",
+];
+
+fn write_csv(
+    path: &PathBuf,
+    cfg: &load::Config,
+    backend: &str,
+    r: &load::Results,
+) -> anyhow::Result<()> {
+    let new = !path.exists();
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut w = csv::Writer::from_writer(file);
+    if new {
+        w.write_record(CSV_HEADER)?;
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let t = &r.total;
+    let errors: u64 = t.errors.values().sum();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    w.write_record([
+        now.to_string(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
+        kernel,
+        commit,
+        backend.to_string(),
+        r.workers_seen.to_string(),
+        cfg.connections.to_string(),
+        cfg.threads.to_string(),
+        cfg.mix.name().to_string(),
+        cfg.payload.to_string(),
+        cfg.pipeline.to_string(),
+        cfg.rate.map_or(String::new(), |x| format!("{x:.0}")),
+        cfg.seed.to_string(),
+        format!("{:.1}", r.seconds),
+        t.requests.to_string(),
+        errors.to_string(),
+        format!("{:.0}", t.requests as f64 / r.seconds),
+        t.latency_us.value_at_quantile(0.5).to_string(),
+        t.latency_us.value_at_quantile(0.95).to_string(),
+        t.latency_us.value_at_quantile(0.99).to_string(),
+        t.latency_us.value_at_quantile(0.999).to_string(),
+        t.latency_us.max().to_string(),
+        t.latency_uncorrected_us.value_at_quantile(0.99).to_string(),
+        format!("{:.0}", r.pushes as f64 / r.seconds),
+        r.push_latency_us.value_at_quantile(0.99).to_string(),
+        format!("{:.2}", r.client_cpu_s * 1e6 / t.requests.max(1) as f64),
+    ])?;
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The client library and the load generator against the real server binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bench_client::load::{self, Mix};
+use bench_client::{Client, ClientError};
+use proto::body::*;
+use proto::{Request, Status};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    name: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        // The server binary sits beside this test's directory in the same target dir.
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().and_then(|d| d.parent()).map(|d| d.join("uring-server")))
+            .filter(|p| p.exists())
+            .expect("uring-server is not built: run `cargo build -p uring-server` (cargo test --workspace does)");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bc-{}-{n}", std::process::id());
+        let mut child = Command::new(exe)
+            .args([
+                "--port",
+                "0",
+                "-w",
+                "2",
+                "--name",
+                &name,
+                "--max-users",
+                "2000",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let addr = line
+            .split_whitespace()
+            .nth(2)
+            .expect("addr")
+            .parse()
+            .expect("addr");
+        Server { child, addr, name }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(format!("/dev/shm/ns-{}", self.name));
+    }
+}
+
+#[test]
+fn the_library_speaks_every_flow() {
+    let server = Server::start(&[]);
+    let t = Duration::from_secs(5);
+    let mut a = Client::connect(server.addr, t).expect("connect");
+    assert!(a.hello("test").expect("hello").body_len_max > 0);
+    assert!(matches!(
+        a.balance(),
+        Err(ClientError::Refused(Status::ErrUnauthorized, _))
+    ));
+    a.register("alice", "pw-a").expect("register");
+    assert!(matches!(
+        a.login("alice", "wrong"),
+        Err(ClientError::Refused(Status::ErrUnauthorized, _))
+    ));
+    let alice = a.login("alice", "pw-a").expect("login");
+    let mut b = Client::connect(server.addr, t).expect("connect");
+    b.register("bob", "pw-b").expect("register");
+    let bob = b.login("bob", "pw-b").expect("login");
+    assert_ne!(alice, bob);
+    assert_eq!(
+        a.ledger(&Request::Deposit(AmountRequest { amount: 100 }))
+            .map(|r| r.0)
+            .ok(),
+        Some(100)
+    );
+    let (bal, _) = a
+        .ledger(&Request::Transfer(TransferRequest {
+            to: Target::Id(bob),
+            amount: 40,
+        }))
+        .expect("transfer");
+    assert_eq!(bal, 60);
+    assert_eq!(b.balance().expect("balance"), 40);
+    // Chat: both join, alice sends, bob gets the push.
+    let (room, _) = a.join("lobby").expect("join");
+    b.join("lobby").expect("join");
+    let seq = a.send(room, "hello bob").expect("send");
+    let push = b.next_push().expect("push");
+    match push.push().expect("push body") {
+        proto::Push::ChatBroadcast(m) => {
+            assert_eq!(m.message.seq, seq);
+            assert_eq!(m.message.text.as_str(), "hello bob");
+        }
+        other => panic!("{other:?}"),
+    }
+    // After a reconnect (new connection, logged in again) the ledger still answers.
+    a.reconnect().expect("reconnect");
+    assert_eq!(a.balance().expect("balance"), 60);
+}
+
+#[test]
+fn a_short_closed_loop_run_measures_every_request() {
+    let server = Server::start(&["--flood-burst", "100000", "--flood-per-sec", "100000"]);
+    for mix in [Mix::Balance, Mix::TradeHeavy, Mix::Mixed] {
+        let cfg = load::Config {
+            addr: server.addr,
+            connections: 12,
+            threads: 2,
+            duration: Duration::from_millis(600),
+            warmup: Duration::from_millis(200),
+            mix,
+            payload: 64,
+            pipeline: 2,
+            rate: None,
+            hot_accounts: 4,
+            rooms: 3,
+            seed: 42 + mix as u64,
+        };
+        let r = load::run(&cfg).expect("run");
+        assert!(
+            r.total.requests > 100,
+            "{mix:?}: {} requests",
+            r.total.requests
+        );
+        assert!(r.total.errors.is_empty(), "{mix:?}: {:?}", r.total.errors);
+        assert!(r.total.latency_us.len() == r.total.requests);
+        if mix == Mix::Mixed {
+            assert!(r.pushes > 0, "chat messages reach the members");
+        }
+    }
+}
+
+#[test]
+fn run_writes_one_csv_row_with_the_documented_columns() {
+    let server = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("bc-csv-{}", std::process::id()));
+    let csv = dir.join("run.csv");
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+            .args([
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &server.addr.port().to_string(),
+            ])
+            .args([
+                "--connections",
+                "4",
+                "--duration",
+                "0.3",
+                "--warmup",
+                "0.1",
+                "--mix",
+                "balance",
+            ])
+            .args(["--seed", "5", "--backend", "test", "--out"])
+            .arg(&csv)
+            .output()
+            .expect("run bench-client");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "a header once, then one row per run: {text}"
+    );
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header[0], "timestamp");
+    assert!(header.contains(&"client_cpu_us_per_req") && header.contains(&"p99_us"));
+    for row in &lines[1..] {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields.len(), header.len(), "{row}");
+        let at = |name: &str| fields[header.iter().position(|h| *h == name).expect(name)];
+        assert_eq!(at("mix"), "balance");
+        assert_eq!(at("seed"), "5");
+        assert_eq!(at("backend"), "test");
+        assert!(at("requests").parse::<u64>().expect("number") > 0);
+        assert_eq!(at("errors"), "0");
+    }
+}
