@@ -207,3 +207,81 @@ fn run_writes_one_csv_row_with_the_documented_columns() {
         assert_eq!(at("errors"), "0");
     }
 }
+
+/// Stops every server process (master and workers) for `stall`, from another thread.
+fn stall_server_later(
+    server: &Server,
+    after: Duration,
+    stall: Duration,
+) -> std::thread::JoinHandle<()> {
+    let seg = shm::Segment::attach(&server.name, false).expect("attach");
+    let mut pids: Vec<i32> = shm::Metrics::of(&seg)
+        .workers()
+        .iter()
+        .map(|w| w.pid.get() as i32)
+        .filter(|&p| p != 0)
+        .collect();
+    pids.push(server.child.id() as i32);
+    std::thread::spawn(move || {
+        use nix::sys::signal::{kill, Signal};
+        std::thread::sleep(after);
+        for &p in &pids {
+            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGSTOP);
+        }
+        std::thread::sleep(stall);
+        for &p in &pids {
+            let _ = kill(nix::unistd::Pid::from_raw(p), Signal::SIGCONT);
+        }
+    })
+}
+
+#[test]
+fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
+    let server = Server::start(&[]);
+    let cfg = |rate: Option<f64>| load::Config {
+        addr: server.addr,
+        connections: 10,
+        threads: 1,
+        duration: Duration::from_secs(3),
+        warmup: Duration::from_millis(300),
+        mix: Mix::Balance,
+        payload: 32,
+        pipeline: 1,
+        rate,
+        hot_accounts: 2,
+        rooms: 1,
+        seed: 77,
+    };
+    // Closed loop: during a 1 s stall each connection waits once, so only ~10 of many thousand
+    // requests are slow and p99 does not move.
+    let stall = stall_server_later(&server, Duration::from_millis(1300), Duration::from_secs(1));
+    let closed = load::run(&cfg(None)).expect("closed run");
+    stall.join().expect("stall thread");
+    // Open loop at 2000 req/s: every request due during the stall is late by up to 1 s.
+    let stall = stall_server_later(&server, Duration::from_millis(1300), Duration::from_secs(1));
+    let open = load::run(&cfg(Some(2000.0))).expect("open run");
+    stall.join().expect("stall thread");
+    let closed_p99 = closed.total.latency_us.value_at_quantile(0.99);
+    let open_p99 = open.total.latency_us.value_at_quantile(0.99);
+    let open_uncorrected_p99 = open.total.latency_uncorrected_us.value_at_quantile(0.99);
+    eprintln!(
+        "closed p99 {closed_p99} us ({} requests); open p99 {open_p99} us, uncorrected {open_uncorrected_p99} us ({} requests)",
+        closed.total.requests, open.total.requests
+    );
+    assert!(
+        closed.total.latency_us.max() > 500_000,
+        "the stall happened during the closed run"
+    );
+    assert!(
+        closed_p99 < 100_000,
+        "closed loop hides the stall in p99: {closed_p99} us"
+    );
+    assert!(
+        open_p99 > 300_000,
+        "open loop shows the stall in p99: {open_p99} us"
+    );
+    assert!(
+        open_uncorrected_p99 < open_p99,
+        "the uncorrected figure understates it"
+    );
+}
