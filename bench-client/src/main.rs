@@ -23,6 +23,49 @@ struct Args {
 enum Command {
     /// Run one configuration against a running server and report (console + one CSV row).
     Run(RunArgs),
+    /// Start the server for each worker count and run every cell of payload x mix x
+    /// connections against it; one CSV row per cell, a table at the end.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SweepArgs {
+    /// Chat payload sizes (only the chat mixes vary with it).
+    #[arg(long, value_delimiter = ',', default_value = "32,256,1024")]
+    payload: Vec<usize>,
+    /// Server worker counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<u32>,
+    /// Mixes.
+    #[arg(long, value_delimiter = ',', default_value = "trade-heavy,mixed")]
+    mix: Vec<Mix>,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    connections: Vec<usize>,
+    /// Measured seconds per cell.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds per cell.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// The server's I/O backend.
+    #[arg(long, default_value = "uring")]
+    io: String,
+    /// The server binary (default: uring-server beside this program).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Seed (each cell derives its own from it).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// CSV to append to.
+    #[arg(long, default_value = "results/sweep.csv")]
+    out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,11 +121,161 @@ fn main() {
     let args = Args::parse();
     let result = match args.command {
         Command::Run(r) => run(r),
+        Command::Sweep(s) => sweep(s),
     };
     if let Err(e) = result {
         eprintln!("bench-client: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A server started by the sweep; stopped with SIGTERM (and reaped) on drop.
+struct SpawnedServer {
+    child: std::process::Child,
+    port: u16,
+    backend: String,
+    name: String,
+    exe: PathBuf,
+}
+
+impl SpawnedServer {
+    fn start(exe: &std::path::Path, workers: u32, io: &str, name: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(exe)
+            .args([
+                "-w",
+                &workers.to_string(),
+                "--port",
+                "0",
+                "--io",
+                io,
+                "--name",
+                name,
+            ])
+            .args(["--flood-burst", "1000000", "--flood-per-sec", "1000000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
+        let mut line = String::new();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        anyhow::ensure!(words.len() >= 5, "the server did not start: {line:?}");
+        let port = words[2]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no port in {line:?}"))?;
+        Ok(SpawnedServer {
+            child,
+            port,
+            backend: words[4].to_string(),
+            name: name.to_string(),
+            exe: exe.to_path_buf(),
+        })
+    }
+
+    fn audit(&self) -> bool {
+        std::process::Command::new(&self.exe)
+            .args(["--name", &self.name, "audit"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        // SIGTERM by pid: the server drains, unlinks its shared memory and exits.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let exe = match a.server {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("uring-server"))
+            .ok_or_else(|| anyhow::anyhow!("no directory for the server binary"))?,
+    };
+    anyhow::ensure!(
+        exe.exists(),
+        "{} not found: build it (cargo build --release -p uring-server) or pass --server",
+        exe.display()
+    );
+    let header = format!(
+        "{:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
+        "workers", "mix", "payload", "conns", "req/s", "p50_us", "p99_us", "pushes/s", "audit"
+    );
+    println!("{header}");
+    let mut table = Vec::new();
+    let mut cell = 0u64;
+    for &workers in &a.workers {
+        let name = format!("sweep-{}-{workers}", std::process::id());
+        let server = SpawnedServer::start(&exe, workers, &a.io, &name)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+        for &mix in &a.mix {
+            let payloads: Vec<usize> = if matches!(mix, Mix::ChatHeavy | Mix::Mixed) {
+                a.payload.clone()
+            } else {
+                a.payload.iter().take(1).copied().collect()
+            };
+            for &payload in &payloads {
+                for &connections in &a.connections {
+                    cell += 1;
+                    let cfg = load::Config {
+                        addr,
+                        connections,
+                        threads: a.threads,
+                        duration: Duration::from_secs_f64(a.duration),
+                        warmup: Duration::from_secs_f64(a.warmup),
+                        mix,
+                        payload,
+                        pipeline: a.pipeline,
+                        rate: None,
+                        hot_accounts: 8,
+                        rooms: 10,
+                        seed: a.seed.wrapping_mul(1000) + cell,
+                    };
+                    let r = load::run(&cfg)?;
+                    let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
+                        if server.audit() {
+                            "pass"
+                        } else {
+                            "FAIL"
+                        }
+                    } else {
+                        ""
+                    };
+                    write_csv(&a.out, &cfg, &server.backend, &r, audit)?;
+                    let line = format!(
+                        "{workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
+                        mix.name(),
+                        r.total.requests as f64 / r.seconds,
+                        r.total.latency_us.value_at_quantile(0.5),
+                        r.total.latency_us.value_at_quantile(0.99),
+                        r.pushes as f64 / r.seconds,
+                        audit
+                    );
+                    println!("{line}");
+                    table.push(line);
+                }
+            }
+        }
+    }
+    println!("\n{header}");
+    for l in &table {
+        println!("{l}");
+    }
+    println!("appended {} rows to {}", table.len(), a.out.display());
+    Ok(())
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -173,14 +366,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         r.client_cpu_s, r.workers_seen
     );
     if let Some(path) = a.out {
-        write_csv(&path, &cfg, &a.backend, &r)?;
+        write_csv(&path, &cfg, &a.backend, &r, "")?;
         println!("  appended to {}", path.display());
     }
     Ok(())
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: [&str; 26] = [
+pub const CSV_HEADER: [&str; 27] = [
     "timestamp",
     "cores",
     "kernel",
@@ -207,6 +400,7 @@ pub const CSV_HEADER: [&str; 26] = [
     "pushes_per_s",
     "push_p99_us",
     "client_cpu_us_per_req",
+    "audit",
 ];
 
 fn write_csv(
@@ -214,6 +408,7 @@ fn write_csv(
     cfg: &load::Config,
     backend: &str,
     r: &load::Results,
+    audit: &str,
 ) -> anyhow::Result<()> {
     let new = !path.exists();
     if let Some(dir) = path.parent() {
@@ -273,6 +468,7 @@ fn write_csv(
         format!("{:.0}", r.pushes as f64 / r.seconds),
         r.push_latency_us.value_at_quantile(0.99).to_string(),
         format!("{:.2}", r.client_cpu_s * 1e6 / t.requests.max(1) as f64),
+        audit.to_string(),
     ])?;
     w.flush()?;
     Ok(())
