@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod interactive;
 pub mod load;
 
 pub use client::{Client, ClientError, Received, Retry};

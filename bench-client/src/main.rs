@@ -26,6 +26,27 @@ enum Command {
     /// Start the server for each worker count and run every cell of payload x mix x
     /// connections against it; one CSV row per cell, a table at the end.
     Sweep(SweepArgs),
+    /// Chat and trade by hand: log in, join rooms, send, see pushes as they arrive, pay people.
+    Chat(ChatArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChatArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Your user name.
+    #[arg(long)]
+    user: String,
+    /// Your password (or set NS_PASSWORD).
+    #[arg(long)]
+    password: Option<String>,
+    /// Create the account first if it does not exist.
+    #[arg(long)]
+    register: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +143,7 @@ fn main() {
     let result = match args.command {
         Command::Run(r) => run(r),
         Command::Sweep(s) => sweep(s),
+        Command::Chat(c) => chat(c),
     };
     if let Err(e) = result {
         eprintln!("bench-client: {e:#}");
@@ -276,6 +298,19 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     }
     println!("appended {} rows to {}", table.len(), a.out.display());
     Ok(())
+}
+
+fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let password = match a.password {
+        Some(p) => p,
+        None => std::env::var("NS_PASSWORD")
+            .map_err(|_| anyhow::anyhow!("give --password or set NS_PASSWORD"))?,
+    };
+    bench_client::interactive::run(addr, &a.user, &password, a.register)
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
