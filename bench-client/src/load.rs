@@ -72,6 +72,8 @@ pub struct Config {
     pub rooms: usize,
     /// Seed of every random choice; printed with the results.
     pub seed: u64,
+    /// The server's processes, to report its CPU time per request (empty: not reported).
+    pub server_pids: Vec<u32>,
 }
 
 /// The operations the mixes send, in report order.
@@ -131,6 +133,8 @@ pub struct Results {
     pub seconds: f64,
     /// Client CPU seconds (user + system) during the measurement.
     pub client_cpu_s: f64,
+    /// Server CPU seconds during the measurement, when its pids were given.
+    pub server_cpu_s: Option<f64>,
     /// Distinct server workers the connections landed on.
     pub workers_seen: usize,
 }
@@ -169,6 +173,66 @@ struct LoadConn {
     room_id: u32,
     rng: Rng,
     next_req_id: u64,
+}
+
+/// CPU seconds the given processes have run (from /proc/PID/schedstat, nanosecond precision).
+pub fn server_cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// Writes a histogram as an HdrHistogram percentile file (.hgrm): value (µs), percentile, total
+/// count, 1/(1-percentile); gnuplot plots column 4 on a log axis against column 1.
+pub fn write_hgrm(path: &std::path::Path, h: &Histogram<u64>) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut count = 0u64;
+    for v in h.iter_quantiles(5) {
+        count += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            f64::INFINITY
+        };
+        if inv.is_finite() {
+            let _ = writeln!(
+                out,
+                "{:12.3} {:14.12} {:10} {:14.2}",
+                v.value_iterated_to() as f64,
+                q,
+                count,
+                inv
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:12.3} {:14.12} {:10}",
+                v.value_iterated_to() as f64,
+                q,
+                count
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
+        h.mean(),
+        h.stdev(),
+        h.max() as f64,
+        h.len()
+    );
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, out)
 }
 
 fn cpu_seconds() -> f64 {
@@ -265,26 +329,20 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
             next_req_id: ((i as u64) << 32) + 1_000,
         });
     }
-    let cpu_start = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
     let handles: Vec<_> = groups
         .into_iter()
         .map(|conns| {
             let (cfg, hot) = (cfg.clone(), hot.clone());
-            let cpu_start = cpu_start.clone();
             std::thread::spawn(move || {
-                drive(
-                    conns,
-                    &cfg,
-                    &hot,
-                    base,
-                    warm_end,
-                    end,
-                    per_conn_interval_ns,
-                    &cpu_start,
-                )
+                drive(conns, &cfg, &hot, base, warm_end, end, per_conn_interval_ns)
             })
         })
         .collect();
+    // This thread only watches the clock: CPU of both sides over exactly the measured window.
+    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
+    let (client0, server0) = (cpu_seconds(), server_cpu_seconds(&cfg.server_pids));
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let (client1, server1) = (cpu_seconds(), server_cpu_seconds(&cfg.server_pids));
     let mut ops: Vec<OpStats> = OPS.iter().map(|_| OpStats::new()).collect();
     let mut pushes = 0;
     let mut push_latency_us = hist();
@@ -298,11 +356,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         pushes += p;
         let _ = push_latency_us.add(&ph);
     }
-    let cpu_end = cpu_seconds();
-    let started = cpu_start
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .unwrap_or(cpu_end);
     let mut total = OpStats::new();
     for o in &ops {
         total.merge(o);
@@ -313,7 +366,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         pushes,
         push_latency_us,
         seconds: cfg.duration.as_secs_f64(),
-        client_cpu_s: cpu_end - started,
+        client_cpu_s: client1 - client0,
+        server_cpu_s: (!cfg.server_pids.is_empty()).then_some(server1 - server0),
         workers_seen,
     })
 }
@@ -329,7 +383,6 @@ fn drive(
     warm_end: Instant,
     end: Instant,
     interval_ns: Option<u64>,
-    cpu_start: &std::sync::Mutex<Option<f64>>,
 ) -> ThreadResult {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (i, c) in conns.iter().enumerate() {
@@ -345,17 +398,10 @@ fn drive(
     let mut buf = vec![0u8; 1 << 16];
     let warm_ns = (warm_end - base).as_nanos() as u64;
     let text_pad = "x".repeat(cfg.payload.max(24));
-    let mut measuring = false;
     loop {
         let now = Instant::now();
         if now >= end {
             break;
-        }
-        if !measuring && now >= warm_end {
-            measuring = true;
-            if let Ok(mut g) = cpu_start.lock() {
-                g.get_or_insert_with(cpu_seconds);
-            }
         }
         let now_ns = (now - base).as_nanos() as u64;
         // Send what is due.

@@ -87,6 +87,9 @@ struct SweepArgs {
     /// CSV to append to.
     #[arg(long, default_value = "results/sweep.csv")]
     out: PathBuf,
+    /// Directory for one HdrHistogram percentile file (.hgrm) of latencies per cell.
+    #[arg(long, default_value = "results/hgrm")]
+    hist_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +139,13 @@ struct RunArgs {
     /// Label for the CSV's backend column (the server's `--io`).
     #[arg(long, default_value = "unknown")]
     backend: String,
+    /// The server's `--name`, to read its processes from shared memory and report its CPU time
+    /// per request (server on this machine only).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Write HdrHistogram percentile files (.hgrm) per operation into this directory.
+    #[arg(long)]
+    hist_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -219,6 +229,21 @@ impl Drop for SpawnedServer {
     }
 }
 
+/// The server's processes (master and workers), read from its shared memory.
+fn server_pids(name: &str) -> Vec<u32> {
+    let Ok(seg) = shm::Segment::attach(name, false) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = shm::Metrics::of(&seg)
+        .workers()
+        .iter()
+        .map(|w| w.pid.get() as u32)
+        .filter(|&p| p != 0)
+        .collect();
+    pids.push(seg.creator_pid());
+    pids
+}
+
 fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let exe = match a.server {
         Some(p) => p,
@@ -265,6 +290,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         hot_accounts: 8,
                         rooms: 10,
                         seed: a.seed.wrapping_mul(1000) + cell,
+                        server_pids: server_pids(&name),
                     };
                     let r = load::run(&cfg)?;
                     let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
@@ -277,6 +303,13 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         ""
                     };
                     write_csv(&a.out, &cfg, &server.backend, &r, audit)?;
+                    load::write_hgrm(
+                        &a.hist_dir.join(format!(
+                            "w{workers}-{}-p{payload}-c{connections}.hgrm",
+                            mix.name()
+                        )),
+                        &r.total.latency_us,
+                    )?;
                     let line = format!(
                         "{workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
                         mix.name(),
@@ -336,6 +369,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         hot_accounts: a.hot_accounts,
         rooms: a.rooms,
         seed,
+        server_pids: a
+            .server_name
+            .as_deref()
+            .map(server_pids)
+            .unwrap_or_default(),
     };
     println!(
         "bench-client: {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
@@ -395,11 +433,29 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             r.push_latency_us.max()
         );
     }
-    let cpu_us = r.client_cpu_s * 1e6 / r.total.requests.max(1) as f64;
+    let per_req = |s: f64| s * 1e6 / r.total.requests.max(1) as f64;
     println!(
-        "  client CPU {:.2} s = {cpu_us:.2} us per request; server workers seen: {}",
-        r.client_cpu_s, r.workers_seen
+        "  client CPU {:.2} s = {:.2} us per request; server workers seen: {}",
+        r.client_cpu_s,
+        per_req(r.client_cpu_s),
+        r.workers_seen
     );
+    if let Some(s) = r.server_cpu_s {
+        println!("  server CPU {s:.2} s = {:.2} us per request", per_req(s));
+    }
+    if let Some(dir) = &a.hist_dir {
+        for (name, o) in OPS.iter().zip(&r.ops) {
+            if o.requests > 0 {
+                let file = dir.join(format!("{}-{}.hgrm", cfg.mix.name(), name.to_lowercase()));
+                load::write_hgrm(&file, &o.latency_us)?;
+            }
+        }
+        load::write_hgrm(
+            &dir.join(format!("{}-total.hgrm", cfg.mix.name())),
+            &r.total.latency_us,
+        )?;
+        println!("  percentile files in {}", dir.display());
+    }
     if let Some(path) = a.out {
         write_csv(&path, &cfg, &a.backend, &r, "")?;
         println!("  appended to {}", path.display());
@@ -408,7 +464,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: [&str; 27] = [
+pub const CSV_HEADER: [&str; 28] = [
     "timestamp",
     "cores",
     "kernel",
@@ -435,6 +491,7 @@ pub const CSV_HEADER: [&str; 27] = [
     "pushes_per_s",
     "push_p99_us",
     "client_cpu_us_per_req",
+    "server_cpu_us_per_req",
     "audit",
 ];
 
@@ -503,6 +560,9 @@ fn write_csv(
         format!("{:.0}", r.pushes as f64 / r.seconds),
         r.push_latency_us.value_at_quantile(0.99).to_string(),
         format!("{:.2}", r.client_cpu_s * 1e6 / t.requests.max(1) as f64),
+        r.server_cpu_s.map_or(String::new(), |s| {
+            format!("{:.2}", s * 1e6 / t.requests.max(1) as f64)
+        }),
         audit.to_string(),
     ])?;
     w.flush()?;

@@ -136,6 +136,7 @@ fn a_short_closed_loop_run_measures_every_request() {
             hot_accounts: 4,
             rooms: 3,
             seed: 42 + mix as u64,
+            server_pids: Vec::new(),
         };
         let r = load::run(&cfg).expect("run");
         assert!(
@@ -251,6 +252,7 @@ fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
         hot_accounts: 2,
         rooms: 1,
         seed: 77,
+        server_pids: Vec::new(),
     };
     // Closed loop: during a 1 s stall each connection waits once, so only ~10 of many thousand
     // requests are slow and p99 does not move.
