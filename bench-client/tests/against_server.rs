@@ -282,8 +282,8 @@ fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
         open_p99 > 300_000,
         "open loop shows the stall in p99: {open_p99} us"
     );
-    assert!(
-        open_uncorrected_p99 < open_p99,
-        "the uncorrected figure understates it"
-    );
+    // The client kept sending on schedule into the socket during the stall, so measuring from
+    // the actual send gives about the same figure here; it is lower when the client itself
+    // falls behind its schedule.
+    assert!(open_uncorrected_p99 <= open_p99);
 }

@@ -15,7 +15,7 @@ use proto::codec::NAME_LEN_MAX;
 
 use crate::lock::{LockError, Locked, RobustMutex};
 use crate::segment::{Globals, Segment, ShmError};
-use crate::words::{eq_bytes, hash, load_bytes, store_bytes};
+use crate::words::{eq_bytes, index_find, index_insert, load_bytes, store_bytes};
 
 /// One room. Index 0 is unused.
 #[repr(C, align(128))]
@@ -269,24 +269,14 @@ impl<'s> Rooms<'s> {
 
     /// The id of room `name`, without locking.
     pub fn lookup(&self, name: &str) -> Option<u32> {
-        let mask = self.index.len() - 1;
-        let mut i = hash(name.as_bytes()) as usize & mask;
-        for _ in 0..self.index.len() {
-            let id = self.index[i].load(Ordering::Acquire);
-            if id == 0 {
-                return None;
-            }
+        index_find(self.index, name.as_bytes(), |id| {
             let r = &self.rooms[id as usize];
-            if eq_bytes(
+            eq_bytes(
                 &r.name,
                 r.name_len.load(Ordering::Relaxed) as usize,
                 name.as_bytes(),
-            ) {
-                return Some(id);
-            }
-            i = (i + 1) & mask;
-        }
-        None
+            )
+        })
     }
 
     /// The id of room `name`, creating it if needed.
@@ -313,12 +303,7 @@ impl<'s> Rooms<'s> {
         let r = &self.rooms[id as usize];
         store_bytes(&r.name, name.as_bytes());
         r.name_len.store(name.len() as u32, Ordering::Relaxed);
-        let mask = self.index.len() - 1;
-        let mut i = hash(name.as_bytes()) as usize & mask;
-        while self.index[i].load(Ordering::Relaxed) != 0 {
-            i = (i + 1) & mask;
-        }
-        self.index[i].store(id, Ordering::Release);
+        index_insert(self.index, name.as_bytes(), id);
         self.globals.rooms_count.store(id, Ordering::Release);
         Ok(id)
     }

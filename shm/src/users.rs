@@ -13,7 +13,7 @@ use proto::scram::{ITERATIONS_MAX, ITERATIONS_MIN};
 use crate::ledger::Account;
 use crate::lock::{LockError, Locked};
 use crate::segment::{Globals, Segment, ShmError};
-use crate::words::{eq_bytes, hash, load_bytes, store_bytes};
+use crate::words::{eq_bytes, index_find, index_insert, load_bytes, store_bytes};
 
 const SALT_LEN_MAX: usize = proto::body::SALT_LEN_MAX;
 
@@ -182,25 +182,14 @@ impl<'s> Users<'s> {
 
     /// The id of `name`, without locking.
     pub fn lookup(&self, name: &str) -> Option<u32> {
-        let mask = self.index.len() - 1;
-        let mut i = hash(name.as_bytes()) as usize & mask;
-        // Load ≤ 1/2, so an empty slot comes within a few probes; the bound is the table size.
-        for _ in 0..self.index.len() {
-            let id = self.index[i].load(Ordering::Acquire);
-            if id == 0 {
-                return None;
-            }
+        index_find(self.index, name.as_bytes(), |id| {
             let r = &self.records[id as usize];
-            if eq_bytes(
+            eq_bytes(
                 &r.name,
                 r.name_len.load(Ordering::Relaxed) as usize,
                 name.as_bytes(),
-            ) {
-                return Some(id);
-            }
-            i = (i + 1) & mask;
-        }
-        None
+            )
+        })
     }
 
     /// Registers `name` with `creds`; the new user's account starts at 0.
@@ -243,12 +232,7 @@ impl<'s> Users<'s> {
         r.session.store(0, Ordering::Relaxed);
         r.failures.store(0, Ordering::Relaxed);
         // Publish: the index slot makes the record findable; the count commits it.
-        let mask = self.index.len() - 1;
-        let mut i = hash(name.as_bytes()) as usize & mask;
-        while self.index[i].load(Ordering::Relaxed) != 0 {
-            i = (i + 1) & mask;
-        }
-        self.index[i].store(id, Ordering::Release);
+        index_insert(self.index, name.as_bytes(), id);
         self.commit(id);
         Ok(id)
     }
@@ -275,18 +259,7 @@ impl<'s> Users<'s> {
         );
         let published = core::str::from_utf8(&name[..len])
             .ok()
-            .and_then(|n| {
-                let mask = self.index.len() - 1;
-                let mut i = hash(n.as_bytes()) as usize & mask;
-                for _ in 0..self.index.len() {
-                    match self.index[i].load(Ordering::Acquire) {
-                        0 => return None,
-                        x if x == id => return Some(()),
-                        _ => i = (i + 1) & mask,
-                    }
-                }
-                None
-            })
+            .and_then(|n| index_find(self.index, n.as_bytes(), |x| x == id))
             .is_some();
         if published {
             self.commit(id);

@@ -2,7 +2,7 @@
 //! races a writer on plain memory. Writers hold the owning table's lock or are publishing a
 //! record nobody can reach yet; readers that may race a writer validate with a sequence word.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Stores `bytes` into `words` (which must hold them), zero-padding the last word.
 pub(crate) fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
@@ -46,6 +46,37 @@ pub(crate) fn hash(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// Finds a name in an open-addressing index of ids (0 marks an empty slot, the length is a
+/// power of two, load at most 1/2): walks from the name's hash until `is_it(id)` or an empty
+/// slot. Lock-free; the walk is bounded by the table's length.
+pub(crate) fn index_find(
+    index: &[AtomicU32],
+    name: &[u8],
+    is_it: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    let mask = index.len() - 1;
+    let mut i = hash(name) as usize & mask;
+    for _ in 0..index.len() {
+        match index[i].load(Ordering::Acquire) {
+            0 => return None,
+            id if is_it(id) => return Some(id),
+            _ => i = (i + 1) & mask,
+        }
+    }
+    None
+}
+
+/// Publishes `id` under `name` in the first empty slot from the name's hash. The caller holds
+/// the table's lock and has written the record `id` names.
+pub(crate) fn index_insert(index: &[AtomicU32], name: &[u8], id: u32) {
+    let mask = index.len() - 1;
+    let mut i = hash(name) as usize & mask;
+    while index[i].load(Ordering::Relaxed) != 0 {
+        i = (i + 1) & mask;
+    }
+    index[i].store(id, Ordering::Release);
 }
 
 #[cfg(test)]

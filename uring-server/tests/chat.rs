@@ -10,18 +10,6 @@ use proto::body::*;
 use proto::codec::Name;
 use proto::{Push, Reply, Request, Response, Status};
 
-fn join(c: &mut Client, room: &str) -> u32 {
-    match c
-        .call(&Request::JoinRoom(JoinRoomRequest {
-            room: Name::new(room).expect("name"),
-        }))
-        .reply()
-    {
-        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
-        other => panic!("{other:?}"),
-    }
-}
-
 fn send(c: &mut Client, room_id: u32, text: &str) -> Result<u64, Status> {
     match c
         .call(&Request::ChatSend(ChatSendRequest {

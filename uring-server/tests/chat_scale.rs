@@ -8,20 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proto::body::*;
-use proto::codec::Name;
 use proto::{Push, Reply, Request, Response, Status};
-
-fn join(c: &mut Client, room: &str) -> u32 {
-    match c
-        .call(&Request::JoinRoom(JoinRoomRequest {
-            room: Name::new(room).expect("name"),
-        }))
-        .reply()
-    {
-        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
-        other => panic!("{other:?}"),
-    }
-}
 
 fn send_frame(c: &mut Client, room_id: u32, text: &str) -> u64 {
     let id = c.next_req_id();

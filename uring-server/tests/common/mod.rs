@@ -456,3 +456,16 @@ pub fn transfer_id(id: u32, amount: u64) -> Request<'static> {
 pub fn body_bytes<'a, T: Field<'a>>(b: &T) -> Vec<u8> {
     b.to_vec()
 }
+
+/// JOIN_ROOM; the room's id.
+pub fn join(c: &mut Client, room: &str) -> u32 {
+    match c
+        .call(&Request::JoinRoom(JoinRoomRequest {
+            room: Name::new(room).expect("name"),
+        }))
+        .reply()
+    {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    }
+}
