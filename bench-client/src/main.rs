@@ -28,6 +28,40 @@ enum Command {
     Sweep(SweepArgs),
     /// Chat and trade by hand: log in, join rooms, send, see pushes as they arrive, pay people.
     Chat(ChatArgs),
+    /// Trade-heavy load on a running server while a random worker is killed with SIGKILL every
+    /// 0.5-2 s; audits after every kill; reconciles every acknowledged transfer with the log.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// The server's `--name` (same machine: the killer and the audit use its shared memory).
+    #[arg(long, default_value = "ns")]
+    server_name: String,
+    /// Connections.
+    #[arg(long, default_value_t = 200)]
+    connections: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Seconds of chaos.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Shortest pause between kills, ms.
+    #[arg(long, default_value_t = 500)]
+    kill_min_ms: u64,
+    /// Longest pause between kills, ms.
+    #[arg(long, default_value_t = 2000)]
+    kill_max_ms: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +188,7 @@ fn main() {
         Command::Run(r) => run(r),
         Command::Sweep(s) => sweep(s),
         Command::Chat(c) => chat(c),
+        Command::Chaos(c) => chaos(c),
     };
     if let Err(e) = result {
         eprintln!("bench-client: {e:#}");
@@ -330,6 +365,47 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         println!("{l}");
     }
     println!("appended {} rows to {}", table.len(), a.out.display());
+    Ok(())
+}
+
+fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let cfg = bench_client::chaos::ChaosConfig {
+        addr,
+        server_name: a.server_name,
+        connections: a.connections,
+        threads: a.threads,
+        duration: Duration::from_secs_f64(a.duration),
+        kill_every: (
+            Duration::from_millis(a.kill_min_ms),
+            Duration::from_millis(a.kill_max_ms),
+        ),
+        hot_accounts: 8,
+        seed: a.seed,
+    };
+    let r = bench_client::chaos::run(&cfg)?;
+    println!(
+        "chaos: {} workers killed; {} audits during the run, {} failed (the final one included)",
+        r.kills, r.audits, r.audit_failures
+    );
+    println!(
+        "transfers acknowledged {}; reconciled with the log {} (older ones left the ring); missing or different {}; gave up after retries {}",
+        r.acknowledged, r.reconciled, r.mismatches, r.retries_exhausted
+    );
+    for (st, n) in &r.refused {
+        println!("refused {st}: {n}");
+    }
+    for v in &r.violations {
+        println!("VIOLATION: {v}");
+    }
+    let ok = r.audit_failures == 0 && r.mismatches == 0 && r.kills > 0;
+    println!("{}", if ok { "chaos OK" } else { "chaos FAILED" });
+    if !ok {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

@@ -287,3 +287,25 @@ fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
     // falls behind its schedule.
     assert!(open_uncorrected_p99 <= open_p99);
 }
+
+#[test]
+fn chaos_in_brief_kills_workers_and_loses_no_acknowledged_transfer() {
+    let server = Server::start(&["--txn-log", "1048576"]);
+    let cfg = bench_client::chaos::ChaosConfig {
+        addr: server.addr,
+        server_name: server.name.clone(),
+        connections: 20,
+        threads: 4,
+        duration: Duration::from_secs(4),
+        kill_every: (Duration::from_millis(400), Duration::from_millis(900)),
+        hot_accounts: 4,
+        seed: 3,
+    };
+    let r = bench_client::chaos::run(&cfg).expect("chaos run");
+    eprintln!("{r:?}");
+    assert!(r.kills >= 3, "workers were killed: {}", r.kills);
+    assert_eq!(r.audit_failures, 0, "{:?}", r.violations);
+    assert_eq!(r.mismatches, 0);
+    assert!(r.acknowledged > 100 && r.reconciled == r.acknowledged);
+    assert_eq!(r.retries_exhausted, 0, "no client gave up");
+}
