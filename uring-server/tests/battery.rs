@@ -1,0 +1,156 @@
+//! The bad-input battery while a well-behaved client runs on the same worker: 10,000
+//! connections opened and held, slowloris senders, garbage, every framing error, in a loop. The
+//! worker survives, the neighbour sees no error, and its latency is reported with and without
+//! the battery.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proto::body::*;
+use proto::header::RawHeader;
+use proto::{Request, HEADER_LEN};
+
+/// The neighbour's BALANCE latencies (µs) until `stop`.
+fn neighbour_latencies(c: &mut Client, stop: &AtomicBool) -> Vec<u64> {
+    let mut lat = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let g = c.call(&Request::Balance(Empty {}));
+        assert_eq!(g.status(), proto::Status::Ok, "the neighbour saw an error");
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    lat
+}
+
+fn p99(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() * 99 / 100).copied().unwrap_or(0)
+}
+
+fn bad_frames() -> Vec<Vec<u8>> {
+    let good = Client::frame(1, &Request::Deposit(AmountRequest { amount: 1 }));
+    let edit = |f: &dyn Fn(&mut RawHeader)| {
+        let mut h = RawHeader::parse(good[..HEADER_LEN].try_into().expect("header"));
+        f(&mut h);
+        let mut b = [0u8; HEADER_LEN];
+        h.write(&mut b);
+        let mut v = b.to_vec();
+        v.extend_from_slice(&good[HEADER_LEN..]);
+        v
+    };
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    vec![
+        edit(&|h| h.magic = 0xDEAD),
+        edit(&|h| h.version = 7),
+        edit(&|h| h.header_len = 64),
+        edit(&|h| h.body_len = u32::MAX),
+        flipped,
+        good[..10].to_vec(),
+        good[..HEADER_LEN + 2].to_vec(),
+        (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    ]
+}
+
+#[test]
+fn the_battery_does_not_disturb_a_neighbour_on_the_same_worker() {
+    for backend in BACKENDS {
+        battery(backend);
+    }
+}
+
+fn battery(backend: &str) {
+    let server = Server::start(
+        "battery",
+        &["-w", "1", "--max-conns", "12000", "--io", backend],
+    );
+    let mut n = server.client();
+    n.join_as("neighbour");
+    // Baseline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let base = std::thread::spawn(move || {
+        let lat = neighbour_latencies(&mut n, &stop2);
+        (n, lat)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let (mut n, baseline) = base.join().expect("baseline");
+    // The battery, with the neighbour running.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let during = std::thread::spawn(move || neighbour_latencies(&mut n, &stop2));
+    let addr = server.addr;
+    let t0 = Instant::now();
+    // 10,000 connections opened and held.
+    let mut held: Vec<TcpStream> = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        held.push(TcpStream::connect(addr).expect("connect"));
+    }
+    let opened_in = t0.elapsed();
+    // Slowloris: 20 connections dribbling a frame one byte every 20 ms.
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let frame = Client::frame(9, &Request::Balance(Empty {}));
+    // Every framing error and 100 KB of garbage, repeatedly.
+    let bad = bad_frames();
+    let mut sent_bad = 0;
+    for round in 0..25 {
+        for s in slow.iter_mut() {
+            let _ = s.write_all(&frame[round % frame.len()..round % frame.len() + 1]);
+        }
+        for b in &bad {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let _ = s.write_all(b);
+            sent_bad += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let with_battery = during.join().expect("neighbour during the battery");
+    drop(held);
+    drop(slow);
+    let (b99, w99) = (p99(baseline.clone()), p99(with_battery.clone()));
+    eprintln!(
+        "{backend}: 10,000 connections opened in {opened_in:?}; {sent_bad} bad inputs; neighbour BALANCE p99 {b99} us alone ({} requests), {w99} us under the battery ({} requests)",
+        baseline.len(),
+        with_battery.len()
+    );
+    assert!(
+        !with_battery.is_empty(),
+        "the neighbour was served during the battery"
+    );
+    assert!(
+        w99 < 250_000,
+        "the neighbour's p99 stayed bounded: {w99} us"
+    );
+    // The worker survived and counted what it refused.
+    let (code, stats) = server.tool(&["stats"]);
+    assert_eq!(code, 0);
+    assert!(stats.contains("restarts"), "{stats}");
+    let accepted: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("connections:"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted >= 10_000, "{stats}");
+    assert!(!stats.contains("bad frames 0"), "{stats}");
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.trim_start().starts_with("0 ") && l.trim_end().ends_with(" 0")),
+        "worker 0 was never restarted: {stats}"
+    );
+}
