@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proto::body::*;
-use proto::{Push, Reply, Request, Response, Status};
+use proto::{Push, Reply, Request, Response, Status, HEADER_LEN};
 
 fn send_frame(c: &mut Client, room_id: u32, text: &str) -> u64 {
     let id = c.next_req_id();
@@ -257,4 +257,85 @@ fn kill_9_of_a_worker_removes_its_members_and_sessions() {
         "members and sessions of the killed worker removed within {:?}",
         killed_at.elapsed()
     );
+}
+
+#[test]
+fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms() {
+    for backend in BACKENDS {
+        let server = Server::start("vanish", &["-w", "2", "--io", backend]);
+        let mut observer = server.client();
+        observer.join_as("observer");
+        join(&mut observer, "hall");
+        let counts = |c: &mut Client| {
+            let users = match c
+                .call(&Request::ListUsers(PageRequest {
+                    after_id: 0,
+                    limit: 100,
+                }))
+                .reply()
+            {
+                Reply::Ok(Response::ListUsers(l)) => l.users.items().len(),
+                other => panic!("{other:?}"),
+            };
+            let members = match c
+                .call(&Request::ListRooms(PageRequest {
+                    after_id: 0,
+                    limit: 10,
+                }))
+                .reply()
+            {
+                Reply::Ok(Response::ListRooms(l)) => l
+                    .rooms
+                    .items()
+                    .iter()
+                    .find(|r| r.name.as_str() == "hall")
+                    .map_or(0, |r| r.members),
+                other => panic!("{other:?}"),
+            };
+            (users, members)
+        };
+        let mut gone = Vec::new();
+        for i in 0..6 {
+            let mut c = server.client();
+            c.join_as(&format!("v{i}"));
+            join(&mut c, "hall");
+            // Load while it is there.
+            for _ in 0..20 {
+                c.call(&Request::Balance(Empty {}));
+            }
+            gone.push(c);
+        }
+        assert_eq!(counts(&mut observer), (7, 7));
+        for (i, mut c) in gone.into_iter().enumerate() {
+            let frame = Client::frame(99, &Request::Balance(Empty {}));
+            match i % 3 {
+                // Vanish in the middle of a header.
+                0 => c.send_raw(&frame[..7]),
+                // Vanish in the middle of a body-bearing frame.
+                1 => c.send_raw(&Client::frame(98, &deposit(5))[..HEADER_LEN + 3]),
+                // Half-close: no more bytes from the client, the socket still open.
+                _ => c
+                    .stream
+                    .shutdown(std::net::Shutdown::Write)
+                    .expect("half close"),
+            }
+            if i % 3 != 2 {
+                drop(c);
+            } else {
+                std::mem::forget(c.stream.try_clone().expect("keep the read side open"));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if counts(&mut observer) == (1, 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {:?}",
+                counts(&mut observer)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
