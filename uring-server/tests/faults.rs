@@ -191,3 +191,60 @@ fn sigint_under_load_exits_0_cleanly_with_whole_frames() {
         );
     }
 }
+
+#[test]
+fn kill_9_of_the_master_takes_the_workers_and_the_next_start_replaces_the_segment() {
+    let mut server = Server::start("master", &["-w", "2"]);
+    let workers: Vec<u32> = server
+        .worker_pids()
+        .into_iter()
+        .filter(|&p| p != 0)
+        .collect();
+    assert_eq!(workers.len(), 2);
+    server.child.kill().expect("kill -9 the master");
+    let _ = server.child.wait();
+    // PR_SET_PDEATHSIG: the workers die with the master.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !zombie(*p))
+    {
+        assert!(Instant::now() < deadline, "a worker outlived the master");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        std::path::Path::new(&server.shm_path()).exists(),
+        "the segment was left behind"
+    );
+    // The next start under the same name finds the stale segment and replaces it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
+        .args([
+            "--port",
+            "0",
+            "-w",
+            "1",
+            "--name",
+            &server.name,
+            "--max-users",
+            "64",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restart");
+    let mut next = Server::adopt(out, server.name.clone());
+    let mut c = next.client();
+    c.join_as("after");
+    assert_eq!(c.ledger(&deposit(5)).map(|r| r.0), Ok(5));
+    let log = next.stop_and_stderr();
+    assert!(log.contains("stale"), "the replacement is logged: {log}");
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}

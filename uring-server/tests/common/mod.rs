@@ -79,6 +79,34 @@ impl Server {
         }
     }
 
+    /// Takes over a server child started by hand with `--port 0` and piped stdout and stderr.
+    pub fn adopt(mut child: Child, name: String) -> Server {
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(words.len() >= 5, "unexpected first line {line:?}");
+        Server {
+            addr: words[2].parse().expect("address"),
+            backend: words[4].to_string(),
+            child,
+            name,
+        }
+    }
+
+    /// SIGTERM, wait, and return what the server wrote to stderr (it must have been piped).
+    pub fn stop_and_stderr(&mut self) -> String {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let _ = self.wait_exit(Duration::from_secs(10));
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+
     /// Connects a client.
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
