@@ -35,6 +35,11 @@ pub struct Args {
     #[arg(long, default_value_t = 30_000)]
     pub idle_timeout_ms: u64,
 
+    /// Longest a frame may take to arrive whole once its first byte came; then ERR_TIMEOUT and
+    /// close (against senders that dribble bytes to hold a connection).
+    #[arg(long, default_value_t = 10_000)]
+    pub frame_timeout_ms: u64,
+
     /// Largest request body accepted; a longer one is answered ERR_TOO_LARGE and closed.
     #[arg(long, default_value_t = proto::BODY_LEN_MAX_DEFAULT)]
     pub body_len_max: u32,

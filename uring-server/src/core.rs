@@ -34,6 +34,8 @@ pub struct Config {
     pub body_len_max: u32,
     /// Most bytes queued per connection.
     pub out_max_bytes: usize,
+    /// Longest time a frame may take to arrive whole once its first byte came (slowloris).
+    pub frame_timeout_ms: u64,
     /// Whether REGISTER is served.
     pub registration_open: bool,
     /// Flood limit: chat messages a user may send at once.
@@ -121,6 +123,8 @@ pub struct ConnState {
     pub closing: bool,
     /// Close now, without flushing: the peer is not reading (slow consumer).
     pub abort: bool,
+    /// When the frame now arriving in pieces began, if one is.
+    partial_since_ms: Option<u64>,
     /// The slab key.
     key: usize,
     /// Rooms joined on this connection.
@@ -263,6 +267,7 @@ impl<'s> Core<'s> {
                 last_active_ms: self.ctx.now_ms,
                 closing: false,
                 abort: false,
+                partial_since_ms: None,
                 key,
                 rooms: Vec::new(),
                 name: String::new(),
@@ -295,6 +300,12 @@ impl<'s> Core<'s> {
                 Err(e) => ctx.bad_frame(st, &e),
             }
         }
+        // A frame left cut starts (or keeps) its clock; a whole one stops it.
+        st.partial_since_ms = if decoder.is_idle() {
+            None
+        } else {
+            st.partial_since_ms.or(Some(ctx.now_ms))
+        };
     }
 
     /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
@@ -315,7 +326,24 @@ impl<'s> Core<'s> {
             if conn.st.closing {
                 continue;
             }
-            if self.ctx.now_ms.saturating_sub(conn.st.last_active_ms) > self.ctx.cfg.idle_timeout_ms
+            let slow_frame = conn
+                .st
+                .partial_since_ms
+                .is_some_and(|t| self.ctx.now_ms.saturating_sub(t) > self.ctx.cfg.frame_timeout_ms);
+            if slow_frame {
+                // Slowloris: bytes keep coming, a frame never completes.
+                self.ctx.metrics.idle_timeouts.add(1);
+                self.ctx.error(
+                    &mut conn.st,
+                    0,
+                    0,
+                    Status::ErrTimeout,
+                    "a frame took too long to arrive: closing",
+                );
+                conn.st.closing = true;
+                marked.push(key);
+            } else if self.ctx.now_ms.saturating_sub(conn.st.last_active_ms)
+                > self.ctx.cfg.idle_timeout_ms
             {
                 self.ctx.metrics.idle_timeouts.add(1);
                 self.ctx

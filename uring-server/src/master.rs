@@ -130,6 +130,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         idle_timeout_ms: args.idle_timeout_ms,
         body_len_max: args.body_len_max,
         out_max_bytes: args.out_max_bytes,
+        frame_timeout_ms: args.frame_timeout_ms,
         registration_open: args.registration == Registration::Open,
         flood_burst: args.flood_burst,
         flood_per_sec: args.flood_per_sec,

@@ -296,3 +296,29 @@ fn idle_connections_are_closed_and_their_session_ended() {
         }
     }
 }
+
+#[test]
+fn a_slowloris_sender_is_closed_when_its_frame_takes_too_long() {
+    for backend in BACKENDS {
+        let server = Server::start(
+            "loris",
+            &["-w", "1", "--io", backend, "--frame-timeout-ms", "500"],
+        );
+        let mut n = neighbour(&server);
+        let mut loris = server.client();
+        let frame = Client::frame(5, &Request::Balance(Empty {}));
+        let start = std::time::Instant::now();
+        // One byte every 100 ms: activity all along, but the frame never completes in time.
+        for b in frame.iter().take(30) {
+            if std::io::Write::write_all(&mut loris.stream, std::slice::from_ref(b)).is_err() {
+                break; // Closed by the server, as intended.
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let g = loris.next().expect("an error response before the close");
+        assert_eq!(g.status(), Status::ErrTimeout);
+        assert!(closed(&mut loris), "closed");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(n.balance(), 1_000, "the neighbour is undisturbed");
+    }
+}
