@@ -621,29 +621,7 @@ impl<'s> Ledger<'s> {
 
     /// Adds `amount` to `user`'s account.
     pub fn deposit(&mut self, user: u32, req_id: u64, amount: u64) -> Result<Applied, LedgerError> {
-        let acct = self.t.account(user)?;
-        if amount == 0 {
-            return Err(LedgerError::InvalidAmount);
-        }
-        let _held = self.lock_accounts(user, user)?;
-        let op = u32::from(proto::Opcode::Deposit.as_u16());
-        if let Some(done) = self.replay(user, req_id, op, 0, amount)? {
-            return Ok(done);
-        }
-        let balance = acct.balance.load(Ordering::Relaxed);
-        let new = balance.checked_add(amount).ok_or(LedgerError::Overflow)?;
-        Ok(self.commit(
-            TxnKind::Deposit,
-            user,
-            0,
-            user,
-            amount,
-            0,
-            new,
-            req_id,
-            op,
-            0,
-        ))
+        self.one_account(TxnKind::Deposit, user, req_id, amount)
     }
 
     /// Takes `amount` from `user`'s account.
@@ -653,30 +631,43 @@ impl<'s> Ledger<'s> {
         req_id: u64,
         amount: u64,
     ) -> Result<Applied, LedgerError> {
+        self.one_account(TxnKind::Withdraw, user, req_id, amount)
+    }
+
+    /// A deposit or withdrawal: money in from, or out to, outside the ledger.
+    fn one_account(
+        &mut self,
+        kind: TxnKind,
+        user: u32,
+        req_id: u64,
+        amount: u64,
+    ) -> Result<Applied, LedgerError> {
         let acct = self.t.account(user)?;
         if amount == 0 {
             return Err(LedgerError::InvalidAmount);
         }
         let _held = self.lock_accounts(user, user)?;
-        let op = u32::from(proto::Opcode::Withdraw.as_u16());
+        let opcode = match kind {
+            TxnKind::Withdraw => proto::Opcode::Withdraw,
+            _ => proto::Opcode::Deposit,
+        };
+        let op = u32::from(opcode.as_u16());
         if let Some(done) = self.replay(user, req_id, op, 0, amount)? {
             return Ok(done);
         }
         let balance = acct.balance.load(Ordering::Relaxed);
-        let new = balance
-            .checked_sub(amount)
-            .ok_or(LedgerError::InsufficientFunds { balance })?;
+        // A deposit credits `user` from outside (from 0); a withdrawal debits it (to 0).
+        let (from, to, from_new, to_new) = if opcode == proto::Opcode::Withdraw {
+            let new = balance
+                .checked_sub(amount)
+                .ok_or(LedgerError::InsufficientFunds { balance })?;
+            (user, 0, new, 0)
+        } else {
+            let new = balance.checked_add(amount).ok_or(LedgerError::Overflow)?;
+            (0, user, 0, new)
+        };
         Ok(self.commit(
-            TxnKind::Withdraw,
-            user,
-            user,
-            0,
-            amount,
-            new,
-            0,
-            req_id,
-            op,
-            0,
+            kind, user, from, to, amount, from_new, to_new, req_id, op, 0,
         ))
     }
 

@@ -967,15 +967,7 @@ impl Ctx<'_> {
                     };
                     return Err((status, format!("not in room {}", c.room_id)));
                 }
-                let (burst, rate) = (self.cfg.flood_burst, self.cfg.flood_per_sec);
-                st.bucket
-                    .take(burst, rate, self.now_ms)
-                    .map_err(|wait_ms| {
-                        (
-                            Status::ErrRateLimited,
-                            format!("flood limit: retry in {wait_ms} ms"),
-                        )
-                    })?;
+                self.flood_check(st)?;
                 let seq = self
                     .rooms
                     .publish(c.room_id, user, &st.name, c.text.as_str(), self.now_ms)
@@ -1018,15 +1010,7 @@ impl Ctx<'_> {
                         format!("{} is offline", d.to.as_str()),
                     )
                 })?;
-                let (burst, rate) = (self.cfg.flood_burst, self.cfg.flood_per_sec);
-                st.bucket
-                    .take(burst, rate, self.now_ms)
-                    .map_err(|wait_ms| {
-                        (
-                            Status::ErrRateLimited,
-                            format!("flood limit: retry in {wait_ms} ms"),
-                        )
-                    })?;
+                self.flood_check(st)?;
                 let inbox = self
                     .rooms
                     .lookup(&crate::chat::inbox_name(session.worker))
@@ -1041,6 +1025,17 @@ impl Ctx<'_> {
         };
         self.respond(st, id, &resp);
         Ok(())
+    }
+
+    /// Takes a token from the sender's flood-limit bucket, or says when to retry.
+    fn flood_check(&self, st: &mut ConnState) -> Handled {
+        let (burst, rate) = (self.cfg.flood_burst, self.cfg.flood_per_sec);
+        st.bucket.take(burst, rate, self.now_ms).map_err(|wait_ms| {
+            (
+                Status::ErrRateLimited,
+                format!("flood limit: retry in {wait_ms} ms"),
+            )
+        })
     }
 
     /// ROOM_HISTORY: messages after `after_seq` still in the ring, within the body limit.
