@@ -10,5 +10,6 @@ pub mod chaos;
 pub mod client;
 pub mod interactive;
 pub mod load;
+pub mod server;
 
 pub use client::{Client, ClientError, Received, Retry};

@@ -196,102 +196,13 @@ fn main() {
     }
 }
 
-/// A server started by the sweep; stopped with SIGTERM (and reaped) on drop.
-struct SpawnedServer {
-    child: std::process::Child,
-    port: u16,
-    backend: String,
-    name: String,
-    exe: PathBuf,
-}
-
-impl SpawnedServer {
-    fn start(exe: &std::path::Path, workers: u32, io: &str, name: &str) -> anyhow::Result<Self> {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(exe)
-            .args([
-                "-w",
-                &workers.to_string(),
-                "--port",
-                "0",
-                "--io",
-                io,
-                "--name",
-                name,
-            ])
-            .args(["--flood-burst", "1000000", "--flood-per-sec", "1000000"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
-        let mut line = String::new();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        anyhow::ensure!(words.len() >= 5, "the server did not start: {line:?}");
-        let port = words[2]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no port in {line:?}"))?;
-        Ok(SpawnedServer {
-            child,
-            port,
-            backend: words[4].to_string(),
-            name: name.to_string(),
-            exe: exe.to_path_buf(),
-        })
-    }
-
-    fn audit(&self) -> bool {
-        std::process::Command::new(&self.exe)
-            .args(["--name", &self.name, "audit"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-}
-
-impl Drop for SpawnedServer {
-    fn drop(&mut self) {
-        // SIGTERM by pid: the server drains, unlinks its shared memory and exits.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// The server's processes (master and workers), read from its shared memory.
-fn server_pids(name: &str) -> Vec<u32> {
-    let Ok(seg) = shm::Segment::attach(name, false) else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = shm::Metrics::of(&seg)
-        .workers()
-        .iter()
-        .map(|w| w.pid.get() as u32)
-        .filter(|&p| p != 0)
-        .collect();
-    pids.push(seg.creator_pid());
-    pids
-}
+use bench_client::server::{server_pids, SpawnedServer};
 
 fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let exe = match a.server {
         Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("uring-server"))
-            .ok_or_else(|| anyhow::anyhow!("no directory for the server binary"))?,
+        None => bench_client::server::locate()?,
     };
-    anyhow::ensure!(
-        exe.exists(),
-        "{} not found: build it (cargo build --release -p uring-server) or pass --server",
-        exe.display()
-    );
     let header = format!(
         "{:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
         "workers", "mix", "payload", "conns", "req/s", "p50_us", "p99_us", "pushes/s", "audit"
@@ -301,8 +212,22 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let mut cell = 0u64;
     for &workers in &a.workers {
         let name = format!("sweep-{}-{workers}", std::process::id());
-        let server = SpawnedServer::start(&exe, workers, &a.io, &name)?;
-        let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+        let w = workers.to_string();
+        let server = SpawnedServer::start(
+            &exe,
+            &name,
+            &[
+                "-w",
+                &w,
+                "--io",
+                &a.io,
+                "--flood-burst",
+                "1000000",
+                "--flood-per-sec",
+                "1000000",
+            ],
+        )?;
+        let addr = server.addr;
         for &mix in &a.mix {
             let payloads: Vec<usize> = if matches!(mix, Mix::ChatHeavy | Mix::Mixed) {
                 a.payload.clone()
@@ -325,7 +250,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         hot_accounts: 8,
                         rooms: 10,
                         seed: a.seed.wrapping_mul(1000) + cell,
-                        server_pids: server_pids(&name),
+                        server_pids: server.pids(),
                     };
                     let r = load::run(&cfg)?;
                     let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {

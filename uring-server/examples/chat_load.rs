@@ -9,106 +9,34 @@
 //! Server and client share the machine's cores. The client is one sender thread and one
 //! receiver thread that polls all 100 sockets and decodes every frame in place.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_client::server::SpawnedServer;
+use bench_client::Client;
 use hdrhistogram::Histogram;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use proto::body::*;
-use proto::codec::Name;
-use proto::scram::{auth_message, ClientSecret};
-use proto::{write_request, FrameDecoder, Push, Reply, Request, Response, Status, BODY_LEN_LIMIT};
+use proto::scram::ClientSecret;
+use proto::{write_request, FrameDecoder, Push, Request, BODY_LEN_LIMIT};
 
 const MEMBERS: usize = 100;
 const SENDERS: usize = 10;
 
-fn call(
-    s: &mut TcpStream,
-    dec: &mut FrameDecoder,
-    id: u64,
-    req: &Request<'_>,
-) -> (Status, Vec<u8>, u16) {
-    let mut out = Vec::new();
-    write_request(&mut out, id, req, BODY_LEN_LIMIT).expect("encode");
-    s.write_all(&out).expect("send");
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "server closed");
-        let mut input = &buf[..n];
-        while !input.is_empty() {
-            let (used, res) = dec.decode(input);
-            input = &input[used..];
-            if let Some(f) = res.expect("frame") {
-                if f.header.flags.is_response() && f.header.req_id == id {
-                    return (f.header.status, f.body.to_vec(), f.header.opcode.as_u16());
-                }
-            }
-        }
-    }
-}
-
+/// A member: registered, logged in and in room "bench" through the client library; its socket.
 fn member(addr: SocketAddr, i: usize, secret: &ClientSecret, salt: &[u8]) -> (TcpStream, u32) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let mut dec = FrameDecoder::new(BODY_LEN_LIMIT);
+    let mut c = Client::connect(addr, Duration::from_secs(10)).expect("connect");
     let user = format!("m{i}");
-    let name = Name::new(&user).expect("name");
-    let stored = secret.stored();
-    call(
-        &mut s,
-        &mut dec,
-        1,
-        &Request::Register(RegisterRequest {
-            username: name,
-            salt: Salt::new(salt).expect("salt"),
-            iterations: proto::scram::ITERATIONS_MIN,
-            stored_key: stored.stored_key,
-            server_key: stored.server_key,
-        }),
-    );
-    let cn = [5u8; 16];
-    let (st, body, op) = call(
-        &mut s,
-        &mut dec,
-        2,
-        &Request::Login(LoginRequest {
-            username: name,
-            client_nonce: Nonce::new(&cn).expect("nonce"),
-        }),
-    );
-    let op = proto::Opcode::from_u16(op).expect("op");
-    let Ok(Reply::Ok(Response::Login(l))) = Reply::decode(op, st, &body) else {
-        panic!("login")
-    };
-    let am = auth_message(&user, &cn, l.server_nonce.as_bytes(), salt, l.iterations);
-    let (st, _, _) = call(
-        &mut s,
-        &mut dec,
-        3,
-        &Request::LoginProof(LoginProofRequest {
-            client_proof: secret.proof(&am),
-        }),
-    );
-    assert_eq!(st, Status::Ok);
-    let (st, body, op) = call(
-        &mut s,
-        &mut dec,
-        4,
-        &Request::JoinRoom(JoinRoomRequest {
-            room: Name::new("bench").expect("room"),
-        }),
-    );
-    let op = proto::Opcode::from_u16(op).expect("op");
-    let Ok(Reply::Ok(Response::JoinRoom(j))) = Reply::decode(op, st, &body) else {
-        panic!("join")
-    };
-    (s, j.room_id)
+    c.register_secret(&user, salt, secret).expect("register");
+    c.login_secret(&user, secret.clone()).expect("login");
+    let (room, _) = c.join("bench").expect("join");
+    let s = c.into_stream();
+    s.set_read_timeout(None).expect("blocking reads");
+    (s, room)
 }
 
 fn main() {
@@ -122,30 +50,25 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     let name = format!("chat-load-{}", std::process::id());
-    let exe = std::env::current_exe()
-        .expect("exe")
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("uring-server"))
-        .expect("target dir");
-    let mut server = Command::new(&exe)
-        .args(["-w", "2", "--port", "0", "--io", &backend, "--name", &name])
-        .args(["--flood-burst", "1000000", "--flood-per-sec", "1000000"])
-        .args(["--out-max-bytes", "33554432"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e} (cargo build --release first)", exe.display()));
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .nth(2)
-        .expect("addr")
-        .parse()
-        .expect("addr");
+    let exe = bench_client::server::locate().expect("the server binary (cargo build --release)");
+    let server = SpawnedServer::start(
+        &exe,
+        &name,
+        &[
+            "-w",
+            "2",
+            "--io",
+            &backend,
+            "--flood-burst",
+            "1000000",
+            "--flood-per-sec",
+            "1000000",
+            "--out-max-bytes",
+            "33554432",
+        ],
+    )
+    .expect("start the server");
+    let addr = server.addr;
     let salt = [3u8; 16];
     let secret = ClientSecret::derive(b"pw", &salt, proto::scram::ITERATIONS_MIN);
     let members: Vec<(TcpStream, u32)> = (0..MEMBERS)
@@ -283,11 +206,7 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     let (pushes, hist) = receiver.join().expect("receiver");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = server.wait();
+    drop(server);
     println!(
         "{backend}: -w 2, {MEMBERS} members in one room, {SENDERS} senders ({window} in flight each), {secs} s, {} cores shared with the client",
         std::thread::available_parallelism().map_or(0, |n| n.get())
