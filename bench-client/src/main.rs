@@ -92,7 +92,11 @@ struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<u32>,
     /// Mixes.
-    #[arg(long, value_delimiter = ',', default_value = "trade-heavy,mixed,chat-heavy")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "trade-heavy,mixed,chat-heavy"
+    )]
     mix: Vec<Mix>,
     /// Connection counts.
     #[arg(long, value_delimiter = ',', default_value = "100")]
