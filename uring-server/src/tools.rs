@@ -137,64 +137,103 @@ fn text(seg: &Segment, now: &Snapshot, rate: Option<f64>) -> String {
     o
 }
 
+/// Prometheus text exposition: each family's HELP and TYPE lines followed by all its samples
+/// (one per worker, and per opcode or status where labelled), families contiguous as the format
+/// requires.
 fn prometheus(seg: &Segment) -> String {
-    let metrics = Metrics::of(seg);
+    type Sample = fn(&WorkerMetrics) -> Vec<(String, u64)>;
+    fn one(v: u64) -> Vec<(String, u64)> {
+        vec![(String::new(), v)]
+    }
+    let families: [(&str, &str, &str, Sample); 8] = [
+        (
+            "connections_open",
+            "Open client connections.",
+            "gauge",
+            |w| one(w.conns_active.get()),
+        ),
+        (
+            "connections_accepted_total",
+            "Connections accepted.",
+            "counter",
+            |w| one(w.conns_accepted.get()),
+        ),
+        ("requests_total", "Requests by opcode.", "counter", |w| {
+            Opcode::ALL
+                .iter()
+                .map(|op| {
+                    (
+                        format!(",opcode=\"{}\"", op.name()),
+                        w.requests[opcode_index(*op)].get(),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        }),
+        ("responses_total", "Responses by status.", "counter", |w| {
+            Status::ALL
+                .iter()
+                .map(|st| {
+                    (
+                        format!(",status=\"{}\"", st.name()),
+                        w.statuses[st.as_u16() as usize].get(),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        }),
+        (
+            "bad_frames_total",
+            "Frames refused by the decoder.",
+            "counter",
+            |w| one(w.bad_frames.get()),
+        ),
+        ("bytes_received_total", "Bytes received.", "counter", |w| {
+            one(w.bytes_in.get())
+        }),
+        (
+            "bytes_sent_total",
+            "Bytes queued for sending.",
+            "counter",
+            |w| one(w.bytes_out.get()),
+        ),
+        (
+            "worker_restarts_total",
+            "Times a worker slot was restarted.",
+            "counter",
+            |w| one(w.restarts.get()),
+        ),
+    ];
+    let workers: Vec<(usize, &WorkerMetrics)> = Metrics::of(seg)
+        .workers()
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.pid.get() != 0 || w.conns_accepted.get() != 0 || w.restarts.get() != 0)
+        .collect();
     let mut o = String::new();
-    let mut family = |name: &str, help: &str, kind: &str| {
+    for (name, help, kind, sample) in families {
         let _ = writeln!(o, "# HELP ns_{name} {help}\n# TYPE ns_{name} {kind}");
-    };
-    family("connections_open", "Open client connections.", "gauge");
-    family(
-        "connections_accepted_total",
-        "Connections accepted.",
-        "counter",
-    );
-    family("requests_total", "Requests by opcode.", "counter");
-    family("responses_total", "Responses by status.", "counter");
-    family(
-        "bad_frames_total",
-        "Frames refused by the decoder.",
-        "counter",
-    );
-    family("bytes_received_total", "Bytes received.", "counter");
-    family("bytes_sent_total", "Bytes queued for sending.", "counter");
-    family(
-        "worker_restarts_total",
-        "Times a worker slot was restarted.",
-        "counter",
-    );
-    for (i, w) in metrics.workers().iter().enumerate() {
-        if w.pid.get() == 0 && w.conns_accepted.get() == 0 && w.restarts.get() == 0 {
-            continue;
-        }
-        let b = backend_name(w.backend.get());
-        let l = format!("worker=\"{i}\",backend=\"{b}\"");
-        let _ = writeln!(o, "ns_connections_open{{{l}}} {}", w.conns_active.get());
-        let _ = writeln!(
-            o,
-            "ns_connections_accepted_total{{{l}}} {}",
-            w.conns_accepted.get()
-        );
-        for op in Opcode::ALL {
-            let n = w.requests[opcode_index(*op)].get();
-            if n > 0 {
-                let _ = writeln!(o, "ns_requests_total{{{l},opcode=\"{}\"}} {n}", op.name());
+        for (i, w) in &workers {
+            let b = backend_name(w.backend.get());
+            for (extra, v) in sample(w) {
+                let _ = writeln!(o, "ns_{name}{{worker=\"{i}\",backend=\"{b}\"{extra}}} {v}");
             }
         }
-        for st in Status::ALL {
-            let n = w.statuses[st.as_u16() as usize].get();
-            if n > 0 {
-                let _ = writeln!(o, "ns_responses_total{{{l},status=\"{}\"}} {n}", st.name());
-            }
-        }
-        let _ = writeln!(o, "ns_bad_frames_total{{{l}}} {}", w.bad_frames.get());
-        let _ = writeln!(o, "ns_bytes_received_total{{{l}}} {}", w.bytes_in.get());
-        let _ = writeln!(o, "ns_bytes_sent_total{{{l}}} {}", w.bytes_out.get());
-        let _ = writeln!(o, "ns_worker_restarts_total{{{l}}} {}", w.restarts.get());
     }
     let ledger = shm::ledger::stats(seg);
-    let _ = writeln!(o, "# HELP ns_ledger_txn_seq Last transaction id.\n# TYPE ns_ledger_txn_seq counter\nns_ledger_txn_seq {}", ledger.txn_seq);
-    let _ = writeln!(o, "# HELP ns_ledger_lock_waits_total Times a ledger lock was busy.\n# TYPE ns_ledger_lock_waits_total counter\nns_ledger_lock_waits_total {}", ledger.lock_waits);
+    for (name, help, v) in [
+        ("ledger_txn_seq", "Last transaction id.", ledger.txn_seq),
+        (
+            "ledger_lock_waits_total",
+            "Times a ledger lock was busy.",
+            ledger.lock_waits,
+        ),
+    ] {
+        let _ = writeln!(
+            o,
+            "# HELP ns_{name} {help}\n# TYPE ns_{name} counter\nns_{name} {v}"
+        );
+    }
     o
 }
 

@@ -149,6 +149,16 @@ fn the_whole_session_and_ledger_flow() {
         assert_eq!(code, 0);
         assert!(prom.contains("ns_requests_total{worker="), "{prom}");
         assert!(prom.contains("opcode=\"DEPOSIT\""), "{prom}");
+        // Every sample sits under its own family's TYPE line: families are contiguous.
+        let mut family = "";
+        for line in prom.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split_whitespace().next().unwrap_or("");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                assert_eq!(name, family, "sample outside its family: {line}");
+            }
+        }
     }
 }
 
