@@ -190,6 +190,8 @@ pub struct Core<'s> {
     /// The rest.
     pub ctx: Ctx<'s>,
     generation: u64,
+    /// Set once a graceful stop began: when draining must end.
+    drain_deadline: Option<std::time::Instant>,
 }
 
 /// Wall clock in milliseconds.
@@ -232,6 +234,7 @@ impl<'s> Core<'s> {
                 cfg,
             },
             generation: 0,
+            drain_deadline: None,
         })
     }
 
@@ -512,13 +515,39 @@ impl<'s> Core<'s> {
     }
 
     /// Shutdown: tells every client, and closes after their output is flushed.
-    pub fn begin_shutdown(&mut self) {
+    /// The backend stops accepting first. Returns every connection, for the backend to flush.
+    pub fn begin_shutdown(&mut self, grace: std::time::Duration) -> Vec<usize> {
+        tracing::info!(
+            conns = self.conns.len(),
+            "shutting down: draining connections"
+        );
+        self.drain_deadline = Some(std::time::Instant::now() + grace);
         for (_, conn) in self.conns.iter_mut() {
             if !conn.st.closing {
                 self.ctx
                     .notice(&mut conn.st, notice::SHUTTING_DOWN, "server shutting down");
                 conn.st.closing = true;
             }
+        }
+        self.conns.iter().map(|(k, _)| k).collect()
+    }
+
+    /// True once a graceful stop began.
+    pub fn shutting_down(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+
+    /// True when a graceful stop began and every connection is gone or the grace ran out.
+    pub fn drained(&self) -> bool {
+        self.drain_deadline
+            .is_some_and(|d| self.conns.is_empty() || std::time::Instant::now() >= d)
+    }
+
+    /// Removes every connection left (their fds close as they drop).
+    pub fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove(k);
         }
     }
 }

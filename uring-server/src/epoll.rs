@@ -120,27 +120,18 @@ pub fn run(
     let mut buf = vec![0u8; READ_BUF];
     let mut touched: Vec<usize> = Vec::new();
     let mut last_sweep = Instant::now();
-    let mut deadline: Option<Instant> = None;
     loop {
-        if shutdown.requested() && deadline.is_none() {
-            tracing::info!(
-                conns = core.conns.len(),
-                "shutting down: draining connections"
-            );
-            deadline = Some(Instant::now() + shutdown.grace);
+        if shutdown.requested() && !core.shutting_down() {
             if let Some(l) = listener.take() {
                 let _ = epoll.delete(l.as_fd());
             }
-            core.begin_shutdown();
-            touched.extend(core.conns.iter().map(|(k, _)| k));
+            touched.extend(core.begin_shutdown(shutdown.grace));
         }
         for key in touched.drain(..) {
             settle(core, &epoll, key);
         }
-        if let Some(d) = deadline {
-            if core.conns.is_empty() || Instant::now() >= d {
-                break;
-            }
+        if core.drained() {
+            break;
         }
         let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
             Ok(n) => n,
@@ -215,9 +206,6 @@ pub fn run(
             touched.extend(core.sweep());
         }
     }
-    let keys: Vec<usize> = core.conns.iter().map(|(k, _)| k).collect();
-    for k in keys {
-        core.remove(k);
-    }
+    core.close_all();
     Ok(())
 }

@@ -280,7 +280,6 @@ pub fn run(
         .user_data(TICK);
     lp.push(tick_entry);
     let mut last_sweep = Instant::now();
-    let mut deadline: Option<Instant> = None;
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
     // The chat wake-up: a futex wait on the epoch word, or a read of this worker's eventfd.
     let mut wake_armed = false;
@@ -314,21 +313,14 @@ pub fn run(
             lp.push(e);
             accept_armed = true;
         }
-        if shutdown.requested() && deadline.is_none() {
-            tracing::info!(
-                conns = lp.core.conns.len(),
-                "shutting down: draining connections"
-            );
-            deadline = Some(Instant::now() + shutdown.grace);
+        if shutdown.requested() && !lp.core.shutting_down() {
             accepting = false;
             lp.push(opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL));
-            lp.core.begin_shutdown();
-            lp.touched.extend(lp.core.conns.iter().map(|(k, _)| k));
+            let all = lp.core.begin_shutdown(shutdown.grace);
+            lp.touched.extend(all);
         }
-        if let Some(d) = deadline {
-            if lp.core.conns.is_empty() || Instant::now() >= d {
-                break;
-            }
+        if lp.core.drained() {
+            break;
         }
         for key in std::mem::take(&mut lp.rearm) {
             lp.arm_recv(key);
@@ -430,10 +422,7 @@ pub fn run(
     }
     // Drop order: connections (closing their fds ends their operations), then the ring, then
     // the buffers the ring pointed into.
-    let keys: Vec<usize> = lp.core.conns.iter().map(|(k, _)| k).collect();
-    for k in keys {
-        lp.core.remove(k);
-    }
+    lp.core.close_all();
     drop(lp);
     drop(bufs);
     Ok(())

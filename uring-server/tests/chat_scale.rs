@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proto::body::*;
-use proto::{Push, Reply, Request, Response, Status, HEADER_LEN};
+use proto::{Push, Request, Status, HEADER_LEN};
 
 fn send_frame(c: &mut Client, room_id: u32, text: &str) -> u64 {
     let id = c.next_req_id();
@@ -208,21 +208,7 @@ fn kill_9_of_a_worker_removes_its_members_and_sessions() {
         }
     }
     let observer = &mut by_worker[1][0];
-    let members = |c: &mut Client| match c
-        .call(&Request::ListRooms(PageRequest {
-            after_id: 0,
-            limit: 10,
-        }))
-        .reply()
-    {
-        Reply::Ok(Response::ListRooms(l)) => l
-            .rooms
-            .items()
-            .iter()
-            .find(|r| r.name.as_str() == "lobby")
-            .map_or(0, |r| r.members),
-        other => panic!("{other:?}"),
-    };
+    let members = |c: &mut Client| room_members(c, "lobby");
     assert_eq!(members(observer), 6);
     let victim = server.worker_pids()[0];
     let killed_at = Instant::now();
@@ -242,16 +228,7 @@ fn kill_9_of_a_worker_removes_its_members_and_sessions() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let online = match observer
-        .call(&Request::ListUsers(PageRequest {
-            after_id: 0,
-            limit: 100,
-        }))
-        .reply()
-    {
-        Reply::Ok(Response::ListUsers(l)) => l.users.items().len(),
-        other => panic!("{other:?}"),
-    };
+    let online = online_users(observer);
     assert_eq!(online, 3, "the dead worker's users are offline");
     eprintln!(
         "members and sessions of the killed worker removed within {:?}",
@@ -266,34 +243,7 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
         let mut observer = server.client();
         observer.join_as("observer");
         join(&mut observer, "hall");
-        let counts = |c: &mut Client| {
-            let users = match c
-                .call(&Request::ListUsers(PageRequest {
-                    after_id: 0,
-                    limit: 100,
-                }))
-                .reply()
-            {
-                Reply::Ok(Response::ListUsers(l)) => l.users.items().len(),
-                other => panic!("{other:?}"),
-            };
-            let members = match c
-                .call(&Request::ListRooms(PageRequest {
-                    after_id: 0,
-                    limit: 10,
-                }))
-                .reply()
-            {
-                Reply::Ok(Response::ListRooms(l)) => l
-                    .rooms
-                    .items()
-                    .iter()
-                    .find(|r| r.name.as_str() == "hall")
-                    .map_or(0, |r| r.members),
-                other => panic!("{other:?}"),
-            };
-            (users, members)
-        };
+        let counts = |c: &mut Client| (online_users(c), room_members(c, "hall"));
         let mut gone = Vec::new();
         for i in 0..6 {
             let mut c = server.client();

@@ -497,3 +497,36 @@ pub fn join(c: &mut Client, room: &str) -> u32 {
         other => panic!("{other:?}"),
     }
 }
+
+/// Members of room `name` now (0 if it is not listed), by LIST_ROOMS.
+pub fn room_members(c: &mut Client, name: &str) -> u32 {
+    match c
+        .call(&Request::ListRooms(PageRequest {
+            after_id: 0,
+            limit: 100,
+        }))
+        .reply()
+    {
+        Reply::Ok(Response::ListRooms(l)) => l
+            .rooms
+            .items()
+            .iter()
+            .find(|r| r.name.as_str() == name)
+            .map_or(0, |r| r.members),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Users online now, by LIST_USERS.
+pub fn online_users(c: &mut Client) -> usize {
+    match c
+        .call(&Request::ListUsers(PageRequest {
+            after_id: 0,
+            limit: 100,
+        }))
+        .reply()
+    {
+        Reply::Ok(Response::ListUsers(l)) => l.users.items().len(),
+        other => panic!("{other:?}"),
+    }
+}
