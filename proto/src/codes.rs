@@ -170,6 +170,12 @@ wire_enum! {
         ErrUserOffline = 0x0014 => "ERR_USER_OFFLINE",
         /// A bug or an unexpected failure on the server; the request was not applied.
         ErrInternal = 0x0015 => "ERR_INTERNAL",
+        /// A ledger request whose req_id is at or below the user's highest decided one, with no
+        /// result kept for it: this copy was not applied, and no later copy of it will be.
+        ErrStaleRequest = 0x0016 => "ERR_STALE_REQUEST",
+        /// The connection's session was ended by a newer login of the same user: the request
+        /// was not executed, and the server closes the connection.
+        ErrSessionSuperseded = 0x0017 => "ERR_SESSION_SUPERSEDED",
     }
 }
 

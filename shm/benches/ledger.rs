@@ -21,7 +21,7 @@ fn caps() -> Capacities {
         members_per_room: 1,
         room_ring: 1,
         txn_log: 1 << 16,
-        idem_per_user: 16,
+        results_per_user: 16,
         workers: 4,
     }
 }

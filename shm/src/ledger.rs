@@ -29,6 +29,7 @@ use proto::Status;
 
 use crate::lock::{LockError, Locked, RobustMutex};
 use crate::segment::{process_alive, wall_ms, Globals, LockMode, Segment, ShmError};
+use crate::users::{SessionId, Users};
 
 /// One account. Its id is its index; index 0 is unused.
 #[repr(C, align(128))]
@@ -41,8 +42,9 @@ pub(crate) struct Account {
     balance: AtomicU64,
     /// The newest transaction touching this account: the head of its history chain in the log.
     last_txn_id: AtomicU64,
-    /// Idempotency records written so far; the next goes at `idem_next % idem_per_user`.
-    idem_next: AtomicU64,
+    /// The highest req_id of a ledger request this user sent that was decided (applied, or
+    /// refused under the lock). A copy with a req_id at or below it is never applied again.
+    req_id_hw: AtomicU64,
 }
 
 impl Account {
@@ -57,17 +59,28 @@ impl Account {
     }
 }
 
-/// One idempotency record: the result of an applied (user, req_id).
+/// The decided outcome of one (user, req_id): applied, or refused by a rule checked under the
+/// lock. A user's results live at `req_id % results_per_user`, so the table holds the outcome of
+/// every decided req_id in `(req_id_hw - results_per_user, req_id_hw]`.
 #[repr(C)]
-pub(crate) struct IdemEntry {
+pub(crate) struct ResultEntry {
     req_id: AtomicU64,
-    /// The opcode, 0 for an empty record.
+    /// The request's opcode, 0 for an empty entry. Written last: the entry's commit point.
     opcode: AtomicU32,
     target: AtomicU32,
+    /// `REFUSAL_NONE` when applied, else which refusal.
+    refusal: AtomicU32,
+    _pad: AtomicU32,
     amount: AtomicU64,
+    /// The caller's balance after it (applied), or at the refusal (insufficient funds).
     balance: AtomicU64,
     txn_id: AtomicU64,
 }
+
+const REFUSAL_NONE: u32 = 0;
+const REFUSAL_FUNDS: u32 = 1;
+const REFUSAL_OVERFLOW: u32 = 2;
+const REFUSAL_UNKNOWN_ACCOUNT: u32 = 3;
 
 /// One entry of the transaction log ring, written like a seqlock: `txn_id` is 0 while the entry
 /// is being written and the id once it is whole.
@@ -98,8 +111,8 @@ pub(crate) struct Slot {
     caller: AtomicU32,
     from: AtomicU32,
     to: AtomicU32,
-    idem_target: AtomicU32,
-    idem_opcode: AtomicU32,
+    result_target: AtomicU32,
+    result_opcode: AtomicU32,
     txn_id: AtomicU64,
     amount: AtomicU64,
     from_new: AtomicU64,
@@ -107,7 +120,6 @@ pub(crate) struct Slot {
     time_ms: AtomicU64,
     from_prev: AtomicU64,
     to_prev: AtomicU64,
-    idem_pos: AtomicU64,
     req_id: AtomicU64,
     /// Totals after the intent, as (low, high) halves of u128s.
     new_deposits: [AtomicU64; 2],
@@ -150,6 +162,17 @@ pub enum LedgerError {
     SelfTransfer,
     /// The req_id was used before for a different operation.
     ReqIdReused,
+    /// The req_id is at or below the caller's highest decided one and no result is kept for
+    /// it: this copy is not applied, and no later copy will be.
+    Stale {
+        /// The caller's highest decided req_id.
+        req_id_hw: u64,
+        /// True when the req_id is within the results kept, so it was certainly never applied;
+        /// false when it is older than they reach.
+        within_kept: bool,
+    },
+    /// The caller's session is no longer the user's current one (a newer login ended it).
+    SessionSuperseded,
     /// A lock failed.
     Lock(LockError),
 }
@@ -163,6 +186,8 @@ impl LedgerError {
             LedgerError::InsufficientFunds { .. } => Status::ErrInsufficientFunds,
             LedgerError::Overflow => Status::ErrOverflow,
             LedgerError::SelfTransfer | LedgerError::ReqIdReused => Status::ErrInvalidArgument,
+            LedgerError::Stale { .. } => Status::ErrStaleRequest,
+            LedgerError::SessionSuperseded => Status::ErrSessionSuperseded,
             LedgerError::Lock(LockError::TimedOut) => Status::ErrTimeout,
             LedgerError::Lock(_) => Status::ErrInternal,
         }
@@ -180,6 +205,23 @@ impl core::fmt::Display for LedgerError {
             LedgerError::Overflow => f.write_str("the balance would overflow"),
             LedgerError::SelfTransfer => f.write_str("transfer to oneself"),
             LedgerError::ReqIdReused => f.write_str("req_id already used for another request"),
+            LedgerError::Stale {
+                req_id_hw,
+                within_kept: true,
+            } => write!(
+                f,
+                "stale req_id: at or below {req_id_hw}, the highest decided; never applied"
+            ),
+            LedgerError::Stale {
+                req_id_hw,
+                within_kept: false,
+            } => write!(
+                f,
+                "stale req_id: older than the results kept below {req_id_hw}; not applied now"
+            ),
+            LedgerError::SessionSuperseded => {
+                f.write_str("session ended by a newer login: not executed")
+            }
             LedgerError::Lock(e) => write!(f, "ledger lock: {e}"),
         }
     }
@@ -243,10 +285,10 @@ fn kind_from(code: u32) -> Option<TxnKind> {
 pub(crate) struct Tables<'s> {
     pub(crate) globals: &'s Globals,
     pub(crate) accounts: &'s [Account],
-    idem: &'s [IdemEntry],
+    results: &'s [ResultEntry],
     log: &'s [LogEntry],
     pub(crate) slots: &'s [Slot],
-    idem_per_user: usize,
+    results_per_user: usize,
     mode: LockMode,
 }
 
@@ -259,10 +301,11 @@ impl<'s> Tables<'s> {
             Tables {
                 globals: seg.globals(),
                 accounts: seg.table::<Account>(l.accounts, users),
-                idem: seg.table::<IdemEntry>(l.idem, users * l.caps.idem_per_user as usize),
+                results: seg
+                    .table::<ResultEntry>(l.results, users * l.caps.results_per_user as usize),
                 log: seg.table::<LogEntry>(l.log, l.caps.txn_log as usize),
                 slots: seg.table::<Slot>(l.slots, l.caps.workers as usize),
-                idem_per_user: l.caps.idem_per_user as usize,
+                results_per_user: l.caps.results_per_user as usize,
                 mode: seg.lock_mode(),
             }
         }
@@ -279,9 +322,43 @@ impl<'s> Tables<'s> {
         &self.log[(txn_id % self.log.len() as u64) as usize]
     }
 
-    fn idem_entries(&self, account: u32) -> &'s [IdemEntry] {
-        let start = account as usize * self.idem_per_user;
-        &self.idem[start..start + self.idem_per_user]
+    /// The entry that holds (or would hold) the outcome of `account`'s `req_id`.
+    fn result_entry(&self, account: u32, req_id: u64) -> &'s ResultEntry {
+        let k = self.results_per_user;
+        &self.results[account as usize * k + (req_id % k as u64) as usize]
+    }
+
+    /// Records the outcome of (`caller`, `req_id`) and raises the caller's high-water mark.
+    /// Called with the caller's lock held, or by a roll-forward that holds it for a dead owner.
+    /// The opcode is stored last, so an entry cut short by a kill reads as empty; the mark is
+    /// raised after the entry is whole, so a kill between the two leaves an entry that answers
+    /// retries and a mark that still lets nothing else through twice.
+    #[allow(clippy::too_many_arguments)]
+    fn store_result(
+        &self,
+        caller: u32,
+        req_id: u64,
+        opcode: u32,
+        target: u32,
+        amount: u64,
+        refusal: u32,
+        balance: u64,
+        txn_id: u64,
+    ) {
+        let e = self.result_entry(caller, req_id);
+        e.opcode.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        e.req_id.store(req_id, Ordering::Relaxed);
+        e.target.store(target, Ordering::Relaxed);
+        e.refusal.store(refusal, Ordering::Relaxed);
+        e.amount.store(amount, Ordering::Relaxed);
+        e.balance.store(balance, Ordering::Relaxed);
+        e.txn_id.store(txn_id, Ordering::Relaxed);
+        e.opcode.store(opcode, Ordering::Release);
+        let hw = &self.accounts[caller as usize].req_id_hw;
+        if hw.load(Ordering::Relaxed) < req_id {
+            hw.store(req_id, Ordering::Release);
+        }
     }
 
     /// Stores an intent's absolute values. Idempotent: applying it twice is applying it once.
@@ -320,23 +397,17 @@ impl<'s> Tables<'s> {
             e.txn_id.store(txn_id, Ordering::Release);
         }
         let caller = s.caller.load(Ordering::Relaxed);
-        let pos = s.idem_pos.load(Ordering::Relaxed);
-        let rec = &self.idem_entries(caller)[(pos % self.idem_per_user as u64) as usize];
-        rec.opcode.store(0, Ordering::Relaxed);
-        rec.req_id
-            .store(s.req_id.load(Ordering::Relaxed), Ordering::Relaxed);
-        rec.target
-            .store(s.idem_target.load(Ordering::Relaxed), Ordering::Relaxed);
-        rec.amount
-            .store(s.amount.load(Ordering::Relaxed), Ordering::Relaxed);
         let caller_balance = if caller == from { from_new } else { to_new };
-        rec.balance.store(caller_balance, Ordering::Relaxed);
-        rec.txn_id.store(txn_id, Ordering::Relaxed);
-        rec.opcode
-            .store(s.idem_opcode.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.accounts[caller as usize]
-            .idem_next
-            .store(pos + 1, Ordering::Relaxed);
+        self.store_result(
+            caller,
+            s.req_id.load(Ordering::Relaxed),
+            s.result_opcode.load(Ordering::Relaxed),
+            s.result_target.load(Ordering::Relaxed),
+            s.amount.load(Ordering::Relaxed),
+            REFUSAL_NONE,
+            caller_balance,
+            txn_id,
+        );
         store_u128(&s.deposits, load_u128(&s.new_deposits));
         store_u128(&s.withdrawals, load_u128(&s.new_withdrawals));
     }
@@ -437,7 +508,29 @@ impl Drop for Held<'_> {
 /// runs one operation at a time.
 pub struct Ledger<'s> {
     t: Tables<'s>,
+    users: Users<'s>,
     slot_index: u32,
+}
+
+/// Who asks for a ledger operation: the user whose account it debits (or credits, for a
+/// deposit), and the session the request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The user.
+    pub user: u32,
+    /// When set, the operation runs only if this is still the user's current session, checked
+    /// under the lock that applies it ([`LedgerError::SessionSuperseded`] otherwise).
+    pub session: Option<SessionId>,
+}
+
+impl From<u32> for Caller {
+    /// A caller with no session to check (tools, tests, benchmarks).
+    fn from(user: u32) -> Caller {
+        Caller {
+            user,
+            session: None,
+        }
+    }
 }
 
 impl core::fmt::Debug for Ledger<'_> {
@@ -463,6 +556,7 @@ impl<'s> Ledger<'s> {
         }
         let ledger = Ledger {
             t: Tables::of(seg),
+            users: Users::of(seg),
             slot_index: slot,
         };
         let owner = ledger.slot().pid.load(Ordering::Acquire);
@@ -522,34 +616,83 @@ impl<'s> Ledger<'s> {
         Ok(held)
     }
 
-    /// The idempotency record for (caller, req_id): the earlier result if the same operation,
-    /// an error if another operation used the req_id.
-    fn replay(
+    /// Refuses a request whose session a newer login ended. Called with the caller's lock
+    /// held, so a request is either decided before the newer login took the session or never.
+    fn check_session(&self, caller: Caller) -> Result<(), LedgerError> {
+        match caller.session {
+            Some(sid) if self.users.session(caller.user) != Some(sid) => {
+                Err(LedgerError::SessionSuperseded)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The earlier outcome of (`caller`, `req_id`) if it was decided before, or a refusal if
+    /// it can no longer be applied; `None` for a new request. Called with the caller's lock
+    /// held, so the answer stays true until the request is decided under the same lock.
+    fn decided(
         &self,
         caller: u32,
         req_id: u64,
         opcode: u32,
         target: u32,
         amount: u64,
-    ) -> Result<Option<Applied>, LedgerError> {
-        for rec in self.t.idem_entries(caller) {
-            let op = rec.opcode.load(Ordering::Relaxed);
-            if op == 0 || rec.req_id.load(Ordering::Relaxed) != req_id {
-                continue;
-            }
+    ) -> Option<Result<Applied, LedgerError>> {
+        let e = self.t.result_entry(caller, req_id);
+        let op = e.opcode.load(Ordering::Acquire);
+        if op != 0 && e.req_id.load(Ordering::Relaxed) == req_id {
             if op != opcode
-                || rec.target.load(Ordering::Relaxed) != target
-                || rec.amount.load(Ordering::Relaxed) != amount
+                || e.target.load(Ordering::Relaxed) != target
+                || e.amount.load(Ordering::Relaxed) != amount
             {
-                return Err(LedgerError::ReqIdReused);
+                return Some(Err(LedgerError::ReqIdReused));
             }
-            return Ok(Some(Applied {
-                balance: rec.balance.load(Ordering::Relaxed),
-                txn_id: rec.txn_id.load(Ordering::Relaxed),
-                replayed: true,
+            let balance = e.balance.load(Ordering::Relaxed);
+            return Some(match e.refusal.load(Ordering::Relaxed) {
+                REFUSAL_NONE => Ok(Applied {
+                    balance,
+                    txn_id: e.txn_id.load(Ordering::Relaxed),
+                    replayed: true,
+                }),
+                REFUSAL_FUNDS => Err(LedgerError::InsufficientFunds { balance }),
+                REFUSAL_OVERFLOW => Err(LedgerError::Overflow),
+                _ => Err(LedgerError::UnknownAccount(target)),
+            });
+        }
+        let hw = self.t.accounts[caller as usize]
+            .req_id_hw
+            .load(Ordering::Relaxed);
+        if req_id <= hw {
+            // Every decided req_id above `hw - k` has its own entry (they map to distinct
+            // entries), so one that is not there was never decided, and never will be now.
+            return Some(Err(LedgerError::Stale {
+                req_id_hw: hw,
+                within_kept: hw - req_id < self.t.results_per_user as u64,
             }));
         }
-        Ok(None)
+        None
+    }
+
+    /// Records a refusal decided under the lock, so that a retry gets the same answer, and
+    /// returns it. Refusals that depend only on the request (a zero amount) are not recorded.
+    fn refuse(
+        &self,
+        caller: u32,
+        req_id: u64,
+        opcode: u32,
+        target: u32,
+        amount: u64,
+        err: LedgerError,
+    ) -> LedgerError {
+        let (code, balance) = match err {
+            LedgerError::InsufficientFunds { balance } => (REFUSAL_FUNDS, balance),
+            LedgerError::Overflow => (REFUSAL_OVERFLOW, 0),
+            LedgerError::UnknownAccount(_) => (REFUSAL_UNKNOWN_ACCOUNT, 0),
+            _ => return err,
+        };
+        self.t
+            .store_result(caller, req_id, opcode, target, amount, code, balance, 0);
+        err
     }
 
     /// Writes the intent, commits it, applies it, and clears it. Called with the locks held.
@@ -597,15 +740,9 @@ impl<'s> Ledger<'s> {
         s.time_ms.store(wall_ms(), Ordering::Relaxed);
         s.from_prev.store(prev(from), Ordering::Relaxed);
         s.to_prev.store(prev(to), Ordering::Relaxed);
-        s.idem_pos.store(
-            t.accounts[caller as usize]
-                .idem_next
-                .load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
         s.req_id.store(req_id, Ordering::Relaxed);
-        s.idem_opcode.store(opcode, Ordering::Relaxed);
-        s.idem_target.store(target, Ordering::Relaxed);
+        s.result_opcode.store(opcode, Ordering::Relaxed);
+        s.result_target.store(target, Ordering::Relaxed);
         store_u128(&s.new_deposits, dep);
         store_u128(&s.new_withdrawals, wd);
         s.state.store(INTENT_PREPARED, Ordering::Release);
@@ -619,51 +756,61 @@ impl<'s> Ledger<'s> {
         }
     }
 
-    /// Adds `amount` to `user`'s account.
-    pub fn deposit(&mut self, user: u32, req_id: u64, amount: u64) -> Result<Applied, LedgerError> {
-        self.one_account(TxnKind::Deposit, user, req_id, amount)
-    }
-
-    /// Takes `amount` from `user`'s account.
-    pub fn withdraw(
+    /// Adds `amount` to the caller's account.
+    pub fn deposit(
         &mut self,
-        user: u32,
+        caller: impl Into<Caller>,
         req_id: u64,
         amount: u64,
     ) -> Result<Applied, LedgerError> {
-        self.one_account(TxnKind::Withdraw, user, req_id, amount)
+        self.one_account(TxnKind::Deposit, caller.into(), req_id, amount)
+    }
+
+    /// Takes `amount` from the caller's account.
+    pub fn withdraw(
+        &mut self,
+        caller: impl Into<Caller>,
+        req_id: u64,
+        amount: u64,
+    ) -> Result<Applied, LedgerError> {
+        self.one_account(TxnKind::Withdraw, caller.into(), req_id, amount)
     }
 
     /// A deposit or withdrawal: money in from, or out to, outside the ledger.
     fn one_account(
         &mut self,
         kind: TxnKind,
-        user: u32,
+        caller: Caller,
         req_id: u64,
         amount: u64,
     ) -> Result<Applied, LedgerError> {
+        let user = caller.user;
         let acct = self.t.account(user)?;
         if amount == 0 {
             return Err(LedgerError::InvalidAmount);
         }
         let _held = self.lock_accounts(user, user)?;
+        self.check_session(caller)?;
         let opcode = match kind {
             TxnKind::Withdraw => proto::Opcode::Withdraw,
             _ => proto::Opcode::Deposit,
         };
         let op = u32::from(opcode.as_u16());
-        if let Some(done) = self.replay(user, req_id, op, 0, amount)? {
-            return Ok(done);
+        if let Some(done) = self.decided(user, req_id, op, 0, amount) {
+            return done;
         }
         let balance = acct.balance.load(Ordering::Relaxed);
         // A deposit credits `user` from outside (from 0); a withdrawal debits it (to 0).
         let (from, to, from_new, to_new) = if opcode == proto::Opcode::Withdraw {
-            let new = balance
-                .checked_sub(amount)
-                .ok_or(LedgerError::InsufficientFunds { balance })?;
+            let Some(new) = balance.checked_sub(amount) else {
+                let e = LedgerError::InsufficientFunds { balance };
+                return Err(self.refuse(user, req_id, op, 0, amount, e));
+            };
             (user, 0, new, 0)
         } else {
-            let new = balance.checked_add(amount).ok_or(LedgerError::Overflow)?;
+            let Some(new) = balance.checked_add(amount) else {
+                return Err(self.refuse(user, req_id, op, 0, amount, LedgerError::Overflow));
+            };
             (0, user, 0, new)
         };
         Ok(self.commit(
@@ -671,38 +818,46 @@ impl<'s> Ledger<'s> {
         ))
     }
 
-    /// Moves `amount` from `from`'s account to `to`'s: both change or neither does.
+    /// Moves `amount` from the caller's account to `to`'s: both change or neither does.
     pub fn transfer(
         &mut self,
-        from: u32,
+        caller: impl Into<Caller>,
         to: u32,
         req_id: u64,
         amount: u64,
     ) -> Result<Applied, LedgerError> {
+        let caller = caller.into();
+        let from = caller.user;
         let src = self.t.account(from)?;
-        let dst = self.t.account(to)?;
         if from == to {
             return Err(LedgerError::SelfTransfer);
         }
         if amount == 0 {
             return Err(LedgerError::InvalidAmount);
         }
-        let _held = self.lock_accounts(from, to)?;
+        // An unknown recipient is a refusal decided under the caller's lock like any other, so
+        // a retry after the name is registered still gets the first answer.
+        let dst = self.t.account(to).ok();
+        let _held = self.lock_accounts(from, if dst.is_some() { to } else { from })?;
+        self.check_session(caller)?;
         let op = u32::from(proto::Opcode::Transfer.as_u16());
-        if let Some(done) = self.replay(from, req_id, op, to, amount)? {
-            return Ok(done);
+        if let Some(done) = self.decided(from, req_id, op, to, amount) {
+            return done;
         }
+        let Some(dst) = dst else {
+            let e = LedgerError::UnknownAccount(to);
+            return Err(self.refuse(from, req_id, op, to, amount, e));
+        };
         let from_balance = src.balance.load(Ordering::Relaxed);
-        let from_new = from_balance
-            .checked_sub(amount)
-            .ok_or(LedgerError::InsufficientFunds {
+        let Some(from_new) = from_balance.checked_sub(amount) else {
+            let e = LedgerError::InsufficientFunds {
                 balance: from_balance,
-            })?;
-        let to_new = dst
-            .balance
-            .load(Ordering::Relaxed)
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow)?;
+            };
+            return Err(self.refuse(from, req_id, op, to, amount, e));
+        };
+        let Some(to_new) = dst.balance.load(Ordering::Relaxed).checked_add(amount) else {
+            return Err(self.refuse(from, req_id, op, to, amount, LedgerError::Overflow));
+        };
         Ok(self.commit(
             TxnKind::Transfer,
             from,
@@ -716,6 +871,21 @@ impl<'s> Ledger<'s> {
             to,
         ))
     }
+}
+
+/// The highest req_id of `user`'s ledger requests decided so far (0 for none): a client that
+/// lost count continues above it. One atomic load; needs no lock.
+pub fn req_id_hw(seg: &Segment, user: u32) -> Result<u64, LedgerError> {
+    Ok(Tables::of(seg)
+        .account(user)?
+        .req_id_hw
+        .load(Ordering::Acquire))
+}
+
+/// How many decided outcomes are kept per user: the window of req_ids below the high-water mark
+/// whose retries still get their first answer.
+pub fn results_per_user(seg: &Segment) -> u32 {
+    seg.caps().results_per_user
 }
 
 /// Reads `user`'s balance without locking: one atomic load, always a value the account held.

@@ -11,7 +11,7 @@ use crate::segment::Segment;
 /// Number of opcode counters: one per opcode `proto` defines.
 pub const OPCODES: usize = 22;
 /// Number of status counters: one per status `proto` defines.
-pub const STATUSES: usize = 22;
+pub const STATUSES: usize = 24;
 
 const _: () = assert!(Opcode::ALL.len() == OPCODES && Status::ALL.len() == STATUSES);
 

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::ledger::{Account, IdemEntry, LogEntry, Slot};
+use crate::ledger::{Account, LogEntry, ResultEntry, Slot};
 use crate::lock::RobustMutex;
 use crate::metrics::WorkerMetrics;
 use crate::rooms::{Member, Room, RoomEvent};
@@ -23,7 +23,7 @@ use crate::users::UserRecord;
 /// `"NSSHM\0"` and the layout version in the low bytes.
 pub const MAGIC: u64 = 0x4E53_5348_4D00_0000;
 /// Bumped whenever any shared struct changes; a tool built for another layout refuses to attach.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// How the ledger serialises operations. Fixed when the segment is created: every process must
 /// use the same one, or they would not exclude each other.
@@ -66,8 +66,9 @@ pub struct Capacities {
     pub room_ring: u32,
     /// Entries the transaction log ring holds; a power of two.
     pub txn_log: u32,
-    /// Recent (req_id, result) records kept per account for idempotent retries.
-    pub idem_per_user: u32,
+    /// Outcomes of ledger requests kept per user, by req_id: a retry whose req_id is within this
+    /// distance of the user's highest decided one gets its first answer.
+    pub results_per_user: u32,
     /// Process slots: one per worker (and per test helper process).
     pub workers: u32,
 }
@@ -80,7 +81,7 @@ impl Default for Capacities {
             members_per_room: 1024,
             room_ring: 256,
             txn_log: 1 << 18,
-            idem_per_user: 16,
+            results_per_user: 32,
             workers: 64,
         }
     }
@@ -98,7 +99,7 @@ impl Capacities {
             ("members_per_room", self.members_per_room),
             ("room_ring", self.room_ring),
             ("txn_log", self.txn_log),
-            ("idem_per_user", self.idem_per_user),
+            ("results_per_user", self.results_per_user),
             ("workers", self.workers),
         ];
         for (name, v) in fields {
@@ -186,7 +187,7 @@ pub struct Layout {
     pub(crate) slots: usize,
     pub(crate) metrics: usize,
     pub(crate) accounts: usize,
-    pub(crate) idem: usize,
+    pub(crate) results: usize,
     pub(crate) log: usize,
     pub(crate) users: usize,
     pub(crate) user_index: usize,
@@ -222,7 +223,7 @@ impl Layout {
         let metrics = c.take::<WorkerMetrics>(caps.workers as usize);
         // Index 0 of accounts, users and rooms is unused so that ids are indices.
         let accounts = c.take::<Account>(users + 1);
-        let idem = c.take::<IdemEntry>((users + 1) * caps.idem_per_user as usize);
+        let results = c.take::<ResultEntry>((users + 1) * caps.results_per_user as usize);
         let log = c.take::<LogEntry>(caps.txn_log as usize);
         let users_off = c.take::<UserRecord>(users + 1);
         let user_index_len = (users * 2).next_power_of_two();
@@ -239,7 +240,7 @@ impl Layout {
             slots,
             metrics,
             accounts,
-            idem,
+            results,
             log,
             users: users_off,
             user_index,
@@ -688,7 +689,7 @@ fn check_header(h: &Header) -> Result<(Layout, LockMode, u32), String> {
         members_per_room: c[2],
         room_ring: c[3],
         txn_log: c[4],
-        idem_per_user: c[5],
+        results_per_user: c[5],
         workers: c[6],
     };
     caps.validate().map_err(|e| e.to_string())?;
@@ -751,7 +752,7 @@ unsafe fn init(
             c.members_per_room,
             c.room_ring,
             c.txn_log,
-            c.idem_per_user,
+            c.results_per_user,
             c.workers,
         ]) {
             slot.store(v, Ordering::Relaxed);

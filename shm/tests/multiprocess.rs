@@ -21,7 +21,7 @@ fn caps(txn_log: u32) -> Capacities {
         members_per_room: 4,
         room_ring: 4,
         txn_log,
-        idem_per_user: 8,
+        results_per_user: 8,
         workers: 8,
     }
 }
@@ -185,12 +185,18 @@ fn kill_9_at_random_instants_loses_nothing_acknowledged() {
         let mut acks = Vec::new();
         let (mut kills, mut finished) = (0, 0);
         let deadline = Instant::now() + Duration::from_secs(120);
-        // At least 200 kills, and on until at least 5 of them landed while a lock was held.
-        while kills < 200 || ledger::stats(&seg).locks_recovered < 5 {
+        // At least 200 kills, and on until at least 5 of them landed while a lock was held and
+        // at least one between a prepared intent and the end of its apply (rolled forward).
+        let landed = |seg: &Segment| {
+            let st = ledger::stats(seg);
+            st.locks_recovered >= 5 && st.intents_recovered >= 1
+        };
+        while kills < 200 || !landed(&seg) {
             assert!(
                 Instant::now() < deadline,
-                "took too long: {kills} kills, {} while holding a lock",
-                ledger::stats(&seg).locks_recovered
+                "took too long: {kills} kills, {} while holding a lock, {} mid-intent",
+                ledger::stats(&seg).locks_recovered,
+                ledger::stats(&seg).intents_recovered
             );
             std::thread::sleep(Duration::from_micros(200 + next(1000)));
             let slot = next(4) as usize;
@@ -216,6 +222,11 @@ fn kill_9_at_random_instants_loses_nothing_acknowledged() {
         }
         let report = audit_ok(&seg);
         let st = ledger::stats(&seg);
+        assert!(st.locks_recovered >= 5, "kills landed holding a lock");
+        assert!(
+            st.intents_recovered >= 1,
+            "a kill landed between an intent and its apply"
+        );
         eprintln!(
             "{mode:?}: {kills} kills ({finished} helpers finished first), {} ops acknowledged, \
              {} locks taken over from dead owners, {} half-done operations rolled forward, \
@@ -240,8 +251,13 @@ fn kill_9_at_random_instants_loses_nothing_acknowledged() {
 #[test]
 fn one_req_id_from_two_processes_applies_once() {
     let seg = funded("idem2", 1 << 12, LockMode::Account);
+    let dir = std::env::temp_dir();
     for round in 0..20u64 {
         let req_id = 7_000 + round;
+        // Both helpers attach, say `ready`, and spin until this file appears: they start the
+        // transfer within microseconds of each other.
+        let go = dir.join(format!("{}-go-{round}", instance(&seg)));
+        let _ = std::fs::remove_file(&go);
         let args = |slot: u32| {
             vec![
                 "once".to_string(),
@@ -252,17 +268,25 @@ fn one_req_id_from_two_processes_applies_once() {
                 "2".to_string(),
                 req_id.to_string(),
                 "10".to_string(),
+                go.display().to_string(),
             ]
         };
         let before = ledger::balance(&seg, 1).expect("balance");
         let a = Helper::spawn(&args(0));
         let b = Helper::spawn(&args(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.output_len() < 6 || b.output_len() < 6 {
+            assert!(Instant::now() < deadline, "helpers never got ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::fs::write(&go, b"go").expect("barrier file");
         let (la, oka) = a.finish();
         let (lb, okb) = b.finish();
+        let _ = std::fs::remove_file(&go);
         assert!(oka && okb);
         let (la, lb) = (String::from_utf8_lossy(&la), String::from_utf8_lossy(&lb));
-        let ra: Vec<&str> = la.split_whitespace().collect();
-        let rb: Vec<&str> = lb.split_whitespace().collect();
+        let ra: Vec<&str> = la.split_whitespace().skip(1).collect();
+        let rb: Vec<&str> = lb.split_whitespace().skip(1).collect();
         assert_eq!(ra[0], "ok", "{la:?}");
         assert_eq!(rb[0], "ok", "{lb:?}");
         assert_eq!(ra[1..3], rb[1..3], "same balance and txn id for both");

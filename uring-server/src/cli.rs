@@ -80,9 +80,10 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 18)]
     pub txn_log: u32,
 
-    /// Recent (req_id → result) records kept per account for idempotent retries.
-    #[arg(long, default_value_t = 16)]
-    pub idem_per_user: u32,
+    /// Outcomes of ledger requests kept per user, by req_id: a retry whose req_id is within this
+    /// distance of the user's highest decided one gets its first answer (PROTOCOL.md 8.4).
+    #[arg(long, default_value_t = 32)]
+    pub results_per_user: u32,
 
     /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same.
     #[arg(long, default_value = "ns")]
@@ -168,7 +169,7 @@ impl Args {
             members_per_room: self.members_per_room,
             room_ring: self.room_ring,
             txn_log: self.txn_log,
-            idem_per_user: self.idem_per_user,
+            results_per_user: self.results_per_user,
             // Slots for the workers plus one for tools that write (adduser).
             workers: workers + 1,
         }

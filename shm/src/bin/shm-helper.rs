@@ -4,23 +4,31 @@
 //!
 //! ```text
 //! shm-helper ledger <instance> <slot> <seed> <ops> <accounts> <hot> [pace_ns]
-//!     random operations: transfers (mostly between the <hot> first accounts), deposits,
+//!     random operations: transfers (mostly to the <hot> first accounts), deposits,
 //!     withdrawals; writes one 32-byte record per applied operation to stdout: kind (u8, 3
 //!     bytes of padding), from (u32), to (u32), amount (u64), txn_id (u64), marker 0xACC057ED
 //!     (u32), little-endian. Binary, because text cost more than the ledger it reports on.
+//!     The callers are the accounts `a` with `(a - 1) % 4 == slot % 4`: as in a server, where a
+//!     user's requests come from its one session, each user's req_ids rise in one process
+//!     (req_ids are `seed << 32` plus a counter). Recipients are any account.
 //! shm-helper create <instance>
 //!     creates a segment with small capacities, prints `ready`, and waits to be killed (a
 //!     master that dies without cleaning up)
 //! shm-helper transfers <instance> <slot> <ops> <a> <b>
-//!     <ops> transfers of 1 between accounts a and b, alternating direction; prints
-//!     `<ops> <elapsed_ns>` (the contended benchmark)
-//! shm-helper once <instance> <slot> <op> <user> <to> <req_id> <amount>
-//!     one deposit|withdraw|transfer with a given req_id; prints `ok <balance> <txn_id> <replayed>`
+//!     <ops> transfers of 1 from a to b (even slots) or from b to a (odd slots), so two helpers
+//!     contend for the same two locks; prints `<ops> <elapsed_ns>` (the contended benchmark)
+//! shm-helper once <instance> <slot> <op> <user> <to> <req_id> <amount> [go_file]
+//!     one deposit|withdraw|transfer with a given req_id; prints `ok <balance> <txn_id>
+//!     <replayed>`. With go_file: attaches, prints `ready`, and spins until the file exists,
+//!     so that two helpers start the operation together.
 //! ```
 
 use std::io::Write;
 
 use shm::{Ledger, Segment};
+
+/// Processes that may run `ledger` at once, each with its own callers.
+const LANES: u32 = 4;
 
 /// Closes every acknowledgement record, so a record cut short by a kill is recognisable.
 const ACK_MARKER: u32 = 0xACC0_57ED;
@@ -59,7 +67,7 @@ fn main() {
             members_per_room: 2,
             room_ring: 2,
             txn_log: 16,
-            idem_per_user: 2,
+            results_per_user: 2,
             workers: 2,
         };
         let _seg = Segment::create(&instance, caps, shm::LockMode::Account).unwrap_or_else(|e| {
@@ -110,6 +118,7 @@ fn run_random(ledger: &mut Ledger<'_>, args: &[String]) {
     // acknowledged. Flushed every few hundred lines so acknowledgements keep flowing.
     let mut out = std::io::BufWriter::with_capacity(1 << 14, stdout.lock());
     let req_base = seed << 32;
+    let my_lane = ledger.slot_index() % LANES;
     for i in 0..ops {
         let started = std::time::Instant::now();
         let req_id = req_base + i;
@@ -121,19 +130,21 @@ fn run_random(ledger: &mut Ledger<'_>, args: &[String]) {
                 1 + rng.below(accounts) as u32
             }
         };
+        // This process's lane of callers (see the module doc).
+        let lane = |a: u32| a - (a - 1) % LANES + my_lane;
         let amount = 1 + rng.below(1000);
         let (kind, from, to, result): (u8, u32, u32, _) = if roll < 70 {
-            let from = pick(&mut rng);
+            let from = lane(pick(&mut rng));
             let mut to = pick(&mut rng);
             if to == from {
                 to = 1 + (to % accounts as u32);
             }
             (3, from, to, ledger.transfer(from, to, req_id, amount))
         } else if roll < 85 {
-            let user = pick(&mut rng);
+            let user = lane(pick(&mut rng));
             (1, 0, user, ledger.deposit(user, req_id, amount))
         } else {
-            let user = pick(&mut rng);
+            let user = lane(pick(&mut rng));
             (2, user, 0, ledger.withdraw(user, req_id, amount))
         };
         if let Ok(done) = result {
@@ -162,6 +173,18 @@ fn run_once(ledger: &mut Ledger<'_>, args: &[String]) {
     let to: u32 = arg(args, 5, "to");
     let req_id: u64 = arg(args, 6, "req_id");
     let amount: u64 = arg(args, 7, "amount");
+    if let Some(go) = args.get(8) {
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::path::Path::new(go).exists() {
+            if std::time::Instant::now() > deadline {
+                eprintln!("shm-helper: {go} never appeared");
+                std::process::exit(1);
+            }
+            std::hint::spin_loop();
+        }
+    }
     let result = match op.as_str() {
         "deposit" => ledger.deposit(user, req_id, amount),
         "withdraw" => ledger.withdraw(user, req_id, amount),
@@ -181,10 +204,17 @@ fn run_transfers(ledger: &mut Ledger<'_>, args: &[String]) {
     let ops: u64 = arg(args, 3, "ops");
     let a: u32 = arg(args, 4, "a");
     let b: u32 = arg(args, 5, "b");
-    let base = u64::from(std::process::id()) << 32;
+    let (from, to) = if ledger.slot_index() % 2 == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    // Each caller's req_ids rise across runs: start from the clock.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
     let start = std::time::Instant::now();
     for i in 0..ops {
-        let (from, to) = if i % 2 == 0 { (a, b) } else { (b, a) };
         if let Err(e) = ledger.transfer(from, to, base + i, 1) {
             eprintln!("shm-helper: transfer failed: {e}");
             std::process::exit(1);

@@ -31,7 +31,7 @@ pub fn small_caps() -> Capacities {
         members_per_room: 16,
         room_ring: 16,
         txn_log: 1 << 12,
-        idem_per_user: 4,
+        results_per_user: 4,
         workers: 8,
     }
 }
