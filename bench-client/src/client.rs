@@ -136,14 +136,16 @@ pub struct Client {
     pub user_id: u32,
     /// The worker serving this connection (from HELLO).
     pub worker: Option<u16>,
+    /// How far below the server's high-water mark it keeps ledger outcomes (from LOGIN_PROOF).
+    pub req_id_window: u32,
 }
 
 impl Client {
     /// Connects with `timeout` for connecting, reading and writing.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
         let stream = Self::open(addr, timeout)?;
-        // Start request ids from the clock, so ids stay distinct across reconnects and runs
-        // (the server keys idempotent retries on user and req_id).
+        // Start request ids from the clock, so they rise across reconnects and runs even before
+        // a login tells the server's high-water mark (PROTOCOL.md 8.4, rule 1).
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -158,6 +160,7 @@ impl Client {
             login: None,
             user_id: 0,
             worker: None,
+            req_id_window: 0,
         })
     }
 
@@ -174,9 +177,16 @@ impl Client {
         self.stream
     }
 
-    /// A fresh request id.
+    /// A fresh request id: above every one this client used, and above the user's high-water
+    /// mark the last login reported.
     pub fn next_req_id(&mut self) -> u64 {
         self.next_req_id = self.next_req_id.wrapping_add(1);
+        self.next_req_id
+    }
+
+    /// The last request id handed out, for an event loop that takes the connection over and
+    /// continues the count.
+    pub fn last_req_id(&self) -> u64 {
         self.next_req_id
     }
 
@@ -270,9 +280,11 @@ impl Client {
         refused(r)
     }
 
-    /// Sends `req`, and on a timeout or a lost connection reconnects, logs in again and resends
-    /// it with the same `req_id`, backing off exponentially with jitter. The server answers a
-    /// repeated ledger request with its first result, so it is applied once.
+    /// Sends `req`, and on a timeout, a lost connection, or an answer that says it was not
+    /// executed yet (`ERR_SERVER_BUSY`, `ERR_TIMEOUT`) reconnects, logs in again and resends it
+    /// with the same `req_id`, backing off exponentially with jitter: PROTOCOL.md 8.4's rule 2.
+    /// The server answers a repeated ledger request with its first outcome, so it is executed
+    /// once. One request at a time, so rule 3 holds.
     pub fn call_retrying(
         &mut self,
         req: &Request<'_>,
@@ -282,9 +294,19 @@ impl Client {
         let mut backoff = retry.backoff;
         let mut attempt = 1;
         loop {
-            match self.call_with_id(id, req) {
+            let result = match self.call_with_id(id, req) {
+                Ok(r) if matches!(r.status(), Status::ErrServerBusy | Status::ErrTimeout) => {
+                    Err(ClientError::Refused(r.status(), String::new()))
+                }
+                other => other,
+            };
+            match result {
                 Ok(r) => return Ok(r),
-                Err(e @ (ClientError::Io(_) | ClientError::Closed)) => {
+                Err(
+                    e @ (ClientError::Io(_)
+                    | ClientError::Closed
+                    | ClientError::Refused(Status::ErrServerBusy | Status::ErrTimeout, _)),
+                ) => {
                     if attempt >= retry.attempts {
                         return Err(e);
                     }
@@ -405,6 +427,9 @@ impl Client {
                 if !secret.verify_server(&am, &p.server_signature) {
                     return Err(ClientError::BadServerSignature);
                 }
+                // Rule 1: continue above what the server has decided for this user.
+                self.next_req_id = self.next_req_id.max(p.req_id_hw);
+                self.req_id_window = p.req_id_window;
                 p.user_id
             }
             other => return Err(unexpected(&other)),

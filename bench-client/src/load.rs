@@ -313,6 +313,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
     let mut groups: Vec<Vec<LoadConn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for (i, (c, _, room_id)) in clients.into_iter().enumerate() {
         let user_id = c.user_id;
+        // The connection keeps counting where its login left off: above the user's high-water
+        // mark, so a second run with the same users is not refused as stale.
+        let next_req_id = c.last_req_id();
         let stream = c.into_stream();
         stream.set_nonblocking(true)?;
         groups[i % cfg.threads].push(LoadConn {
@@ -326,7 +329,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
             user_id,
             room_id,
             rng: Rng(cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
-            next_req_id: ((i as u64) << 32) + 1_000,
+            next_req_id,
         });
     }
     let handles: Vec<_> = groups

@@ -151,6 +151,12 @@ body! {
         pub server_signature: Key,
         /// The logged-in user's id (and account number).
         pub user_id: u32,
+        /// The highest req_id of this user's ledger requests the server has decided: the next
+        /// ledger request must use a higher one (PROTOCOL.md 8.4).
+        pub req_id_hw: u64,
+        /// How far below `req_id_hw` the server still keeps outcomes: a retry of a req_id within
+        /// this distance gets its first answer.
+        pub req_id_window: u32,
     }
 }
 

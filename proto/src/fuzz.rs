@@ -232,6 +232,8 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
         Response::LoginProof(LoginProofResponse {
             server_signature: [0xA5; 32],
             user_id: 1,
+            req_id_hw: 0x0203,
+            req_id_window: 32,
         }),
         Response::Register(RegisterResponse { user_id: 2 }),
         Response::Heartbeat(HeartbeatResponse {
@@ -378,5 +380,23 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
         "unknown opcode 0x0999",
     );
     out.push(("error-unknown-opcode".to_string(), f));
+    let mut f = Vec::new();
+    write_error(
+        &mut f,
+        u64::from(Opcode::Deposit.as_u16()),
+        Opcode::Deposit.as_u16(),
+        crate::Status::ErrStaleRequest,
+        "stale req_id: older than the results kept below 1058; not applied now",
+    );
+    out.push(("error-stale-DEPOSIT".to_string(), f));
+    let mut f = Vec::new();
+    write_error(
+        &mut f,
+        u64::from(Opcode::Transfer.as_u16()),
+        Opcode::Transfer.as_u16(),
+        crate::Status::ErrSessionSuperseded,
+        "session ended by a newer login: not executed",
+    );
+    out.push(("error-superseded-TRANSFER".to_string(), f));
     out
 }

@@ -134,7 +134,12 @@ proptest! {
         let lp = LoginProofRequest { client_proof: proof };
         round_trip(&lp, &mut buf)?;
         request_frame(&Request::LoginProof(lp), req_id)?;
-        let lp_r = LoginProofResponse { server_signature: sig, user_id };
+        let lp_r = LoginProofResponse {
+            server_signature: sig,
+            user_id,
+            req_id_hw: req_id ^ 0x5555,
+            req_id_window: user_id ^ 7,
+        };
         round_trip(&lp_r, &mut buf)?;
         response_frame(&Response::LoginProof(lp_r), req_id)?;
         let reg = RegisterRequest {

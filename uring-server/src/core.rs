@@ -12,7 +12,7 @@ use proto::{
     write_error, write_push, write_response, DecodeError, Frame, FrameDecoder, FrameKind, Push,
     Request, Response, Status,
 };
-use shm::ledger::{self, Applied, LedgerError};
+use shm::ledger::{self, Applied, Caller, LedgerError};
 use shm::metrics::opcode_index;
 use shm::rooms::{MemberInfo, Read};
 use shm::wake::WakeFds;
@@ -353,17 +353,9 @@ impl<'s> Core<'s> {
                     .notice(&mut conn.st, notice::IDLE_TIMEOUT, "idle timeout: closing");
                 conn.st.closing = true;
                 marked.push(key);
-            } else if let Session::LoggedIn { user_id } = conn.st.session {
-                if self.ctx.users.session(user_id) != Some(self.ctx.session_id(&conn.st)) {
-                    self.ctx.notice(
-                        &mut conn.st,
-                        notice::LOGGED_IN_ELSEWHERE,
-                        "logged in on another connection",
-                    );
-                    conn.st.session = Session::Connected;
-                    conn.st.closing = true;
-                    marked.push(key);
-                }
+            } else if self.ctx.superseded(&conn.st) {
+                self.ctx.kick_superseded(&mut conn.st);
+                marked.push(key);
             }
         }
         marked
@@ -560,6 +552,36 @@ impl Ctx<'_> {
         }
     }
 
+    /// True when the connection is logged in but a newer login of its user took the session.
+    fn superseded(&self, st: &ConnState) -> bool {
+        match st.session {
+            Session::LoggedIn { user_id } => {
+                self.users.session(user_id) != Some(self.session_id(st))
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a connection whose session a newer login took: it is told, reads nothing more, and
+    /// closes once that is flushed. Its rooms and online state now belong to the newer session.
+    fn kick_superseded(&mut self, st: &mut ConnState) {
+        self.notice(
+            st,
+            notice::LOGGED_IN_ELSEWHERE,
+            "logged in on another connection",
+        );
+        st.session = Session::Connected;
+        st.closing = true;
+    }
+
+    /// The ledger caller for a request of `user` on this connection: fenced by its session.
+    fn caller(&self, st: &ConnState, user: u32) -> Caller {
+        Caller {
+            user,
+            session: Some(self.session_id(st)),
+        }
+    }
+
     /// Ends a session: leaves its rooms and marks the user offline (if still this session).
     fn end_session(&mut self, st: &mut ConnState) {
         if let Session::LoggedIn { user_id } = st.session {
@@ -690,6 +712,18 @@ impl Ctx<'_> {
             Session::LoggedIn { user_id } => Some(user_id),
             _ => None,
         };
+        if logged_in.is_some() && self.superseded(st) {
+            // A newer login took the session: nothing this connection sends is executed any
+            // more, even if its bytes were read before the newer login's worker told us.
+            self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrSessionSuperseded,
+                &LedgerError::SessionSuperseded.to_string(),
+            );
+            return self.kick_superseded(st);
+        }
         if logged_in.is_none() && !op.allowed_before_login() {
             return self.error(
                 st,
@@ -737,6 +771,9 @@ impl Ctx<'_> {
         };
         if let Err((status, msg)) = result {
             self.error(st, id, op.as_u16(), status, &msg);
+            if status == Status::ErrSessionSuperseded {
+                self.kick_superseded(st);
+            }
         }
     }
 
@@ -870,6 +907,8 @@ impl Ctx<'_> {
             &Response::LoginProof(LoginProofResponse {
                 server_signature,
                 user_id,
+                req_id_hw: ledger::req_id_hw(self.seg, user_id).unwrap_or(0),
+                req_id_window: ledger::results_per_user(self.seg),
             }),
         );
         Ok(())
@@ -886,10 +925,12 @@ impl Ctx<'_> {
         };
         let resp = match req {
             Request::Deposit(a) => {
-                Response::Deposit(applied(self.ledger.deposit(user, id, a.amount))?)
+                let caller = self.caller(st, user);
+                Response::Deposit(applied(self.ledger.deposit(caller, id, a.amount))?)
             }
             Request::Withdraw(a) => {
-                Response::Withdraw(applied(self.ledger.withdraw(user, id, a.amount))?)
+                let caller = self.caller(st, user);
+                Response::Withdraw(applied(self.ledger.withdraw(caller, id, a.amount))?)
             }
             Request::Transfer(t) => {
                 let to = match t.to {
@@ -899,7 +940,8 @@ impl Ctx<'_> {
                         .lookup(n.as_str())
                         .ok_or_else(|| (Status::ErrNotFound, format!("no user {}", n.as_str())))?,
                 };
-                Response::Transfer(applied(self.ledger.transfer(user, to, id, t.amount))?)
+                let caller = self.caller(st, user);
+                Response::Transfer(applied(self.ledger.transfer(caller, to, id, t.amount))?)
             }
             Request::Balance(_) => Response::Balance(BalanceResponse {
                 balance: ledger::balance(self.seg, user)

@@ -18,7 +18,7 @@ OP = {"HELLO": 0x0001, "LOGIN": 0x0002, "LOGOUT": 0x0003, "HEARTBEAT": 0x0004,
       "CHAT_SEND": 0x0103, "CHAT_BROADCAST": 0x0104, "DEPOSIT": 0x0201, "WITHDRAW": 0x0202,
       "TRANSFER": 0x0203, "BALANCE": 0x0204}
 OK, ERR_UNAUTHORIZED, ERR_INSUFFICIENT_FUNDS, ERR_CHECKSUM_FAIL = 0x0000, 0x0003, 0x0005, 0x0002
-ERR_UNKNOWN_OPCODE = 0x0008
+ERR_UNKNOWN_OPCODE, ERR_STALE_REQUEST = 0x0008, 0x0016
 
 
 def frame(opcode, req_id, body, flags=0, status=0):
@@ -62,11 +62,15 @@ class Conn:
 
     def call(self, opcode, body=b"", raw=None):
         self.req_id += 1
-        self.s.sendall(raw(self.req_id) if raw else frame(opcode, self.req_id, body))
+        return self.resend(opcode, self.req_id, body, raw)
+
+    def resend(self, opcode, req_id, body=b"", raw=None):
+        """Sends with a given req_id (a retry, section 8.4) and waits for its response."""
+        self.s.sendall(raw(req_id) if raw else frame(opcode, req_id, body))
         while True:
-            flags, op, status, req_id, rbody = self.read_frame()
+            flags, op, status, rid, rbody = self.read_frame()
             if flags & IS_RESPONSE:
-                assert req_id == self.req_id, "responses come in request order"
+                assert rid == req_id, "responses come in request order"
                 return status, rbody
             self.pushes.append((op, rbody))
 
@@ -116,13 +120,27 @@ def main():
     check(status == OK, "LOGIN_PROOF")
     expected = hmac.new(server_key, auth_message, "sha256").digest()
     check(body[:32] == expected, "the server signature proves the server knows ServerKey")
-    my_id = struct.unpack(">I", body[32:36])[0]
+    my_id, req_id_hw, req_id_window = struct.unpack(">IQI", body[32:48])
+    check(len(body) == 48 and req_id_hw == 0 and req_id_window > 0,
+          "LOGIN_PROOF: user id, req_id high-water mark 0 for a new user, window")
+    c.req_id = max(c.req_id, req_id_hw)
 
+    login_req_id = c.req_id
     status, body = c.call(OP["DEPOSIT"], struct.pack(">Q", 5000))
+    deposit_req_id = c.req_id
     balance, txn_id = struct.unpack(">QQ", body)
     check(status == OK and balance == 5000, "DEPOSIT 5000")
     status, body = c.call(OP["WITHDRAW"], struct.pack(">Q", 9999))
     check(status == ERR_INSUFFICIENT_FUNDS, "WITHDRAW over the balance is refused")
+    # Section 8.4: a retry with the same req_id gets the first answer and applies nothing; a
+    # req_id at or below the high-water mark that was never a ledger request is stale.
+    status, body = c.resend(OP["DEPOSIT"], deposit_req_id, struct.pack(">Q", 5000))
+    check(status == OK and struct.unpack(">QQ", body) == (5000, txn_id),
+          "a retried DEPOSIT gets its first answer (same balance, same txn_id)")
+    status, body = c.resend(OP["DEPOSIT"], login_req_id, struct.pack(">Q", 5000))
+    check(status == ERR_STALE_REQUEST, "a DEPOSIT under a passed-over req_id is ERR_STALE_REQUEST")
+    status, body = c.call(OP["BALANCE"])
+    check(status == OK and struct.unpack(">Q", body)[0] == 5000, "neither was applied")
     # A second user to transfer to, on another connection.
     d = Conn(host, port)
     k2 = scram_keys(b"pw2", salt, iterations)

@@ -236,6 +236,8 @@ pub struct Client {
     pub stream: TcpStream,
     dec: FrameDecoder,
     next_id: u64,
+    /// The high-water mark the last login reported.
+    pub req_id_hw: u64,
     pub pushes: Vec<Got>,
     pub user_id: u32,
     /// Frames read from the socket but not yet handed out.
@@ -253,6 +255,7 @@ impl Client {
             stream,
             dec: FrameDecoder::new(BODY_LEN_LIMIT),
             next_id: 1,
+            req_id_hw: 0,
             pushes: Vec::new(),
             user_id: 0,
             pending: std::collections::VecDeque::new(),
@@ -390,6 +393,9 @@ impl Client {
                     "server signature does not verify"
                 );
                 self.user_id = p.user_id;
+                // PROTOCOL.md 8.4, rule 1: continue above the user's high-water mark.
+                self.next_id = self.next_id.max(p.req_id_hw);
+                self.req_id_hw = p.req_id_hw;
                 Status::Ok
             }
             Reply::Err(st, _) => st,
