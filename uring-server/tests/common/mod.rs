@@ -148,14 +148,27 @@ impl Server {
         format!("/dev/shm/ns-{}", self.name)
     }
 
-    /// Worker pids by index, read from the shared metrics.
+    /// Worker pids by index, read from the shared metrics, once every worker has published
+    /// its own (a worker writes its pid as it starts; a 0 passed to kill(2) would signal the
+    /// whole process group, the test harness included).
     pub fn worker_pids(&self) -> Vec<u32> {
         let seg = shm::Segment::attach(&self.name, false).expect("attach");
-        shm::Metrics::of(&seg)
-            .workers()
-            .iter()
-            .map(|w| w.pid.get() as u32)
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The segment has one slot more than the server has workers (for tools).
+            let workers = seg.caps().workers as usize - 1;
+            let pids: Vec<u32> = shm::Metrics::of(&seg)
+                .workers()
+                .iter()
+                .take(workers)
+                .map(|w| w.pid.get() as u32)
+                .collect();
+            if pids.iter().all(|&p| p > 1) {
+                return pids;
+            }
+            assert!(Instant::now() < deadline, "workers never published pids");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -265,6 +278,16 @@ impl Client {
     pub fn next_req_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// The last request id handed out.
+    pub fn next_id_peek(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Makes later request ids rise above `id` (after sending `id` by hand).
+    pub fn next_id_at_least(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id);
     }
 
     /// Encodes a request with `req_id`.
