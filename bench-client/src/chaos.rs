@@ -1,16 +1,26 @@
-//! `bench-client chaos`: trade-heavy load while a random worker of a running server is killed
-//! with SIGKILL every 0.5–2 s. Clients time out, reconnect and retry with the same req_id; every
-//! acknowledged transfer is recorded and, at the end, reconciled against the ledger's log; the
-//! ledger audit runs after every kill and at the end.
+//! `bench-client chaos`: ledger traffic from many users while requests are abandoned on purpose
+//! and, on the same machine, a random worker of the server is killed with SIGKILL every
+//! 0.5–2 s. At the end every account's BALANCE and TXN_HISTORY are read back **over the wire**
+//! and compared with a model the client kept: every acknowledged operation applied exactly once,
+//! nothing applied twice, nothing the client never sent.
+//!
+//! How a request is abandoned: the client sends it, gives up on the connection without reading
+//! the answer, leaves that connection open, connects again (to whichever worker), logs in (which
+//! ends the old session) and retries with the same `req_id` until it gets an answer
+//! (PROTOCOL.md 8.4). The old worker may read the first copy before or after the retry.
+//!
+//! The model: each account's balance when the run began plus the effect of every operation
+//! acknowledged `OK`; refusals change nothing. An operation whose outcome stayed unknown (retries
+//! gave up) makes the run fail, since the model cannot be checked without it. The reconciliation
+//! reads nothing from shared memory, so it works against a server on another machine; only the
+//! killer and the audit (with `server_name`) need the server's segment.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use proto::body::*;
-use proto::Request;
+use proto::{Reply, Request, Response};
 
 use crate::client::{Client, ClientError, Retry};
 
@@ -19,8 +29,9 @@ use crate::client::{Client, ClientError, Retry};
 pub struct ChaosConfig {
     /// Server address.
     pub addr: SocketAddr,
-    /// The server's `--name` (its shared memory tells the worker pids, and hosts the audit).
-    pub server_name: String,
+    /// The server's `--name`, when it runs on this machine: its shared memory tells the worker
+    /// pids to kill and hosts the audit. `None`: no kills, no audit (abandonment only).
+    pub server_name: Option<String>,
     /// Connections (one user each).
     pub connections: usize,
     /// Client threads; each drives its share of the connections one request at a time.
@@ -31,7 +42,9 @@ pub struct ChaosConfig {
     pub kill_every: (Duration, Duration),
     /// Accounts that receive transfers.
     pub hot_accounts: usize,
-    /// Seed.
+    /// Requests abandoned on purpose, per thousand.
+    pub abandon_per_mille: u32,
+    /// Seed: the run's choices (operations, amounts, abandonments, kill times) follow from it.
     pub seed: u64,
 }
 
@@ -40,36 +53,91 @@ pub struct ChaosConfig {
 pub struct ChaosReport {
     /// Workers killed.
     pub kills: u64,
-    /// Audits run during the chaos, and how many failed.
+    /// Audits run (after every kill and at the end).
     pub audits: u64,
-    /// Audits that found a violation (during or at the end).
+    /// Audits that found a violation.
     pub audit_failures: u64,
-    /// Transfers the clients saw acknowledged.
+    /// Operations acknowledged OK.
     pub acknowledged: u64,
-    /// Acknowledged transfers still in the log ring, checked field by field.
-    pub reconciled: u64,
-    /// Acknowledged transfers the log should hold but does not, or holds differently.
-    pub mismatches: u64,
-    /// Requests retried after a timeout or a lost connection.
-    pub retries_exhausted: u64,
-    /// Refusals by status (insufficient funds and the like are normal).
+    /// Requests abandoned on purpose and retried on a new connection.
+    pub abandoned: u64,
+    /// Refusals by status (insufficient funds is normal here).
     pub refused: HashMap<&'static str, u64>,
-    /// Final audit violations, in words.
+    /// Operations whose retries gave up: their outcome is unknown.
+    pub retries_exhausted: u64,
+    /// Client threads that panicked.
+    pub thread_panics: u64,
+    /// Accounts whose BALANCE and TXN_HISTORY were read back and compared.
+    pub accounts_checked: u64,
+    /// Accounts whose history reached back to the start of the run (the log ring held it all).
+    pub histories_complete: u64,
+    /// Accounts whose BALANCE differs from the model.
+    pub balance_mismatches: u64,
+    /// History entries that match an acknowledged operation (a transfer counts at both ends).
+    pub reconciled: u64,
+    /// Acknowledged operations missing from a history that reaches back far enough.
+    pub missing: u64,
+    /// History entries no acknowledged operation explains: applied twice, or never sent.
+    pub unexplained: u64,
+    /// What went wrong, in words (the first few of each kind, and audit violations).
     pub violations: Vec<String>,
 }
 
-fn worker_pids(seg: &shm::Segment) -> Vec<u32> {
-    shm::Metrics::of(seg)
-        .workers()
-        .iter()
-        .map(|w| w.pid.get() as u32)
-        .filter(|&p| p != 0)
-        .collect()
+impl ChaosReport {
+    /// True when every check held and something was checked.
+    pub fn ok(&self, expect_kills: bool) -> bool {
+        self.audit_failures == 0
+            && self.balance_mismatches == 0
+            && self.missing == 0
+            && self.unexplained == 0
+            && self.retries_exhausted == 0
+            && self.thread_panics == 0
+            && self.reconciled > 0
+            && (!expect_kills || self.kills > 0)
+    }
+
+    fn note(&mut self, what: String) {
+        if self.violations.len() < 50 {
+            self.violations.push(what);
+        }
+    }
+}
+
+/// An operation acknowledged OK: what the client sent and the txn_id it was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ack {
+    txn_id: u64,
+    kind: TxnKind,
+    /// Debited account, 0 for a deposit.
+    from: u32,
+    /// Credited account, 0 for a withdrawal.
+    to: u32,
+    amount: u64,
+}
+
+/// What one client thread brings back.
+#[derive(Default)]
+struct ThreadOutcome {
+    acks: Vec<Ack>,
+    refused: HashMap<&'static str, u64>,
+    abandoned: u64,
+    exhausted: u64,
+}
+
+/// xorshift64: small and seeded, so a run's choices follow from its seed.
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
 }
 
 /// Runs the chaos and reconciles.
 pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
-    let seg = shm::Segment::attach(&cfg.server_name, true)?;
+    let seg = match &cfg.server_name {
+        Some(name) => Some(shm::Segment::attach(name, true)?),
+        None => None,
+    };
     let salt = [0x24u8; 16];
     let secret =
         proto::scram::ClientSecret::derive(b"chaos", &salt, proto::scram::ITERATIONS_DEFAULT);
@@ -85,15 +153,20 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         c.ledger(&Request::Deposit(AmountRequest { amount: 1_000_000 }))?;
         clients.push(c);
     }
+    // The model starts from what each account holds now (the users may exist from an earlier
+    // run), and each history is compared from its newest transaction on.
+    let mut start: HashMap<u32, (u64, u64)> = HashMap::new();
+    for c in &mut clients {
+        let balance = c.balance()?;
+        let newest = c.txn_history(0, 1)?.first().map_or(0, |t| t.txn_id);
+        start.insert(c.user_id, (balance, newest));
+    }
     let hot: Vec<u32> = clients
         .iter()
         .take(cfg.hot_accounts.max(2))
         .map(|c| c.user_id)
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks: Arc<Mutex<Vec<(u64, u32, u32)>>> = Arc::new(Mutex::new(Vec::new()));
-    let exhausted = Arc::new(AtomicU64::new(0));
-    let refused: Arc<Mutex<HashMap<&'static str, u64>>> = Arc::new(Mutex::new(HashMap::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let per = cfg.connections.div_ceil(cfg.threads.max(1));
     let mut groups: Vec<Vec<Client>> = Vec::new();
     while !clients.is_empty() {
@@ -101,80 +174,39 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         groups.push(clients.drain(..n).collect());
     }
     let retry = Retry {
-        attempts: 20,
+        attempts: 40,
         backoff: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
     };
     let handles: Vec<_> = groups
         .into_iter()
         .enumerate()
-        .map(|(t, mut group)| {
-            let (stop, acks, exhausted, refused, hot) = (
-                stop.clone(),
-                acks.clone(),
-                exhausted.clone(),
-                refused.clone(),
-                hot.clone(),
-            );
-            let mut rng = cfg.seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    for c in group.iter_mut() {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        let mut to = hot[(rng % hot.len() as u64) as usize];
-                        if to == c.user_id {
-                            to = hot[((rng >> 8) % hot.len() as u64) as usize];
-                            if to == c.user_id {
-                                continue;
-                            }
-                        }
-                        let req = Request::Transfer(TransferRequest {
-                            to: Target::Id(to),
-                            amount: 1,
-                        });
-                        match c.call_retrying(&req, retry) {
-                            Ok(r) => match r.reply() {
-                                Ok(proto::Reply::Ok(proto::Response::Transfer(x))) => {
-                                    mine.push((x.txn_id, c.user_id, to));
-                                }
-                                Ok(proto::Reply::Err(st, _)) => {
-                                    if let Ok(mut m) = refused.lock() {
-                                        *m.entry(st.name()).or_default() += 1;
-                                    }
-                                }
-                                _ => {}
-                            },
-                            Err(_) => {
-                                exhausted.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-                if let Ok(mut a) = acks.lock() {
-                    a.extend(mine);
-                }
-            })
+        .map(|(t, group)| {
+            let (stop, hot) = (stop.clone(), hot.clone());
+            let rng = cfg.seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let abandon = cfg.abandon_per_mille;
+            std::thread::spawn(move || drive(group, &hot, &stop, rng, abandon, retry))
         })
         .collect();
-    // The killer, and an audit after every kill.
     let mut report = ChaosReport::default();
     let end = Instant::now() + cfg.duration;
     let mut rng = cfg.seed | 1;
     while Instant::now() < end {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
         let (lo, hi) = cfg.kill_every;
         let span = hi.saturating_sub(lo).as_millis().max(1) as u64;
-        std::thread::sleep(lo + Duration::from_millis(rng % span));
-        let pids = worker_pids(&seg);
+        let pause = lo + Duration::from_millis(next(&mut rng) % span);
+        std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
+        let Some(seg) = &seg else {
+            continue;
+        };
+        if Instant::now() >= end {
+            break;
+        }
+        let pids = worker_pids(seg);
         if pids.is_empty() {
             continue;
         }
-        let victim = pids[(rng >> 11) as usize % pids.len()];
+        let victim = pids[(next(&mut rng) >> 11) as usize % pids.len()];
         if nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(victim as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -183,47 +215,258 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         {
             report.kills += 1;
         }
-        report.audits += 1;
-        if !shm::ledger::audit(&seg, Duration::from_secs(5))?.ok() {
-            report.audit_failures += 1;
-        }
+        audit(seg, &mut report)?;
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acks = Vec::new();
+    let mut clients = Vec::new();
     for h in handles {
-        let _ = h.join();
+        match h.join() {
+            Ok((outcome, group)) => {
+                acks.extend(outcome.acks);
+                report.abandoned += outcome.abandoned;
+                report.retries_exhausted += outcome.exhausted;
+                for (k, v) in outcome.refused {
+                    *report.refused.entry(k).or_default() += v;
+                }
+                clients.extend(group);
+            }
+            Err(_) => report.thread_panics += 1,
+        }
     }
-    // Let the master finish restarting and recovering, then audit and reconcile.
-    std::thread::sleep(Duration::from_millis(500));
-    let final_audit = shm::ledger::audit(&seg, Duration::from_secs(5))?;
-    report.violations = final_audit.violations.clone();
-    if !final_audit.ok() {
-        report.audit_failures += 1;
-    }
-    let acks = std::mem::take(&mut *acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     report.acknowledged = acks.len() as u64;
-    report.retries_exhausted = exhausted.load(Ordering::Relaxed);
-    report.refused = refused.lock().map(|m| m.clone()).unwrap_or_default();
-    let oldest = final_audit
-        .txn_seq
-        .saturating_sub(u64::from(seg.caps().txn_log))
-        + 1;
-    let mut log: HashMap<u64, shm::TxnRecord> = HashMap::new();
-    let mut accounts: Vec<u32> = acks.iter().flat_map(|a| [a.1, a.2]).collect();
-    accounts.sort_unstable();
-    accounts.dedup();
-    for a in accounts {
-        for t in shm::ledger::history(&seg, a, 0, usize::MAX)? {
-            log.insert(t.txn_id, t);
-        }
+    if let Some(seg) = &seg {
+        // Let the master finish restarting and recovering.
+        std::thread::sleep(Duration::from_millis(500));
+        audit(seg, &mut report)?;
     }
-    for (txn_id, from, to) in acks {
-        if txn_id < oldest {
-            continue; // The ring has moved past it: not checkable, not counted.
-        }
-        match log.get(&txn_id) {
-            Some(t) if t.from == from && t.to == to && t.amount == 1 => report.reconciled += 1,
-            _ => report.mismatches += 1,
-        }
-    }
+    reconcile(&mut clients, &start, &acks, retry, &mut report);
     Ok(report)
+}
+
+/// One thread's loop: random ledger operations on its clients until told to stop.
+fn drive(
+    mut group: Vec<Client>,
+    hot: &[u32],
+    stop: &std::sync::atomic::AtomicBool,
+    mut rng: u64,
+    abandon_per_mille: u32,
+    retry: Retry,
+) -> (ThreadOutcome, Vec<Client>) {
+    let mut out = ThreadOutcome::default();
+    // Connections given up on but left open, so the server may still read them late; the
+    // oldest are closed as new ones come.
+    let mut left_open: VecDeque<TcpStream> = VecDeque::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        for c in group.iter_mut() {
+            let me = c.user_id;
+            let amount = 1 + next(&mut rng) % 100;
+            let roll = next(&mut rng) % 100;
+            let (req, ack) = if roll < 60 {
+                let mut to = hot[(next(&mut rng) % hot.len() as u64) as usize];
+                if to == me {
+                    to = hot[(hot.iter().position(|&h| h == me).unwrap_or(0) + 1) % hot.len()];
+                }
+                let req = Request::Transfer(TransferRequest {
+                    to: Target::Id(to),
+                    amount,
+                });
+                (req, (TxnKind::Transfer, me, to))
+            } else if roll < 80 {
+                let req = Request::Deposit(AmountRequest { amount });
+                (req, (TxnKind::Deposit, 0, me))
+            } else {
+                let req = Request::Withdraw(AmountRequest { amount });
+                (req, (TxnKind::Withdraw, me, 0))
+            };
+            let id = c.next_req_id();
+            if (next(&mut rng) % 1000) < u64::from(abandon_per_mille) {
+                // Give up on this connection with the request sent and unanswered.
+                if c.send_with_id(id, &req).is_ok() {
+                    out.abandoned += 1;
+                }
+                if let Ok(old) = c.reconnect_keeping_old() {
+                    left_open.push_back(old);
+                    if left_open.len() > 8 {
+                        left_open.pop_front();
+                    }
+                }
+            }
+            match c.call_retrying_id(id, &req, retry) {
+                Ok(r) => match r.reply() {
+                    Ok(Reply::Ok(
+                        Response::Deposit(x) | Response::Withdraw(x) | Response::Transfer(x),
+                    )) => out.acks.push(Ack {
+                        txn_id: x.txn_id,
+                        kind: ack.0,
+                        from: ack.1,
+                        to: ack.2,
+                        amount,
+                    }),
+                    Ok(Reply::Err(st, _)) => *out.refused.entry(st.name()).or_default() += 1,
+                    _ => *out.refused.entry("unexpected reply").or_default() += 1,
+                },
+                Err(_) => out.exhausted += 1,
+            }
+        }
+    }
+    (out, group)
+}
+
+fn worker_pids(seg: &shm::Segment) -> Vec<u32> {
+    let workers = seg.caps().workers.saturating_sub(1) as usize;
+    shm::Metrics::of(seg)
+        .workers()
+        .iter()
+        .take(workers)
+        .map(|w| w.pid.get() as u32)
+        .filter(|&p| p > 1)
+        .collect()
+}
+
+fn audit(seg: &shm::Segment, report: &mut ChaosReport) -> anyhow::Result<()> {
+    report.audits += 1;
+    let a = shm::ledger::audit(seg, Duration::from_secs(5))?;
+    if !a.ok() {
+        report.audit_failures += 1;
+        for v in a.violations {
+            report.note(format!("audit: {v}"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads every account back over the wire and compares it with the model.
+fn reconcile(
+    clients: &mut [Client],
+    start: &HashMap<u32, (u64, u64)>,
+    acks: &[Ack],
+    retry: Retry,
+    report: &mut ChaosReport,
+) {
+    let mut ids = HashSet::new();
+    for a in acks {
+        if !ids.insert(a.txn_id) {
+            report.unexplained += 1;
+            report.note(format!("txn {} acknowledged for two requests", a.txn_id));
+        }
+    }
+    let mut by_account: HashMap<u32, Vec<&Ack>> = HashMap::new();
+    for a in acks {
+        for acct in [a.from, a.to] {
+            if acct != 0 {
+                by_account.entry(acct).or_default().push(a);
+            }
+        }
+    }
+    for c in clients.iter_mut() {
+        let user = c.user_id;
+        let Some(&(start_balance, start_txn)) = start.get(&user) else {
+            continue;
+        };
+        let mine = by_account.remove(&user).unwrap_or_default();
+        let mut expected = i128::from(start_balance);
+        for a in &mine {
+            let amount = i128::from(a.amount);
+            expected += if a.to == user { amount } else { -amount };
+        }
+        let read = read_account(c, start_txn, retry);
+        let Ok((balance, history, complete)) = read else {
+            report.note(format!("account {user}: could not be read back"));
+            report.retries_exhausted += 1;
+            continue;
+        };
+        report.accounts_checked += 1;
+        if i128::from(balance) != expected {
+            report.balance_mismatches += 1;
+            report.note(format!(
+                "account {user}: BALANCE {balance}, the model says {expected}"
+            ));
+        }
+        if complete {
+            report.histories_complete += 1;
+        }
+        // Entries older than the oldest one read are only checkable when the walk reached the
+        // start of the run.
+        let cutoff = if complete {
+            start_txn + 1
+        } else {
+            history.iter().map(|t| t.txn_id).min().unwrap_or(u64::MAX)
+        };
+        let acked: HashMap<u64, &Ack> = mine.iter().map(|a| (a.txn_id, *a)).collect();
+        let mut seen = HashSet::new();
+        for t in &history {
+            seen.insert(t.txn_id);
+            match acked.get(&t.txn_id) {
+                Some(a)
+                    if (a.kind, a.from, a.to, a.amount)
+                        == (t.kind, t.from_id, t.to_id, t.amount) =>
+                {
+                    report.reconciled += 1;
+                }
+                Some(a) => {
+                    report.unexplained += 1;
+                    report.note(format!(
+                        "account {user}: txn {} is {t:?}, acknowledged as {a:?}",
+                        t.txn_id
+                    ));
+                }
+                None => {
+                    report.unexplained += 1;
+                    report.note(format!(
+                        "account {user}: txn {} ({:?} {} from {} to {}) explained by no acknowledged request",
+                        t.txn_id, t.kind, t.amount, t.from_id, t.to_id
+                    ));
+                }
+            }
+        }
+        for a in &mine {
+            if a.txn_id >= cutoff && !seen.contains(&a.txn_id) {
+                report.missing += 1;
+                report.note(format!(
+                    "account {user}: acknowledged {a:?} is not in its history"
+                ));
+            }
+        }
+    }
+}
+
+/// BALANCE, and TXN_HISTORY newer than `start_txn`, newest first, and whether the walk reached
+/// `start_txn` (the log ring still held everything since). Reconnects first: the connection may
+/// have been lost with a killed worker.
+fn read_account(
+    c: &mut Client,
+    start_txn: u64,
+    retry: Retry,
+) -> Result<(u64, Vec<TxnEntry>, bool), ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let read = (|| {
+            c.reconnect()?;
+            let balance = c.balance()?;
+            let mut history = Vec::new();
+            let mut before = 0u64;
+            // Pages of up to 1000; the ring bounds the walk.
+            for _ in 0..100_000 {
+                let page = c.txn_history(before, 1000)?;
+                let Some(last) = page.last().map(|t| t.txn_id) else {
+                    return Ok((balance, history, start_txn == 0));
+                };
+                for t in page {
+                    if t.txn_id <= start_txn {
+                        return Ok((balance, history, true));
+                    }
+                    history.push(t);
+                }
+                before = last;
+            }
+            Ok((balance, history, false))
+        })();
+        match read {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt >= retry.attempts => return Err(e),
+            Err(_) => std::thread::sleep(retry.backoff),
+        }
+    }
 }

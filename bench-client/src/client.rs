@@ -245,17 +245,23 @@ impl Client {
         }
     }
 
+    /// Sends `req` with `req_id` without waiting for the response.
+    pub fn send_with_id(&mut self, req_id: u64, req: &Request<'_>) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(64);
+        write_request(&mut out, req_id, req, BODY_LEN_LIMIT).map_err(|e| {
+            ClientError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
     /// Sends `req` with `req_id` and waits for its response (pushes are kept aside).
     pub fn call_with_id(
         &mut self,
         req_id: u64,
         req: &Request<'_>,
     ) -> Result<Received, ClientError> {
-        let mut out = Vec::with_capacity(64);
-        write_request(&mut out, req_id, req, BODY_LEN_LIMIT).map_err(|e| {
-            ClientError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?;
-        self.stream.write_all(&out)?;
+        self.send_with_id(req_id, req)?;
         loop {
             let r = self.read()?;
             if r.is_response() && r.raw.req_id == req_id {
@@ -291,11 +297,29 @@ impl Client {
         retry: Retry,
     ) -> Result<Received, ClientError> {
         let id = self.next_req_id();
+        self.call_retrying_id(id, req, retry)
+    }
+
+    /// [`Client::call_retrying`] with a request id taken earlier (a request already sent once
+    /// and abandoned).
+    pub fn call_retrying_id(
+        &mut self,
+        id: u64,
+        req: &Request<'_>,
+        retry: Retry,
+    ) -> Result<Received, ClientError> {
         let mut backoff = retry.backoff;
         let mut attempt = 1;
         loop {
+            // Answers that say the request was not executed: busy, timed out, or this connection
+            // is not logged in (its re-login after a reconnect failed).
+            let logged_in = self.login.is_some();
+            let not_executed = |st: Status| {
+                matches!(st, Status::ErrServerBusy | Status::ErrTimeout)
+                    || (st == Status::ErrUnauthorized && logged_in)
+            };
             let result = match self.call_with_id(id, req) {
-                Ok(r) if matches!(r.status(), Status::ErrServerBusy | Status::ErrTimeout) => {
+                Ok(r) if not_executed(r.status()) => {
                     Err(ClientError::Refused(r.status(), String::new()))
                 }
                 other => other,
@@ -305,7 +329,10 @@ impl Client {
                 Err(
                     e @ (ClientError::Io(_)
                     | ClientError::Closed
-                    | ClientError::Refused(Status::ErrServerBusy | Status::ErrTimeout, _)),
+                    | ClientError::Refused(
+                        Status::ErrServerBusy | Status::ErrTimeout | Status::ErrUnauthorized,
+                        _,
+                    )),
                 ) => {
                     if attempt >= retry.attempts {
                         return Err(e);
@@ -326,13 +353,21 @@ impl Client {
 
     /// Opens a new connection to the same server and logs in again if we were logged in.
     pub fn reconnect(&mut self) -> Result<(), ClientError> {
-        self.stream = Self::open(self.addr, self.timeout)?;
+        self.reconnect_keeping_old().map(drop)
+    }
+
+    /// Like [`Client::reconnect`], and hands back the old connection instead of closing it: a
+    /// client that gave up waiting on a connection it leaves open (what it sent there may still
+    /// be read by the server, late). The new login ends the old connection's session.
+    pub fn reconnect_keeping_old(&mut self) -> Result<TcpStream, ClientError> {
+        let old = std::mem::replace(&mut self.stream, Self::open(self.addr, self.timeout)?);
         self.decoder = FrameDecoder::new(BODY_LEN_LIMIT);
         self.pending.clear();
-        if let Some((user, secret)) = self.login.take() {
+        // Cloned, not taken: a login that fails here is tried again at the next reconnect.
+        if let Some((user, secret)) = self.login.clone() {
             self.login_secret(&user, secret)?;
         }
-        Ok(())
+        Ok(old)
     }
 
     /// HELLO; records the serving worker.
@@ -446,6 +481,23 @@ impl Client {
             Reply::Ok(Response::Deposit(x) | Response::Withdraw(x) | Response::Transfer(x)) => {
                 Ok((x.balance, x.txn_id))
             }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One page of TXN_HISTORY: transactions older than `before_txn_id` (0: the newest),
+    /// newest first.
+    pub fn txn_history(
+        &mut self,
+        before_txn_id: u64,
+        limit: u16,
+    ) -> Result<Vec<TxnEntry>, ClientError> {
+        let r = self.call_ok(&Request::TxnHistory(TxnHistoryRequest {
+            before_txn_id,
+            limit,
+        }))?;
+        match r.reply()? {
+            Reply::Ok(Response::TxnHistory(h)) => Ok(h.txns.into_items()),
             other => Err(unexpected(&other)),
         }
     }

@@ -289,23 +289,36 @@ fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
 }
 
 #[test]
-fn chaos_in_brief_kills_workers_and_loses_no_acknowledged_transfer() {
+fn chaos_in_brief_kills_workers_abandons_requests_and_the_wire_shows_each_ack_exactly_once() {
     let server = Server::start(&["--txn-log", "1048576"]);
     let cfg = bench_client::chaos::ChaosConfig {
         addr: server.addr,
-        server_name: server.name.clone(),
+        server_name: Some(server.name.clone()),
         connections: 20,
         threads: 4,
         duration: Duration::from_secs(4),
         kill_every: (Duration::from_millis(400), Duration::from_millis(900)),
         hot_accounts: 4,
+        abandon_per_mille: 50,
         seed: 3,
     };
     let r = bench_client::chaos::run(&cfg).expect("chaos run");
     eprintln!("{r:?}");
     assert!(r.kills >= 3, "workers were killed: {}", r.kills);
+    assert!(r.abandoned > 50, "requests were abandoned: {}", r.abandoned);
     assert_eq!(r.audit_failures, 0, "{:?}", r.violations);
-    assert_eq!(r.mismatches, 0);
-    assert!(r.acknowledged > 100 && r.reconciled == r.acknowledged);
+    assert_eq!(r.accounts_checked, 20);
+    assert_eq!(r.histories_complete, 20, "the log holds the whole run");
+    assert_eq!(r.balance_mismatches, 0, "{:?}", r.violations);
+    assert_eq!(r.missing, 0, "{:?}", r.violations);
+    assert_eq!(
+        r.unexplained, 0,
+        "nothing applied twice: {:?}",
+        r.violations
+    );
+    // Every acknowledged transfer shows at both ends, deposits and withdrawals at one.
+    assert!(r.acknowledged > 1000 && r.reconciled >= r.acknowledged);
     assert_eq!(r.retries_exhausted, 0, "no client gave up");
+    assert_eq!(r.thread_panics, 0);
+    assert!(r.ok(true));
 }
