@@ -1,5 +1,7 @@
 //! Rooms: the name ↔ id index, member sets, and one event ring per room with a rising sequence
-//! number, read by every worker without locks.
+//! number, read by every worker without locks. Beside them, one inbox ring per worker carries
+//! direct messages to the users that worker serves; inboxes are not rooms (they have no id, no
+//! name and no members), so every room id a client sees is a room it can join.
 //!
 //! A room's lock serialises its writers (joins, leaves, messages). An event is written into its
 //! ring slot like a seqlock (the slot's `seq` is 0 while being written), and the room's
@@ -187,8 +189,18 @@ pub struct Rooms<'s> {
     members: &'s [Member],
     index: &'s [AtomicU32],
     events: &'s [RoomEvent],
+    inboxes: &'s [Room],
+    inbox_events: &'s [RoomEvent],
     members_per_room: usize,
     ring: usize,
+}
+
+/// One event ring and the header that holds its lock and last sequence number: a room's, or a
+/// worker's inbox.
+#[derive(Clone, Copy)]
+struct Ring<'s> {
+    head: &'s Room,
+    events: &'s [RoomEvent],
 }
 
 impl core::fmt::Debug for Rooms<'_> {
@@ -225,6 +237,9 @@ impl<'s> Rooms<'s> {
                 members: seg.table::<Member>(l.members, n * mpr),
                 index: seg.table::<AtomicU32>(l.room_index, l.room_index_len),
                 events: seg.table::<RoomEvent>(l.events, n * ring),
+                inboxes: seg.table::<Room>(l.inboxes, l.caps.workers as usize),
+                inbox_events: seg
+                    .table::<RoomEvent>(l.inbox_events, l.caps.workers as usize * ring),
                 members_per_room: mpr,
                 ring,
             }
@@ -248,8 +263,27 @@ impl<'s> Rooms<'s> {
         &self.members[start..start + self.members_per_room]
     }
 
-    fn event(&self, room: u32, seq: u64) -> &'s RoomEvent {
-        &self.events[room as usize * self.ring + (seq as usize & (self.ring - 1))]
+    /// Room `id`'s ring.
+    fn room_ring(&self, id: u32) -> Result<Ring<'s>, RoomError> {
+        let head = self.room(id)?;
+        let start = id as usize * self.ring;
+        Ok(Ring {
+            head,
+            events: &self.events[start..start + self.ring],
+        })
+    }
+
+    /// Worker `worker`'s inbox ring.
+    fn inbox_ring(&self, worker: u32) -> Result<Ring<'s>, RoomError> {
+        let head = self
+            .inboxes
+            .get(worker as usize)
+            .ok_or(RoomError::NotFound)?;
+        let start = worker as usize * self.ring;
+        Ok(Ring {
+            head,
+            events: &self.inbox_events[start..start + self.ring],
+        })
     }
 
     /// Locks room `id`, recounting its members if the last holder died mid-change.
@@ -441,43 +475,9 @@ impl<'s> Rooms<'s> {
         text: &str,
         time_ms: u64,
     ) -> Result<u64, RoomError> {
-        self.publish_to(id, sender, 0, sender_name, text, time_ms)
-    }
-
-    /// Like [`Rooms::publish`], for one user only: how a worker's inbox room carries direct
-    /// messages to the users it serves.
-    pub fn publish_to(
-        &self,
-        id: u32,
-        sender: u32,
-        target: u32,
-        sender_name: &str,
-        text: &str,
-        time_ms: u64,
-    ) -> Result<u64, RoomError> {
-        if text.is_empty() || text.len() > TEXT_LEN_MAX {
-            return Err(RoomError::Invalid("text"));
-        }
-        if sender_name.len() > NAME_LEN_MAX {
-            return Err(RoomError::Invalid("sender name"));
-        }
-        let room = self.room(id)?;
+        let ring = self.room_ring(id)?;
         let _g = self.lock(id)?;
-        let seq = room.last_seq.load(Ordering::Relaxed) + 1;
-        let e = self.event(id, seq);
-        e.seq.store(0, Ordering::Relaxed);
-        core::sync::atomic::fence(Ordering::Release);
-        e.sender.store(sender, Ordering::Relaxed);
-        e.target.store(target, Ordering::Relaxed);
-        e.time_ms.store(time_ms, Ordering::Relaxed);
-        store_bytes(&e.sender_name, sender_name.as_bytes());
-        e.sender_len
-            .store(sender_name.len() as u32, Ordering::Relaxed);
-        store_bytes(&e.text, text.as_bytes());
-        e.text_len.store(text.len() as u32, Ordering::Relaxed);
-        e.seq.store(seq, Ordering::Release);
-        room.last_seq.store(seq, Ordering::Release);
-        Ok(seq)
+        ring.append(sender, 0, sender_name, text, time_ms)
     }
 
     /// Room `id`'s latest sequence number.
@@ -487,60 +487,42 @@ impl<'s> Rooms<'s> {
 
     /// Copies event `seq` of room `id` out of its ring, without locking.
     pub fn read(&self, id: u32, seq: u64) -> Result<Read, RoomError> {
-        let room = self.room(id)?;
-        let last = room.last_seq.load(Ordering::Acquire);
-        if seq == 0 || seq > last {
-            return Ok(Read::NotYet);
+        Ok(self.room_ring(id)?.read(seq))
+    }
+
+    /// Appends a direct message for user `target` to worker `worker`'s inbox; returns its
+    /// sequence number there. The caller then wakes the workers.
+    pub fn inbox_publish(
+        &self,
+        worker: u32,
+        sender: u32,
+        target: u32,
+        sender_name: &str,
+        text: &str,
+        time_ms: u64,
+    ) -> Result<u64, RoomError> {
+        let ring = self.inbox_ring(worker)?;
+        let lock = &ring.head.lock;
+        if lock.lock()? == Locked::OwnerDied {
+            // An inbox has no members to recount; an append cut short is overwritten.
+            lock.mark_consistent()?;
         }
-        let oldest = (last + 1).saturating_sub(self.ring as u64).max(1);
-        if seq < oldest {
-            return Ok(Read::Missed { oldest });
-        }
-        let e = self.event(id, seq);
-        if e.seq.load(Ordering::Acquire) != seq {
-            return Ok(Read::Missed {
-                oldest: (room.last_seq.load(Ordering::Acquire) + 1)
-                    .saturating_sub(self.ring as u64)
-                    .max(seq + 1),
-            });
-        }
-        let mut name = [0u8; NAME_LEN_MAX];
-        let name_len = load_bytes(
-            &e.sender_name,
-            e.sender_len.load(Ordering::Relaxed) as usize,
-            &mut name,
-        );
-        let mut text = vec![0u8; TEXT_LEN_MAX];
-        let text_len = load_bytes(
-            &e.text,
-            e.text_len.load(Ordering::Relaxed) as usize,
-            &mut text,
-        );
-        text.truncate(text_len);
-        let sender = e.sender.load(Ordering::Relaxed);
-        let target = e.target.load(Ordering::Relaxed);
-        let time_ms = e.time_ms.load(Ordering::Relaxed);
-        core::sync::atomic::fence(Ordering::Acquire);
-        if e.seq.load(Ordering::Relaxed) != seq {
-            // Overwritten while we copied: the ring lapped this reader.
-            return Ok(Read::Missed {
-                oldest: (room.last_seq.load(Ordering::Acquire) + 1)
-                    .saturating_sub(self.ring as u64)
-                    .max(seq + 1),
-            });
-        }
-        // The writer stored valid UTF-8 and the copy was validated whole, so these hold.
-        let sender_name = String::from_utf8_lossy(&name[..name_len]).into_owned();
-        let text = String::from_utf8(text)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Ok(Read::Event(Event {
-            seq,
-            sender,
-            target,
-            time_ms,
-            sender_name,
-            text,
-        }))
+        let _g = RoomGuard(lock);
+        ring.append(sender, target, sender_name, text, time_ms)
+    }
+
+    /// Worker `worker`'s inbox's latest sequence number.
+    pub fn inbox_last_seq(&self, worker: u32) -> Result<u64, RoomError> {
+        Ok(self
+            .inbox_ring(worker)?
+            .head
+            .last_seq
+            .load(Ordering::Acquire))
+    }
+
+    /// Copies event `seq` of worker `worker`'s inbox out of its ring, without locking.
+    pub fn inbox_read(&self, worker: u32, seq: u64) -> Result<Read, RoomError> {
+        Ok(self.inbox_ring(worker)?.read(seq))
     }
 
     /// Rooms with ids above `after_id`, ascending, at most `limit`.
@@ -565,6 +547,99 @@ impl<'s> Rooms<'s> {
             });
         }
         out
+    }
+}
+
+impl Ring<'_> {
+    fn event(&self, seq: u64) -> &RoomEvent {
+        &self.events[seq as usize & (self.events.len() - 1)]
+    }
+
+    /// Appends an event; the caller holds the ring's lock.
+    fn append(
+        &self,
+        sender: u32,
+        target: u32,
+        sender_name: &str,
+        text: &str,
+        time_ms: u64,
+    ) -> Result<u64, RoomError> {
+        if text.is_empty() || text.len() > TEXT_LEN_MAX {
+            return Err(RoomError::Invalid("text"));
+        }
+        if sender_name.len() > NAME_LEN_MAX {
+            return Err(RoomError::Invalid("sender name"));
+        }
+        let seq = self.head.last_seq.load(Ordering::Relaxed) + 1;
+        let e = self.event(seq);
+        e.seq.store(0, Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Release);
+        e.sender.store(sender, Ordering::Relaxed);
+        e.target.store(target, Ordering::Relaxed);
+        e.time_ms.store(time_ms, Ordering::Relaxed);
+        store_bytes(&e.sender_name, sender_name.as_bytes());
+        e.sender_len
+            .store(sender_name.len() as u32, Ordering::Relaxed);
+        store_bytes(&e.text, text.as_bytes());
+        e.text_len.store(text.len() as u32, Ordering::Relaxed);
+        e.seq.store(seq, Ordering::Release);
+        self.head.last_seq.store(seq, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// Copies event `seq` out, without locking.
+    fn read(&self, seq: u64) -> Read {
+        let ring = self.events.len() as u64;
+        let last = self.head.last_seq.load(Ordering::Acquire);
+        if seq == 0 || seq > last {
+            return Read::NotYet;
+        }
+        let oldest = (last + 1).saturating_sub(ring).max(1);
+        if seq < oldest {
+            return Read::Missed { oldest };
+        }
+        let lapped = || Read::Missed {
+            oldest: (self.head.last_seq.load(Ordering::Acquire) + 1)
+                .saturating_sub(ring)
+                .max(seq + 1),
+        };
+        let e = self.event(seq);
+        if e.seq.load(Ordering::Acquire) != seq {
+            return lapped();
+        }
+        let mut name = [0u8; NAME_LEN_MAX];
+        let name_len = load_bytes(
+            &e.sender_name,
+            e.sender_len.load(Ordering::Relaxed) as usize,
+            &mut name,
+        );
+        let mut text = vec![0u8; TEXT_LEN_MAX];
+        let text_len = load_bytes(
+            &e.text,
+            e.text_len.load(Ordering::Relaxed) as usize,
+            &mut text,
+        );
+        text.truncate(text_len);
+        let sender = e.sender.load(Ordering::Relaxed);
+        let target = e.target.load(Ordering::Relaxed);
+        let time_ms = e.time_ms.load(Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != seq {
+            // Overwritten while we copied: the ring lapped this reader.
+            return lapped();
+        }
+        // The writer stored valid UTF-8 and the copy was validated whole, so these hold.
+        let sender_name = String::from_utf8_lossy(&name[..name_len]).into_owned();
+        let text = String::from_utf8(text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Read::Event(Event {
+            seq,
+            sender,
+            target,
+            time_ms,
+            sender_name,
+            text,
+        })
     }
 }
 

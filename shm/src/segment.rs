@@ -197,6 +197,8 @@ pub struct Layout {
     pub(crate) room_index: usize,
     pub(crate) room_index_len: usize,
     pub(crate) events: usize,
+    pub(crate) inboxes: usize,
+    pub(crate) inbox_events: usize,
     /// Total bytes.
     pub size: usize,
 }
@@ -233,6 +235,9 @@ impl Layout {
         let room_index_len = (rooms * 2).next_power_of_two();
         let room_index = c.take::<AtomicU32>(room_index_len);
         let events = c.take::<RoomEvent>((rooms + 1) * caps.room_ring as usize);
+        // One inbox ring per worker slot (direct messages), sized like a room's.
+        let inboxes = c.take::<Room>(caps.workers as usize);
+        let inbox_events = c.take::<RoomEvent>(caps.workers as usize * caps.room_ring as usize);
         let size = c.0.next_multiple_of(4096);
         Layout {
             caps,
@@ -250,6 +255,8 @@ impl Layout {
             room_index,
             room_index_len,
             events,
+            inboxes,
+            inbox_events,
             size,
         }
     }
@@ -737,6 +744,10 @@ unsafe fn init(
         let rooms = base.add(layout.rooms) as *mut Room;
         for i in 0..=layout.caps.rooms as usize {
             RobustMutex::init(Room::lock_ptr(rooms.add(i))).map_err(ShmError::Lock)?;
+        }
+        let inboxes = base.add(layout.inboxes) as *mut Room;
+        for i in 0..layout.caps.workers as usize {
+            RobustMutex::init(Room::lock_ptr(inboxes.add(i))).map_err(ShmError::Lock)?;
         }
         let h = &*(base as *const Header);
         h.magic.store(MAGIC, Ordering::Relaxed);

@@ -250,6 +250,34 @@ fn the_ring_keeps_order_and_tells_a_late_reader_what_it_missed() {
 }
 
 #[test]
+fn worker_inboxes_are_rings_outside_the_room_id_space() {
+    let seg = create("inbox", small_caps(), LockMode::Account);
+    let rooms = Rooms::of(&seg);
+    for w in 0..small_caps().workers {
+        assert_eq!(rooms.inbox_last_seq(w), Ok(0));
+    }
+    assert_eq!(rooms.inbox_publish(1, 5, 9, "u5", "psst", 7), Ok(1));
+    assert_eq!(rooms.inbox_publish(1, 6, 9, "u6", "hey", 8), Ok(2));
+    match rooms.inbox_read(1, 1).expect("read") {
+        Read::Event(e) => assert_eq!(
+            (e.sender, e.target, e.text.as_str(), e.time_ms),
+            (5, 9, "psst", 7)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rooms.inbox_last_seq(0), Ok(0), "each worker has its own");
+    assert_eq!(rooms.count(), 0, "no room was created");
+    assert!(rooms.list(0, 10).is_empty());
+    let workers = small_caps().workers;
+    assert_eq!(
+        rooms.inbox_publish(workers, 5, 9, "u5", "x", 0),
+        Err(RoomError::NotFound)
+    );
+    // The first room a client creates is room 1.
+    assert_eq!(rooms.join("lobby", member(1)).expect("join").room_id, 1);
+}
+
+#[test]
 fn a_waiter_in_another_thread_wakes_on_notify() {
     let seg = create("wake", small_caps(), LockMode::Account);
     let seen = shm::wake::epoch(&seg).load(std::sync::atomic::Ordering::Acquire);

@@ -29,16 +29,10 @@ pub struct ChatLocal {
     pub cursors: HashMap<u32, u64>,
     /// The chat epoch when this worker last delivered.
     pub epoch_seen: u32,
-    /// This worker's inbox room (direct messages for users it serves) and how far it is read.
-    pub inbox: Option<(u32, u64)>,
+    /// How far this worker's inbox ring (direct messages for the users it serves) is read.
+    pub inbox_seq: u64,
     /// Logged-in users on this worker: user id → (connection key, connection id).
     pub users: HashMap<u32, (usize, u64)>,
-}
-
-/// The name of worker `w`'s inbox room. `~` is outside the name alphabet, so no client can
-/// join, list or send to it.
-pub fn inbox_name(worker: u16) -> String {
-    format!("~inbox-{worker}")
 }
 
 impl ChatLocal {

@@ -210,10 +210,11 @@ impl<'s> Core<'s> {
     ) -> anyhow::Result<Core<'s>> {
         let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
         let rooms = Rooms::of(seg);
-        let inbox_id = rooms
-            .lookup_or_create(&crate::chat::inbox_name(cfg.worker))
-            .map_err(|e| anyhow::anyhow!("creating the inbox room: {e}"))?;
-        let inbox_seq = rooms.last_seq(inbox_id).unwrap_or(0);
+        // A restarted worker's users are new connections: what its predecessor's inbox held
+        // was for sessions that ended with it.
+        let inbox_seq = rooms
+            .inbox_last_seq(u32::from(cfg.worker))
+            .map_err(|e| anyhow::anyhow!("worker {} has no inbox: {e}", cfg.worker))?;
         let metrics = shm::Metrics::of(seg)
             .worker(usize::from(cfg.worker))
             .ok_or_else(|| anyhow::anyhow!("no metrics block for worker {}", cfg.worker))?;
@@ -223,7 +224,7 @@ impl<'s> Core<'s> {
                 users: Users::of(seg),
                 rooms,
                 chat: ChatLocal {
-                    inbox: Some((inbox_id, inbox_seq)),
+                    inbox_seq,
                     ..ChatLocal::default()
                 },
                 wake_fds,
@@ -429,13 +430,12 @@ impl<'s> Core<'s> {
 
     /// Delivers the direct messages in this worker's inbox to their recipients here.
     fn deliver_inbox(&mut self, touched: &mut Vec<usize>, frame: &mut Vec<u8>) {
-        let Some((inbox, mut seq)) = self.ctx.chat.inbox else {
-            return;
-        };
-        let last = self.ctx.rooms.last_seq(inbox).unwrap_or(seq);
+        let inbox = u32::from(self.ctx.cfg.worker);
+        let mut seq = self.ctx.chat.inbox_seq;
+        let last = self.ctx.rooms.inbox_last_seq(inbox).unwrap_or(seq);
         while seq < last {
             seq += 1;
-            let event = match self.ctx.rooms.read(inbox, seq) {
+            let event = match self.ctx.rooms.inbox_read(inbox, seq) {
                 Ok(Read::Event(e)) => e,
                 Ok(Read::Missed { oldest }) => {
                     // The inbox ring lapped this worker: those messages are lost, and counted.
@@ -471,7 +471,7 @@ impl<'s> Core<'s> {
                 }
             }
         }
-        self.ctx.chat.inbox = Some((inbox, seq));
+        self.ctx.chat.inbox_seq = seq;
     }
 
     /// Copies one encoded push into the queue of every local member of `room` that joined
@@ -1082,12 +1082,15 @@ impl Ctx<'_> {
                     )
                 })?;
                 self.flood_check(st)?;
-                let inbox = self
-                    .rooms
-                    .lookup(&crate::chat::inbox_name(session.worker))
-                    .ok_or_else(|| (Status::ErrUserOffline, "recipient's worker is gone".into()))?;
                 self.rooms
-                    .publish_to(inbox, user, to, &st.name, d.text.as_str(), self.now_ms)
+                    .inbox_publish(
+                        u32::from(session.worker),
+                        user,
+                        to,
+                        &st.name,
+                        d.text.as_str(),
+                        self.now_ms,
+                    )
                     .map_err(|e| (e.status(), e.to_string()))?;
                 shm::wake::notify_all(self.seg, self.wake_fds);
                 Response::DirectSend(DirectSendResponse { to_user_id: to })
@@ -1111,16 +1114,6 @@ impl Ctx<'_> {
 
     /// ROOM_HISTORY: messages after `after_seq` still in the ring, within the body limit.
     fn history(&mut self, st: &mut ConnState, id: u64, q: &RoomHistoryRequest) -> Handled {
-        // Workers' inbox rooms (direct messages) are not rooms clients may read.
-        let hidden = q.room_id == 0
-            || self
-                .rooms
-                .list(q.room_id - 1, 1)
-                .first()
-                .is_some_and(|r| r.room_id == q.room_id && r.name.starts_with('~'));
-        if hidden {
-            return Err((Status::ErrNotFound, format!("no room {}", q.room_id)));
-        }
         let last_seq = self
             .rooms
             .last_seq(q.room_id)

@@ -201,14 +201,37 @@ fn direct_messages_reach_a_user_on_any_worker() {
         c.join_as("cat");
         c.call(&Request::Logout(Empty {}));
         assert_eq!(dm(&mut a, "cat", "x"), Status::ErrUserOffline);
-        // The inbox rooms that carry direct messages cannot be read as rooms.
-        for room_id in 1..=2 {
+        // Direct messages do not live in the room id space: no room exists yet, so every
+        // room id is unknown, to every request, alike.
+        for room_id in [0, 1, 2, 3] {
             let g = a.call(&Request::RoomHistory(RoomHistoryRequest {
                 room_id,
                 after_seq: 0,
                 limit: 10,
             }));
-            assert_eq!(g.status(), Status::ErrNotFound);
+            assert_eq!(g.status(), Status::ErrNotFound, "ROOM_HISTORY {room_id}");
+            let g = a.call(&Request::ChatSend(ChatSendRequest {
+                room_id,
+                text: Text::new("x").expect("text"),
+            }));
+            assert_eq!(g.status(), Status::ErrNotFound, "CHAT_SEND {room_id}");
+            let g = a.call(&Request::LeaveRoom(LeaveRoomRequest { room_id }));
+            assert_eq!(g.status(), Status::ErrNotFound, "LEAVE_ROOM {room_id}");
+        }
+        // The first room a client creates is room 1, and LIST_ROOMS shows it from the start,
+        // one at a time.
+        assert_eq!(join(&mut a, "lobby"), 1);
+        assert_eq!(join(&mut a, "pit"), 2);
+        for (after_id, want) in [(0, Some(1)), (1, Some(2)), (2, None)] {
+            let g = a.call(&Request::ListRooms(PageRequest { after_id, limit: 1 }));
+            match g.reply() {
+                Reply::Ok(Response::ListRooms(l)) => assert_eq!(
+                    l.rooms.items().first().map(|r| r.room_id),
+                    want,
+                    "LIST_ROOMS after {after_id} limit 1"
+                ),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }
