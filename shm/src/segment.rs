@@ -67,7 +67,7 @@ pub struct Capacities {
     /// Entries the transaction log ring holds; a power of two.
     pub txn_log: u32,
     /// Outcomes of ledger requests kept per user, by req_id: a retry whose req_id is within this
-    /// distance of the user's highest decided one gets its first answer.
+    /// distance of the user's highest decided one gets its first answer. A power of two.
     pub results_per_user: u32,
     /// Process slots: one per worker (and per test helper process).
     pub workers: u32,
@@ -111,7 +111,11 @@ impl Capacities {
                 });
             }
         }
-        for (name, v) in [("room_ring", self.room_ring), ("txn_log", self.txn_log)] {
+        for (name, v) in [
+            ("room_ring", self.room_ring),
+            ("txn_log", self.txn_log),
+            ("results_per_user", self.results_per_user),
+        ] {
             if !v.is_power_of_two() {
                 return Err(ShmError::BadCapacity {
                     name,

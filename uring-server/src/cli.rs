@@ -82,6 +82,7 @@ pub struct Args {
 
     /// Outcomes of ledger requests kept per user, by req_id: a retry whose req_id is within this
     /// distance of the user's highest decided one gets its first answer (PROTOCOL.md 8.4).
+    /// A power of two.
     #[arg(long, default_value_t = 32)]
     pub results_per_user: u32,
 
