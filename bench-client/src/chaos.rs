@@ -1,13 +1,16 @@
 //! `bench-client chaos`: ledger traffic from many users while requests are abandoned on purpose
-//! and, on the same machine, a random worker of the server is killed with SIGKILL every
-//! 0.5–2 s. At the end every account's BALANCE and TXN_HISTORY are read back **over the wire**
-//! and compared with a model the client kept: every acknowledged operation applied exactly once,
-//! nothing applied twice, nothing the client never sent.
+//! and, on the same machine, every 0.5–2 s a random worker of the server is either killed with
+//! SIGKILL or stalled (SIGSTOP for 200–500 ms, then SIGCONT). At the end every account's BALANCE
+//! and TXN_HISTORY are read back **over the wire** and compared with a model the client kept:
+//! every acknowledged operation applied exactly once, nothing applied twice, nothing the client
+//! never sent.
 //!
 //! How a request is abandoned: the client sends it, gives up on the connection without reading
 //! the answer, leaves that connection open, connects again (to whichever worker), logs in (which
 //! ends the old session) and retries with the same `req_id` until it gets an answer
-//! (PROTOCOL.md 8.4). The old worker may read the first copy before or after the retry.
+//! (PROTOCOL.md 8.4). It does so on purpose for a share of requests, and whenever an answer takes
+//! longer than its timeout (a stalled worker): then the stalled worker reads the first copy after
+//! the retry was answered and after many later requests, which is issue 10's sequence.
 //!
 //! The model: each account's balance when the run began plus the effect of every operation
 //! acknowledged `OK`; refusals change nothing. An operation whose outcome stayed unknown (retries
@@ -38,8 +41,10 @@ pub struct ChaosConfig {
     pub threads: usize,
     /// How long to run.
     pub duration: Duration,
-    /// Shortest and longest pause between kills.
+    /// Shortest and longest pause between faults (a kill or a stall).
     pub kill_every: (Duration, Duration),
+    /// How long the client waits for an answer before it gives up on the connection.
+    pub timeout: Duration,
     /// Accounts that receive transfers.
     pub hot_accounts: usize,
     /// Requests abandoned on purpose, per thousand.
@@ -53,6 +58,8 @@ pub struct ChaosConfig {
 pub struct ChaosReport {
     /// Workers killed.
     pub kills: u64,
+    /// Workers stalled (stopped, then continued).
+    pub stalls: u64,
     /// Audits run (after every kill and at the end).
     pub audits: u64,
     /// Audits that found a violation.
@@ -61,6 +68,10 @@ pub struct ChaosReport {
     pub acknowledged: u64,
     /// Requests abandoned on purpose and retried on a new connection.
     pub abandoned: u64,
+    /// Of those, requests left unread in a stalled worker while the user retried elsewhere and
+    /// went on with more requests than the server keeps outcomes for: copies the stalled worker
+    /// reads late.
+    pub late_copies: u64,
     /// Refusals by status (insufficient funds is normal here).
     pub refused: HashMap<&'static str, u64>,
     /// Operations whose retries gave up: their outcome is unknown.
@@ -93,7 +104,7 @@ impl ChaosReport {
             && self.retries_exhausted == 0
             && self.thread_panics == 0
             && self.reconciled > 0
-            && (!expect_kills || self.kills > 0)
+            && (!expect_kills || self.kills + self.stalls > 0)
     }
 
     fn note(&mut self, what: String) {
@@ -121,6 +132,7 @@ struct ThreadOutcome {
     acks: Vec<Ack>,
     refused: HashMap<&'static str, u64>,
     abandoned: u64,
+    late_copies: u64,
     exhausted: u64,
 }
 
@@ -143,7 +155,8 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         proto::scram::ClientSecret::derive(b"chaos", &salt, proto::scram::ITERATIONS_DEFAULT);
     let mut clients = Vec::new();
     for i in 0..cfg.connections {
-        let mut c = Client::connect(cfg.addr, Duration::from_secs(2))?;
+        let mut c = Client::connect(cfg.addr, cfg.timeout)?;
+        c.hello("bench-client chaos")?;
         let user = format!("k{}x{i}", cfg.seed % 1_000_000);
         match c.register_secret(&user, &salt, &secret) {
             Ok(_) | Err(ClientError::Refused(proto::Status::ErrAlreadyExists, _)) => {}
@@ -166,7 +179,10 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         .take(cfg.hot_accounts.max(2))
         .map(|c| c.user_id)
         .collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shared = std::sync::Arc::new(Shared {
+        stop: std::sync::atomic::AtomicBool::new(false),
+        stalled: std::sync::atomic::AtomicU32::new(0),
+    });
     let per = cfg.connections.div_ceil(cfg.threads.max(1));
     let mut groups: Vec<Vec<Client>> = Vec::new();
     while !clients.is_empty() {
@@ -182,10 +198,10 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         .into_iter()
         .enumerate()
         .map(|(t, group)| {
-            let (stop, hot) = (stop.clone(), hot.clone());
+            let (shared, hot) = (shared.clone(), hot.clone());
             let rng = cfg.seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             let abandon = cfg.abandon_per_mille;
-            std::thread::spawn(move || drive(group, &hot, &stop, rng, abandon, retry))
+            std::thread::spawn(move || drive(group, &hot, &shared, rng, abandon, retry))
         })
         .collect();
     let mut report = ChaosReport::default();
@@ -203,21 +219,30 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
             break;
         }
         let pids = worker_pids(seg);
-        if pids.is_empty() {
+        let Some(&(index, pid)) = pids.get((next(&mut rng) >> 11) as usize % pids.len().max(1))
+        else {
             continue;
-        }
-        let victim = pids[(next(&mut rng) >> 11) as usize % pids.len()];
-        if nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(victim as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .is_ok()
-        {
-            report.kills += 1;
+        };
+        let victim = nix::unistd::Pid::from_raw(pid as i32);
+        use nix::sys::signal::{kill, Signal};
+        use std::sync::atomic::Ordering::Relaxed;
+        if next(&mut rng) % 2 == 0 {
+            if kill(victim, Signal::SIGKILL).is_ok() {
+                report.kills += 1;
+            }
+        } else if kill(victim, Signal::SIGSTOP).is_ok() {
+            shared.stalled.store(index as u32 + 1, Relaxed);
+            std::thread::sleep(Duration::from_millis(200 + next(&mut rng) % 300));
+            shared.stalled.store(0, Relaxed);
+            // Continued whatever happened meanwhile: a stopped worker must never be left.
+            let _ = kill(victim, Signal::SIGCONT);
+            report.stalls += 1;
         }
         audit(seg, &mut report)?;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acks = Vec::new();
     let mut clients = Vec::new();
     for h in handles {
@@ -225,6 +250,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
             Ok((outcome, group)) => {
                 acks.extend(outcome.acks);
                 report.abandoned += outcome.abandoned;
+                report.late_copies += outcome.late_copies;
                 report.retries_exhausted += outcome.exhausted;
                 for (k, v) in outcome.refused {
                     *report.refused.entry(k).or_default() += v;
@@ -244,83 +270,137 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
     Ok(report)
 }
 
+/// What a thread shares with the fault injector.
+struct Shared {
+    stop: std::sync::atomic::AtomicBool,
+    /// The index of the worker stalled right now, plus one; 0 when none is.
+    stalled: std::sync::atomic::AtomicU32,
+}
+
+/// Operations a user sends at once after giving up on a stalled worker: more than the server
+/// keeps outcomes for (32 by default), so that when the worker resumes and reads the abandoned
+/// copy, only the high-water mark and the session fence stand between it and a second apply.
+pub const BURST_AFTER_STALL: usize = 40;
+
 /// One thread's loop: random ledger operations on its clients until told to stop.
 fn drive(
     mut group: Vec<Client>,
     hot: &[u32],
-    stop: &std::sync::atomic::AtomicBool,
+    shared: &Shared,
     mut rng: u64,
     abandon_per_mille: u32,
     retry: Retry,
 ) -> (ThreadOutcome, Vec<Client>) {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut out = ThreadOutcome::default();
     // Connections given up on but left open, so the server may still read them late; the
     // oldest are closed as new ones come.
     let mut left_open: VecDeque<TcpStream> = VecDeque::new();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !shared.stop.load(Relaxed) {
         for c in group.iter_mut() {
-            let me = c.user_id;
-            let amount = 1 + next(&mut rng) % 100;
-            let roll = next(&mut rng) % 100;
-            let (req, ack) = if roll < 60 {
-                let mut to = hot[(next(&mut rng) % hot.len() as u64) as usize];
-                if to == me {
-                    to = hot[(hot.iter().position(|&h| h == me).unwrap_or(0) + 1) % hot.len()];
-                }
-                let req = Request::Transfer(TransferRequest {
-                    to: Target::Id(to),
-                    amount,
-                });
-                (req, (TxnKind::Transfer, me, to))
-            } else if roll < 80 {
-                let req = Request::Deposit(AmountRequest { amount });
-                (req, (TxnKind::Deposit, 0, me))
-            } else {
-                let req = Request::Withdraw(AmountRequest { amount });
-                (req, (TxnKind::Withdraw, me, 0))
-            };
+            let stalled = shared.stalled.load(Relaxed);
+            let stalled_worker = stalled.checked_sub(1).map(|w| w as u16);
+            let on_stalled = stalled_worker.is_some() && c.worker == stalled_worker;
+            let abandon = on_stalled || (next(&mut rng) % 1000) < u64::from(abandon_per_mille);
+            let (req, ack) = pick(c.user_id, hot, &mut rng);
             let id = c.next_req_id();
-            if (next(&mut rng) % 1000) < u64::from(abandon_per_mille) {
-                // Give up on this connection with the request sent and unanswered.
+            if abandon {
+                // Give up on this connection with the request sent and unanswered (a stalled
+                // worker holds it unread), and go elsewhere: a connection that lands on the
+                // stalled worker again times out in HELLO and is tried again.
                 if c.send_with_id(id, &req).is_ok() {
                     out.abandoned += 1;
                 }
-                if let Ok(old) = c.reconnect_keeping_old() {
-                    left_open.push_back(old);
-                    if left_open.len() > 8 {
-                        left_open.pop_front();
+                for _ in 0..8 {
+                    if let Ok(old) = c.reconnect_keeping_old() {
+                        left_open.push_back(old);
+                        if left_open.len() > 8 {
+                            left_open.pop_front();
+                        }
+                        if !on_stalled || c.worker != stalled_worker {
+                            break;
+                        }
                     }
                 }
             }
-            match c.call_retrying_id(id, &req, retry) {
-                Ok(r) => match r.reply() {
-                    Ok(Reply::Ok(
-                        Response::Deposit(x) | Response::Withdraw(x) | Response::Transfer(x),
-                    )) => out.acks.push(Ack {
-                        txn_id: x.txn_id,
-                        kind: ack.0,
-                        from: ack.1,
-                        to: ack.2,
-                        amount,
-                    }),
-                    Ok(Reply::Err(st, _)) => *out.refused.entry(st.name()).or_default() += 1,
-                    _ => *out.refused.entry("unexpected reply").or_default() += 1,
-                },
-                Err(_) => out.exhausted += 1,
+            settle(c, id, &req, ack, retry, &mut out);
+            if on_stalled {
+                out.late_copies += 1;
+                for _ in 0..BURST_AFTER_STALL {
+                    let (req, ack) = pick(c.user_id, hot, &mut rng);
+                    let id = c.next_req_id();
+                    settle(c, id, &req, ack, retry, &mut out);
+                }
             }
         }
     }
     (out, group)
 }
 
-fn worker_pids(seg: &shm::Segment) -> Vec<u32> {
+/// What an acknowledgement of a request records: kind, debited, credited, amount.
+type AckShape = (TxnKind, u32, u32, u64);
+
+/// A random ledger request of user `me`, and what its acknowledgement would record.
+fn pick(me: u32, hot: &[u32], rng: &mut u64) -> (Request<'static>, AckShape) {
+    let amount = 1 + next(rng) % 100;
+    let roll = next(rng) % 100;
+    if roll < 60 {
+        let mut to = hot[(next(rng) % hot.len() as u64) as usize];
+        if to == me {
+            to = hot[(hot.iter().position(|&h| h == me).unwrap_or(0) + 1) % hot.len()];
+        }
+        let req = Request::Transfer(TransferRequest {
+            to: Target::Id(to),
+            amount,
+        });
+        (req, (TxnKind::Transfer, me, to, amount))
+    } else if roll < 80 {
+        let req = Request::Deposit(AmountRequest { amount });
+        (req, (TxnKind::Deposit, 0, me, amount))
+    } else {
+        let req = Request::Withdraw(AmountRequest { amount });
+        (req, (TxnKind::Withdraw, me, 0, amount))
+    }
+}
+
+/// Sends (or re-sends) request `id` until it is answered, and records the outcome.
+fn settle(
+    c: &mut Client,
+    id: u64,
+    req: &Request<'_>,
+    ack: AckShape,
+    retry: Retry,
+    out: &mut ThreadOutcome,
+) {
+    match c.call_retrying_id(id, req, retry) {
+        Ok(r) => match r.reply() {
+            Ok(Reply::Ok(Response::Deposit(x) | Response::Withdraw(x) | Response::Transfer(x))) => {
+                out.acks.push(Ack {
+                    txn_id: x.txn_id,
+                    kind: ack.0,
+                    from: ack.1,
+                    to: ack.2,
+                    amount: ack.3,
+                })
+            }
+            Ok(Reply::Err(st, _)) => *out.refused.entry(st.name()).or_default() += 1,
+            _ => *out.refused.entry("unexpected reply").or_default() += 1,
+        },
+        Err(_) => out.exhausted += 1,
+    }
+}
+
+/// (worker index, pid) of every running worker. A pid of 0 (a worker being restarted) or 1
+/// would signal a process group or init: left out.
+fn worker_pids(seg: &shm::Segment) -> Vec<(usize, u32)> {
     let workers = seg.caps().workers.saturating_sub(1) as usize;
     shm::Metrics::of(seg)
         .workers()
         .iter()
         .take(workers)
         .map(|w| w.pid.get() as u32)
-        .filter(|&p| p > 1)
+        .enumerate()
+        .filter(|&(_, p)| p > 1)
         .collect()
 }
 

@@ -363,6 +363,9 @@ impl Client {
         let old = std::mem::replace(&mut self.stream, Self::open(self.addr, self.timeout)?);
         self.decoder = FrameDecoder::new(BODY_LEN_LIMIT);
         self.pending.clear();
+        self.worker = None;
+        // HELLO first: which worker serves the new connection.
+        self.hello("bench-client")?;
         // Cloned, not taken: a login that fails here is tried again at the next reconnect.
         if let Some((user, secret)) = self.login.clone() {
             self.login_secret(&user, secret)?;

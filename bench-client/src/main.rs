@@ -29,7 +29,8 @@ enum Command {
     /// Chat and trade by hand: log in, join rooms, send, see pushes as they arrive, pay people.
     Chat(ChatArgs),
     /// Ledger traffic on a running server while requests are abandoned on purpose and (with
-    /// --server-name, same machine) a random worker is killed with SIGKILL every 0.5-2 s; then
+    /// --server-name, same machine) a random worker is killed (SIGKILL) or stalled (SIGSTOP for
+    /// 200-500 ms) every 0.5-2 s; then
     /// every account's BALANCE and TXN_HISTORY, read over the wire, are compared with the
     /// client's own model: every acknowledged operation exactly once, nothing else.
     Chaos(ChaosArgs),
@@ -51,6 +52,10 @@ struct ChaosArgs {
     /// thousand.
     #[arg(long, default_value_t = 20)]
     abandon_per_mille: u32,
+    /// How long a client waits for an answer before it gives up on the connection and retries
+    /// on a new one, ms.
+    #[arg(long, default_value_t = 250)]
+    timeout_ms: u64,
     /// Connections.
     #[arg(long, default_value_t = 200)]
     connections: usize,
@@ -320,6 +325,7 @@ fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
             Duration::from_millis(a.kill_max_ms),
         ),
         hot_accounts: 8,
+        timeout: Duration::from_millis(a.timeout_ms),
         abandon_per_mille: a.abandon_per_mille,
         seed: a.seed,
     };
@@ -336,12 +342,12 @@ fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     );
     let r = bench_client::chaos::run(&cfg)?;
     println!(
-        "workers killed {}; audits {} ({} failed)",
-        r.kills, r.audits, r.audit_failures
+        "workers killed {}, stalled {}; audits {} ({} failed)",
+        r.kills, r.stalls, r.audits, r.audit_failures
     );
     println!(
-        "operations acknowledged {}; abandoned and retried elsewhere {}; gave up after retries {}; client threads panicked {}",
-        r.acknowledged, r.abandoned, r.retries_exhausted, r.thread_panics
+        "operations acknowledged {}; abandoned and retried elsewhere {} (of them left unread in a stalled worker, then {} more requests: {}); gave up after retries {}; client threads panicked {}",
+        r.acknowledged, r.abandoned, bench_client::chaos::BURST_AFTER_STALL, r.late_copies, r.retries_exhausted, r.thread_panics
     );
     let mut refused: Vec<_> = r.refused.iter().collect();
     refused.sort();
