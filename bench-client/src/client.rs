@@ -287,7 +287,8 @@ impl Client {
     }
 
     /// Sends `req`, and on a timeout, a lost connection, or an answer that says it was not
-    /// executed yet (`ERR_SERVER_BUSY`, `ERR_TIMEOUT`) reconnects, logs in again and resends it
+    /// executed (`ERR_SERVER_BUSY`, `ERR_TIMEOUT`, `ERR_UNAUTHORIZED` or
+    /// `ERR_SESSION_SUPERSEDED` after a login) reconnects, logs in again and resends it
     /// with the same `req_id`, backing off exponentially with jitter: PROTOCOL.md 8.4's rule 2.
     /// The server answers a repeated ledger request with its first outcome, so it is executed
     /// once. One request at a time, so rule 3 holds.
@@ -311,12 +312,15 @@ impl Client {
         let mut backoff = retry.backoff;
         let mut attempt = 1;
         loop {
-            // Answers that say the request was not executed: busy, timed out, or this connection
-            // is not logged in (its re-login after a reconnect failed).
+            // Answers that say the request was not executed: busy, timed out, this connection
+            // is not logged in (its re-login after a reconnect failed), or its session was taken
+            // by a newer login (one of this client's own, given up on and completed late by a
+            // slow worker): log in again and resend.
             let logged_in = self.login.is_some();
             let not_executed = |st: Status| {
                 matches!(st, Status::ErrServerBusy | Status::ErrTimeout)
-                    || (st == Status::ErrUnauthorized && logged_in)
+                    || (logged_in
+                        && matches!(st, Status::ErrUnauthorized | Status::ErrSessionSuperseded))
             };
             let result = match self.call_with_id(id, req) {
                 Ok(r) if not_executed(r.status()) => {
@@ -330,7 +334,10 @@ impl Client {
                     e @ (ClientError::Io(_)
                     | ClientError::Closed
                     | ClientError::Refused(
-                        Status::ErrServerBusy | Status::ErrTimeout | Status::ErrUnauthorized,
+                        Status::ErrServerBusy
+                        | Status::ErrTimeout
+                        | Status::ErrUnauthorized
+                        | Status::ErrSessionSuperseded,
                         _,
                     )),
                 ) => {
