@@ -38,6 +38,9 @@ pub fn run(addr: SocketAddr, user: &str, password: &str, register: bool) -> anyh
         "logged in as {user} (id {id}) on worker {}; {HELP}",
         hello.worker_id
     );
+    // Go on counting above the user's high-water mark (PROTOCOL.md 8.4): a second session of
+    // the same user must not reuse the first one's req_ids.
+    let mut req_id = c.last_req_id();
     let stream = c.into_stream();
     stream.set_read_timeout(None)?;
     let reader_stream = stream.try_clone()?;
@@ -57,7 +60,6 @@ pub fn run(addr: SocketAddr, user: &str, password: &str, register: bool) -> anyh
             return;
         }
     });
-    let mut req_id = 1u64;
     let mut last_room: Option<String> = None;
     for line in std::io::stdin().lock().lines() {
         let line = line?;

@@ -332,3 +332,59 @@ fn chaos_in_brief_kills_workers_abandons_requests_and_the_wire_shows_each_ack_ex
     assert_eq!(r.thread_panics, 0);
     assert!(r.ok(true));
 }
+
+/// Runs `bench-client chat` as a person would: types `lines` one at a time, each after the
+/// previous one's answer (a line starting with `*` or `!`) arrived; returns what it printed.
+fn chat_session(server: &Server, user: &str, lines: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["chat", "--port", &server.addr.port().to_string()])
+        .args(["--user", user, "--password", "pw", "--register"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bench-client chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
+    let wait_for = |want: &dyn Fn(&str) -> bool, printed: &mut String| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("bench-client chat answered");
+        printed.push_str(&line);
+        printed.push('\n');
+        if want(&line) {
+            return;
+        }
+    };
+    wait_for(&|l| l.starts_with("logged in"), &mut printed);
+    for line in lines {
+        writeln!(stdin, "{line}").expect("type");
+        wait_for(&|l| l.starts_with('*') || l.starts_with('!'), &mut printed);
+    }
+    writeln!(stdin, "/quit").expect("type");
+    drop(stdin);
+    assert!(child.wait().expect("exit").success());
+    printed
+}
+
+#[test]
+fn a_person_who_logs_in_again_can_still_deposit() {
+    let server = Server::start(&[]);
+    let first = chat_session(&server, "carol", &["/deposit 100"]);
+    assert!(first.contains("* done (txn"), "{first}");
+    // A second session of the same user: its req_ids continue above the first one's, so its
+    // deposit is applied, not refused as stale.
+    let second = chat_session(&server, "carol", &["/deposit 50", "/balance"]);
+    assert!(second.contains("* done (txn"), "{second}");
+    assert!(second.contains("* balance 150"), "{second}");
+}

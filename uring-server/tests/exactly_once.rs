@@ -72,8 +72,14 @@ fn wait_restarted(server: &Server, index: usize, old: u32) {
 /// it reads R, never read: the connection gets LOGGED_IN_ELSEWHERE and closes.
 #[test]
 fn a_late_copy_on_a_superseded_session_is_never_applied_after_its_retry_was_answered() {
-    for backend in BACKENDS {
-        let server = Server::start("late", &["-w", "2", "--io", backend]);
+    for (backend, lock_mode) in BACKENDS
+        .into_iter()
+        .flat_map(|b| [(b, "account"), (b, "global")])
+    {
+        let server = Server::start(
+            "late",
+            &["-w", "2", "--io", backend, "--lock-mode", lock_mode],
+        );
         let pids = server.worker_pids();
         let mut a = client_on(&server, 0);
         a.join_as("late");
@@ -113,7 +119,7 @@ fn a_late_copy_on_a_superseded_session_is_never_applied_after_its_retry_was_answ
             "{backend}: A is told LOGGED_IN_ELSEWHERE"
         );
         eprintln!(
-            "{backend}: late copy {}",
+            "{backend}, {lock_mode} locks: late copy {}",
             if answers.is_empty() {
                 "dropped by the sweep's kick"
             } else {
