@@ -71,11 +71,19 @@ impl Server {
             "unexpected first line {line:?}"
         );
         let addr: SocketAddr = words[2].parse().expect("address");
+        let backend = words[4].to_string();
+        // A test that asks for a backend runs on it: no silent fallback to the other one.
+        let asked = extra.windows(2).find(|w| w[0] == "--io").map(|w| w[1]);
+        match asked {
+            Some("uring") => assert_eq!(backend, "io_uring", "asked for io_uring: {line}"),
+            Some("epoll") => assert_eq!(backend, "epoll", "asked for epoll: {line}"),
+            _ => {}
+        }
         Server {
             child,
             addr,
             name,
-            backend: words[4].to_string(),
+            backend,
         }
     }
 
