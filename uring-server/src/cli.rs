@@ -86,8 +86,9 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     pub results_per_user: u32,
 
-    /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same.
-    #[arg(long, default_value = "ns")]
+    /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same,
+    /// given before or after the tool's name (`uring-server stats --name X`).
+    #[arg(long, default_value = "ns", global = true)]
     pub name: String,
 
     /// A tool to run against a running server instead of starting one.

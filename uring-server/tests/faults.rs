@@ -238,6 +238,10 @@ fn kill_9_of_the_master_takes_the_workers_and_the_next_start_replaces_the_segmen
     assert_eq!(c.ledger(&deposit(5)).map(|r| r.0), Ok(5));
     let log = next.stop_and_stderr();
     assert!(log.contains("stale"), "the replacement is logged: {log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log that goes to a pipe: {log:?}"
+    );
 }
 
 fn zombie(pid: u32) -> bool {

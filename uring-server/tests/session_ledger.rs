@@ -145,6 +145,13 @@ fn the_whole_session_and_ledger_flow() {
         let (code, out) = server.tool(&["stats"]);
         assert_eq!(code, 0);
         assert!(out.contains("TRANSFER"), "{out}");
+        // `--name` also works after the tool's name, as people type it.
+        let after = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
+            .args(["stats", "--name", &server.name])
+            .output()
+            .expect("run stats");
+        assert!(after.status.success(), "stats --name after the tool");
+        assert!(String::from_utf8_lossy(&after.stdout).contains("TRANSFER"));
         let (code, prom) = server.tool(&["stats", "--format", "prometheus"]);
         assert_eq!(code, 0);
         assert!(prom.contains("ns_requests_total{worker="), "{prom}");
