@@ -21,6 +21,8 @@
 //! consistent. A process that claims a slot first finishes that slot's intent. So a lock is
 //! never held forever, no transfer is half applied, and nothing acknowledged is lost.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,7 @@ use crate::users::{SessionId, Users};
 /// One account. Its id is its index; index 0 is unused.
 #[repr(C, align(128))]
 pub(crate) struct Account {
-    lock: RobustMutex,
+    pub(crate) lock: RobustMutex,
     /// 1 once the user that owns it is registered.
     pub(crate) exists: AtomicU32,
     /// The slot holding `lock`, plus one; 0 when free.
@@ -45,18 +47,6 @@ pub(crate) struct Account {
     /// The highest req_id of a ledger request this user sent that was decided (applied, or
     /// refused under the lock). A copy with a req_id at or below it is never applied again.
     req_id_hw: AtomicU64,
-}
-
-impl Account {
-    /// The lock's address, for initialisation.
-    ///
-    /// # Safety
-    ///
-    /// `this` must point to an `Account`-sized, aligned region.
-    pub(crate) unsafe fn lock_ptr(this: *mut Account) -> *mut RobustMutex {
-        // SAFETY: per the contract; no reference is created.
-        unsafe { core::ptr::addr_of_mut!((*this).lock) }
-    }
 }
 
 /// The decided outcome of one (user, req_id): applied, or refused by a rule checked under the
@@ -294,20 +284,15 @@ pub(crate) struct Tables<'s> {
 
 impl<'s> Tables<'s> {
     pub(crate) fn of(seg: &'s Segment) -> Tables<'s> {
-        let l = seg.layout();
-        let users = l.caps.users as usize + 1;
-        // SAFETY: each call names one of the layout's tables with its type and length.
-        unsafe {
-            Tables {
-                globals: seg.globals(),
-                accounts: seg.table::<Account>(l.accounts, users),
-                results: seg
-                    .table::<ResultEntry>(l.results, users * l.caps.results_per_user as usize),
-                log: seg.table::<LogEntry>(l.log, l.caps.txn_log as usize),
-                slots: seg.table::<Slot>(l.slots, l.caps.workers as usize),
-                results_per_user: l.caps.results_per_user as usize,
-                mode: seg.lock_mode(),
-            }
+        let caps = seg.caps();
+        Tables {
+            globals: seg.globals(),
+            accounts: seg.accounts(),
+            results: seg.results(),
+            log: seg.log(),
+            slots: seg.slots(),
+            results_per_user: caps.results_per_user as usize,
+            mode: seg.lock_mode(),
         }
     }
 

@@ -6,9 +6,10 @@
 //! or frames beyond the status codes its errors map to. Every table is fixed-size at creation:
 //! nothing allocates in shared memory afterwards, and a full table is an error, never a panic.
 //!
-//! `unsafe` lives in [`segment`] (mapping and typed views of the tables), [`lock`] (pthreads) and
-//! [`wake`] (futex); everything else works through the safe views they hand out, whose fields are
-//! all atomics or locks.
+//! `unsafe` lives in [`segment`] (the mapping, and one safe typed accessor per table: the only
+//! place that turns offsets into slices), [`lock`] (pthreads) and [`wake`] (futex); everything
+//! else works through the safe views they hand out, whose fields are all atomics or locks. The
+//! other modules carry `#![forbid(unsafe_code)]`.
 
 #![warn(missing_docs)]
 

@@ -2,6 +2,8 @@
 //! lines, with plain relaxed load+store (one writer, so no read-modify-write is needed);
 //! readers sum the blocks at any time without stopping anyone.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use proto::{Opcode, Status};
@@ -111,10 +113,8 @@ impl core::fmt::Debug for Metrics<'_> {
 impl<'s> Metrics<'s> {
     /// The metrics of `seg` (read-only segments included).
     pub fn of(seg: &'s Segment) -> Metrics<'s> {
-        let l = seg.layout();
-        // SAFETY: the layout's metrics table of `workers` entries.
         Metrics {
-            workers: unsafe { seg.table::<WorkerMetrics>(l.metrics, l.caps.workers as usize) },
+            workers: seg.metrics_blocks(),
         }
     }
 

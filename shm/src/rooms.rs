@@ -10,6 +10,8 @@
 //! then check its `seq` again; if it changed, the ring lapped them and they learn how many
 //! events they missed.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use proto::body::TEXT_LEN_MAX;
@@ -22,23 +24,11 @@ use crate::words::{eq_bytes, index_find, index_insert, load_bytes, store_bytes};
 /// One room. Index 0 is unused.
 #[repr(C, align(128))]
 pub(crate) struct Room {
-    lock: RobustMutex,
+    pub(crate) lock: RobustMutex,
     name_len: AtomicU32,
     member_count: AtomicU32,
     name: [AtomicU64; NAME_LEN_MAX / 8],
     last_seq: AtomicU64,
-}
-
-impl Room {
-    /// The lock's address, for initialisation.
-    ///
-    /// # Safety
-    ///
-    /// `this` must point to a `Room`-sized, aligned region.
-    pub(crate) unsafe fn lock_ptr(this: *mut Room) -> *mut RobustMutex {
-        // SAFETY: per the contract; no reference is created.
-        unsafe { core::ptr::addr_of_mut!((*this).lock) }
-    }
 }
 
 /// One member of a room: a user on a worker's connection. `user` 0 marks a free entry.
@@ -225,24 +215,17 @@ impl Drop for RoomGuard<'_> {
 impl<'s> Rooms<'s> {
     /// The rooms tables of `seg`.
     pub fn of(seg: &'s Segment) -> Rooms<'s> {
-        let l = seg.layout();
-        let n = l.caps.rooms as usize + 1;
-        let mpr = l.caps.members_per_room as usize;
-        let ring = l.caps.room_ring as usize;
-        // SAFETY: each call names one of the layout's tables with its type and length.
-        unsafe {
-            Rooms {
-                globals: seg.globals(),
-                rooms: seg.table::<Room>(l.rooms, n),
-                members: seg.table::<Member>(l.members, n * mpr),
-                index: seg.table::<AtomicU32>(l.room_index, l.room_index_len),
-                events: seg.table::<RoomEvent>(l.events, n * ring),
-                inboxes: seg.table::<Room>(l.inboxes, l.caps.workers as usize),
-                inbox_events: seg
-                    .table::<RoomEvent>(l.inbox_events, l.caps.workers as usize * ring),
-                members_per_room: mpr,
-                ring,
-            }
+        let caps = seg.caps();
+        Rooms {
+            globals: seg.globals(),
+            rooms: seg.room_table(),
+            members: seg.members(),
+            index: seg.room_index(),
+            events: seg.room_events(),
+            inboxes: seg.inboxes(),
+            inbox_events: seg.inbox_events(),
+            members_per_room: caps.members_per_room as usize,
+            ring: caps.room_ring as usize,
         }
     }
 

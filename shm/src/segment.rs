@@ -623,11 +623,97 @@ impl Segment {
     /// `offset` and `len` must be one of the layout's tables of `T`: inside the mapping,
     /// aligned for `T`, and initialised (every `T` here is valid when zeroed, or initialised by
     /// `init` before the segment was published).
-    pub(crate) unsafe fn table<T>(&self, offset: usize, len: usize) -> &[T] {
+    unsafe fn table<T>(&self, offset: usize, len: usize) -> &[T] {
         debug_assert!(offset + len * core::mem::size_of::<T>() <= self.layout.size);
         debug_assert_eq!(offset % core::mem::align_of::<T>(), 0);
         // SAFETY: per the caller's contract; the slice borrows `self`, which owns the mapping.
         unsafe { core::slice::from_raw_parts(self.base().add(offset) as *const T, len) }
+    }
+
+    /// The tables, each a safe typed view: the only place that turns offsets into slices.
+    /// Every one is a table the layout placed for exactly that type and length, inside the
+    /// mapping and aligned, whose every field is an atomic or a lock (valid when zeroed, locks
+    /// initialised by `init` before the segment was published).
+    pub(crate) fn accounts(&self) -> &[Account] {
+        let l = &self.layout;
+        // SAFETY: the layout's account table: users + 1 entries of `Account` (see above).
+        unsafe { self.table(l.accounts, l.caps.users as usize + 1) }
+    }
+
+    pub(crate) fn results(&self) -> &[ResultEntry] {
+        let l = &self.layout;
+        let n = (l.caps.users as usize + 1) * l.caps.results_per_user as usize;
+        // SAFETY: the layout's outcome table: (users + 1) × results_per_user `ResultEntry`s.
+        unsafe { self.table(l.results, n) }
+    }
+
+    pub(crate) fn log(&self) -> &[LogEntry] {
+        let l = &self.layout;
+        // SAFETY: the layout's transaction ring: txn_log `LogEntry`s.
+        unsafe { self.table(l.log, l.caps.txn_log as usize) }
+    }
+
+    pub(crate) fn slots(&self) -> &[Slot] {
+        let l = &self.layout;
+        // SAFETY: the layout's slot table: one `Slot` per worker slot.
+        unsafe { self.table(l.slots, l.caps.workers as usize) }
+    }
+
+    pub(crate) fn metrics_blocks(&self) -> &[WorkerMetrics] {
+        let l = &self.layout;
+        // SAFETY: the layout's metrics table: one `WorkerMetrics` per worker slot.
+        unsafe { self.table(l.metrics, l.caps.workers as usize) }
+    }
+
+    pub(crate) fn user_records(&self) -> &[UserRecord] {
+        let l = &self.layout;
+        // SAFETY: the layout's user table: users + 1 `UserRecord`s.
+        unsafe { self.table(l.users, l.caps.users as usize + 1) }
+    }
+
+    pub(crate) fn user_index(&self) -> &[AtomicU32] {
+        let l = &self.layout;
+        // SAFETY: the layout's user name index: user_index_len `AtomicU32`s.
+        unsafe { self.table(l.user_index, l.user_index_len) }
+    }
+
+    pub(crate) fn room_table(&self) -> &[Room] {
+        let l = &self.layout;
+        // SAFETY: the layout's room table: rooms + 1 `Room`s.
+        unsafe { self.table(l.rooms, l.caps.rooms as usize + 1) }
+    }
+
+    pub(crate) fn members(&self) -> &[Member] {
+        let l = &self.layout;
+        let n = (l.caps.rooms as usize + 1) * l.caps.members_per_room as usize;
+        // SAFETY: the layout's member table: (rooms + 1) × members_per_room `Member`s.
+        unsafe { self.table(l.members, n) }
+    }
+
+    pub(crate) fn room_index(&self) -> &[AtomicU32] {
+        let l = &self.layout;
+        // SAFETY: the layout's room name index: room_index_len `AtomicU32`s.
+        unsafe { self.table(l.room_index, l.room_index_len) }
+    }
+
+    pub(crate) fn room_events(&self) -> &[RoomEvent] {
+        let l = &self.layout;
+        let n = (l.caps.rooms as usize + 1) * l.caps.room_ring as usize;
+        // SAFETY: the layout's room rings: (rooms + 1) × room_ring `RoomEvent`s.
+        unsafe { self.table(l.events, n) }
+    }
+
+    pub(crate) fn inboxes(&self) -> &[Room] {
+        let l = &self.layout;
+        // SAFETY: the layout's inbox heads: one `Room` per worker slot.
+        unsafe { self.table(l.inboxes, l.caps.workers as usize) }
+    }
+
+    pub(crate) fn inbox_events(&self) -> &[RoomEvent] {
+        let l = &self.layout;
+        let n = l.caps.workers as usize * l.caps.room_ring as usize;
+        // SAFETY: the layout's inbox rings: workers × room_ring `RoomEvent`s.
+        unsafe { self.table(l.inbox_events, n) }
     }
 
     /// The global words.
@@ -743,15 +829,18 @@ unsafe fn init(
         }
         let accounts = base.add(layout.accounts) as *mut Account;
         for i in 0..=layout.caps.users as usize {
-            RobustMutex::init(Account::lock_ptr(accounts.add(i))).map_err(ShmError::Lock)?;
+            RobustMutex::init(core::ptr::addr_of_mut!((*accounts.add(i)).lock))
+                .map_err(ShmError::Lock)?;
         }
         let rooms = base.add(layout.rooms) as *mut Room;
         for i in 0..=layout.caps.rooms as usize {
-            RobustMutex::init(Room::lock_ptr(rooms.add(i))).map_err(ShmError::Lock)?;
+            RobustMutex::init(core::ptr::addr_of_mut!((*rooms.add(i)).lock))
+                .map_err(ShmError::Lock)?;
         }
         let inboxes = base.add(layout.inboxes) as *mut Room;
         for i in 0..layout.caps.workers as usize {
-            RobustMutex::init(Room::lock_ptr(inboxes.add(i))).map_err(ShmError::Lock)?;
+            RobustMutex::init(core::ptr::addr_of_mut!((*inboxes.add(i)).lock))
+                .map_err(ShmError::Lock)?;
         }
         let h = &*(base as *const Header);
         h.magic.store(MAGIC, Ordering::Relaxed);

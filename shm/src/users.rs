@@ -5,6 +5,8 @@
 //! registration killed halfway is either invisible or, if it reached the index, finished by the
 //! next registrant's repair.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use proto::codec::NAME_LEN_MAX;
@@ -150,16 +152,11 @@ impl core::fmt::Debug for Users<'_> {
 impl<'s> Users<'s> {
     /// The users tables of `seg`.
     pub fn of(seg: &'s Segment) -> Users<'s> {
-        let l = seg.layout();
-        let n = l.caps.users as usize + 1;
-        // SAFETY: each call names one of the layout's tables with its type and length.
-        unsafe {
-            Users {
-                globals: seg.globals(),
-                records: seg.table::<UserRecord>(l.users, n),
-                index: seg.table::<AtomicU32>(l.user_index, l.user_index_len),
-                accounts: seg.table::<Account>(l.accounts, n),
-            }
+        Users {
+            globals: seg.globals(),
+            records: seg.user_records(),
+            index: seg.user_index(),
+            accounts: seg.accounts(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! races a writer on plain memory. Writers hold the owning table's lock or are publishing a
 //! record nobody can reach yet; readers that may race a writer validate with a sequence word.
 
+#![forbid(unsafe_code)]
+
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Stores `bytes` into `words` (which must hold them), zero-padding the last word.
