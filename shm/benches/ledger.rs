@@ -32,7 +32,7 @@ fn setup(mode: LockMode, tag: &str) -> Segment {
     let users = Users::of(&seg);
     let creds = Credentials {
         salt: vec![1; 16],
-        iterations: proto::scram::ITERATIONS_MIN,
+        iterations: shm::limits::ITERATIONS_MIN,
         stored_key: [0; 32],
         server_key: [0; 32],
     };

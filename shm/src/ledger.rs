@@ -26,9 +26,6 @@
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use proto::body::TxnKind;
-use proto::Status;
-
 use crate::lock::{LockError, Locked, RobustMutex};
 use crate::segment::{process_alive, wall_ms, Globals, LockMode, Segment, ShmError};
 use crate::users::{SessionId, Users};
@@ -167,23 +164,6 @@ pub enum LedgerError {
     Lock(LockError),
 }
 
-impl LedgerError {
-    /// The status a server answers with.
-    pub fn status(&self) -> Status {
-        match self {
-            LedgerError::UnknownAccount(_) => Status::ErrNotFound,
-            LedgerError::InvalidAmount => Status::ErrInvalidAmount,
-            LedgerError::InsufficientFunds { .. } => Status::ErrInsufficientFunds,
-            LedgerError::Overflow => Status::ErrOverflow,
-            LedgerError::SelfTransfer | LedgerError::ReqIdReused => Status::ErrInvalidArgument,
-            LedgerError::Stale { .. } => Status::ErrStaleRequest,
-            LedgerError::SessionSuperseded => Status::ErrSessionSuperseded,
-            LedgerError::Lock(LockError::TimedOut) => Status::ErrTimeout,
-            LedgerError::Lock(_) => Status::ErrInternal,
-        }
-    }
-}
-
 impl core::fmt::Display for LedgerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -255,6 +235,17 @@ pub struct TxnRecord {
     pub to_balance: u64,
     /// When it was applied.
     pub time_ms: u64,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxnKind {
+    /// Money in from outside the ledger.
+    Deposit = 1,
+    /// Money out of the ledger.
+    Withdraw = 2,
+    /// Money from one account to another.
+    Transfer = 3,
 }
 
 fn kind_code(k: TxnKind) -> u32 {
@@ -777,17 +768,13 @@ impl<'s> Ledger<'s> {
         }
         let _held = self.lock_accounts(user, user)?;
         self.check_session(caller)?;
-        let opcode = match kind {
-            TxnKind::Withdraw => proto::Opcode::Withdraw,
-            _ => proto::Opcode::Deposit,
-        };
-        let op = u32::from(opcode.as_u16());
+        let op = kind_code(kind);
         if let Some(done) = self.decided(user, req_id, op, 0, amount) {
             return done;
         }
         let balance = acct.balance.load(Ordering::Relaxed);
         // A deposit credits `user` from outside (from 0); a withdrawal debits it (to 0).
-        let (from, to, from_new, to_new) = if opcode == proto::Opcode::Withdraw {
+        let (from, to, from_new, to_new) = if kind == TxnKind::Withdraw {
             let Some(new) = balance.checked_sub(amount) else {
                 let e = LedgerError::InsufficientFunds { balance };
                 return Err(self.refuse(user, req_id, op, 0, amount, e));
@@ -826,7 +813,7 @@ impl<'s> Ledger<'s> {
         let dst = self.t.account(to).ok();
         let _held = self.lock_accounts(from, if dst.is_some() { to } else { from })?;
         self.check_session(caller)?;
-        let op = u32::from(proto::Opcode::Transfer.as_u16());
+        let op = kind_code(TxnKind::Transfer);
         if let Some(done) = self.decided(from, req_id, op, to, amount) {
             return done;
         }

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod ledger;
+pub mod limits;
 pub mod lock;
 pub mod metrics;
 pub mod rooms;

@@ -6,16 +6,13 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use proto::{Opcode, Status};
-
 use crate::segment::Segment;
 
-/// Number of opcode counters: one per opcode `proto` defines.
-pub const OPCODES: usize = 22;
-/// Number of status counters: one per status `proto` defines.
-pub const STATUSES: usize = 24;
-
-const _: () = assert!(Opcode::ALL.len() == OPCODES && Status::ALL.len() == STATUSES);
+/// Request counters per worker, one per opcode the server knows (it assigns the indexes and
+/// asserts at compile time that its opcodes fit).
+pub const OPCODES: usize = 32;
+/// Response counters per worker, indexed by status number (the server asserts its statuses fit).
+pub const STATUSES: usize = 32;
 
 /// A counter only its worker writes.
 #[repr(transparent)]
@@ -71,7 +68,7 @@ pub struct WorkerMetrics {
     pub conns_closed: Counter,
     /// Connections refused over the limit.
     pub conns_refused: Counter,
-    /// Requests by opcode, indexed by [`opcode_index`].
+    /// Requests by opcode, indexed by the server's dense opcode index.
     pub requests: [Counter; OPCODES],
     /// Responses by status, indexed by the status number.
     pub statuses: [Counter; STATUSES],
@@ -89,11 +86,6 @@ pub struct WorkerMetrics {
     pub slow_consumer_disconnects: Counter,
     /// Connections closed for idleness.
     pub idle_timeouts: Counter,
-}
-
-/// The dense index of an opcode's counter.
-pub fn opcode_index(op: Opcode) -> usize {
-    Opcode::ALL.iter().position(|&o| o == op).unwrap_or(0)
 }
 
 /// The metrics tables of a segment.

@@ -14,8 +14,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use proto::body::TEXT_LEN_MAX;
-use proto::codec::NAME_LEN_MAX;
+use crate::limits::{NAME_LEN_MAX, TEXT_LEN_MAX};
 
 use crate::lock::{LockError, Locked, RobustMutex};
 use crate::segment::{Globals, Segment, ShmError};
@@ -136,19 +135,6 @@ pub enum RoomError {
     Invalid(&'static str),
     /// A lock failed.
     Lock(LockError),
-}
-
-impl RoomError {
-    /// The status a server answers with.
-    pub fn status(&self) -> proto::Status {
-        match self {
-            RoomError::NotFound => proto::Status::ErrNotFound,
-            RoomError::NotMember => proto::Status::ErrNotMember,
-            RoomError::Full => proto::Status::ErrCapacity,
-            RoomError::Invalid(_) => proto::Status::ErrInvalidArgument,
-            RoomError::Lock(_) => proto::Status::ErrInternal,
-        }
-    }
 }
 
 impl core::fmt::Display for RoomError {

@@ -9,15 +9,12 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use proto::codec::NAME_LEN_MAX;
-use proto::scram::{ITERATIONS_MAX, ITERATIONS_MIN};
+use crate::limits::{ITERATIONS_MAX, ITERATIONS_MIN, NAME_LEN_MAX, SALT_LEN_MAX, SALT_LEN_MIN};
 
 use crate::ledger::Account;
 use crate::lock::{LockError, Locked};
 use crate::segment::{Globals, Segment, ShmError};
 use crate::words::{eq_bytes, index_find, index_insert, load_bytes, store_bytes};
-
-const SALT_LEN_MAX: usize = proto::body::SALT_LEN_MAX;
 
 /// One user. Index 0 is unused.
 #[repr(C, align(64))]
@@ -97,19 +94,6 @@ pub enum UserError {
     NotFound,
     /// A lock failed.
     Lock(LockError),
-}
-
-impl UserError {
-    /// The status a server answers with.
-    pub fn status(&self) -> proto::Status {
-        match self {
-            UserError::AlreadyExists => proto::Status::ErrAlreadyExists,
-            UserError::Full => proto::Status::ErrCapacity,
-            UserError::Invalid(_) => proto::Status::ErrInvalidArgument,
-            UserError::NotFound => proto::Status::ErrNotFound,
-            UserError::Lock(_) => proto::Status::ErrInternal,
-        }
-    }
 }
 
 impl core::fmt::Display for UserError {
@@ -194,7 +178,7 @@ impl<'s> Users<'s> {
         if name.is_empty() || name.len() > NAME_LEN_MAX {
             return Err(UserError::Invalid("name"));
         }
-        if creds.salt.len() < proto::body::SALT_LEN_MIN || creds.salt.len() > SALT_LEN_MAX {
+        if creds.salt.len() < SALT_LEN_MIN || creds.salt.len() > SALT_LEN_MAX {
             return Err(UserError::Invalid("salt"));
         }
         if !(ITERATIONS_MIN..=ITERATIONS_MAX).contains(&creds.iterations) {

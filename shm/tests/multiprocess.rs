@@ -54,7 +54,7 @@ fn ledger_args(seg: &Segment, slot: u32, seed: u64, ops: u64, pace_ns: u64) -> V
 /// An acknowledged operation, as a helper printed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ack {
-    kind: proto::body::TxnKind,
+    kind: shm::ledger::TxnKind,
     from: u32,
     to: u32,
     amount: u64,
@@ -75,9 +75,9 @@ fn parse_acks(out: &[u8]) -> Vec<Ack> {
         let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().expect("8 bytes"));
         assert_eq!(u32_at(28), 0xACC0_57ED, "record {i} is garbled");
         let kind = match r[0] {
-            1 => proto::body::TxnKind::Deposit,
-            2 => proto::body::TxnKind::Withdraw,
-            3 => proto::body::TxnKind::Transfer,
+            1 => shm::ledger::TxnKind::Deposit,
+            2 => shm::ledger::TxnKind::Withdraw,
+            3 => shm::ledger::TxnKind::Transfer,
             other => panic!("unknown kind {other}"),
         };
         acks.push(Ack {

@@ -5,6 +5,7 @@
 
 use std::os::fd::OwnedFd;
 
+use crate::status::{opcode_index, txn_kind, HasStatus};
 use proto::body::*;
 use proto::codec::{List, Name};
 use proto::codes::notice;
@@ -13,7 +14,6 @@ use proto::{
     Request, Response, Status,
 };
 use shm::ledger::{self, Applied, Caller, LedgerError};
-use shm::metrics::opcode_index;
 use shm::rooms::{MemberInfo, Read};
 use shm::wake::WakeFds;
 use shm::{Ledger, Rooms, Segment, SessionId, Users, WorkerMetrics};
@@ -954,7 +954,7 @@ impl Ctx<'_> {
                     .into_iter()
                     .map(|t| TxnEntry {
                         txn_id: t.txn_id,
-                        kind: t.kind,
+                        kind: txn_kind(t.kind),
                         from_id: t.from,
                         to_id: t.to,
                         amount: t.amount,

@@ -11,6 +11,7 @@ mod cli;
 mod core;
 mod epoll;
 mod master;
+mod status;
 mod tools;
 mod uring;
 mod worker;

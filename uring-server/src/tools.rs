@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::status::opcode_index;
 use proto::{Opcode, Status};
-use shm::metrics::{opcode_index, WorkerMetrics};
+use shm::metrics::WorkerMetrics;
 use shm::{Metrics, Segment};
 
 use crate::cli::StatsFormat;

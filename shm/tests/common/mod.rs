@@ -46,7 +46,7 @@ pub fn create(tag: &str, caps: Capacities, mode: LockMode) -> Segment {
 pub fn creds() -> Credentials {
     Credentials {
         salt: vec![7; 16],
-        iterations: proto::scram::ITERATIONS_MIN,
+        iterations: shm::limits::ITERATIONS_MIN,
         stored_key: [1; 32],
         server_key: [2; 32],
     }
