@@ -39,11 +39,12 @@ fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         s.conns_accepted += w.conns_accepted.get();
         s.conns_closed += w.conns_closed.get();
         s.conns_refused += w.conns_refused.get();
-        for (i, c) in w.requests.iter().enumerate() {
+        // Shared memory has room for more counters than the protocol has opcodes and statuses.
+        for (i, c) in w.requests.iter().take(Opcode::ALL.len()).enumerate() {
             s.by_opcode[i] += c.get();
             s.requests += c.get();
         }
-        for (i, c) in w.statuses.iter().enumerate() {
+        for (i, c) in w.statuses.iter().take(Status::ALL.len()).enumerate() {
             s.by_status[i] += c.get();
         }
         s.bad_frames += w.bad_frames.get();
