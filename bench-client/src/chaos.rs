@@ -15,8 +15,8 @@
 //! The model: each account's balance when the run began plus the effect of every operation
 //! acknowledged `OK`; refusals change nothing. An operation whose outcome stayed unknown (retries
 //! gave up) makes the run fail, since the model cannot be checked without it. The reconciliation
-//! reads nothing from shared memory, so it works against a server on another machine; only the
-//! killer and the audit (with `server_name`) need the server's segment.
+//! uses only the wire, so it works against a server on another machine; only the killer and the
+//! audit (with `server_name`) run the server's own tools on this machine.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpStream};
@@ -32,8 +32,9 @@ use crate::client::{Client, ClientError, Retry};
 pub struct ChaosConfig {
     /// Server address.
     pub addr: SocketAddr,
-    /// The server's `--name`, when it runs on this machine: its shared memory tells the worker
-    /// pids to kill and hosts the audit. `None`: no kills, no audit (abandonment only).
+    /// The server's `--name`, when it runs on this machine: `uring-server stats` tells the
+    /// worker pids to kill and `uring-server audit` checks the ledger. `None`: no kills, no
+    /// audit (abandonment only).
     pub server_name: Option<String>,
     /// Connections (one user each).
     pub connections: usize,
@@ -146,10 +147,10 @@ fn next(rng: &mut u64) -> u64 {
 
 /// Runs the chaos and reconciles.
 pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
-    let seg = match &cfg.server_name {
-        Some(name) => Some(shm::Segment::attach(name, true)?),
-        None => None,
-    };
+    // Fail early, before any traffic, if the server to kill cannot be asked for its workers.
+    if let Some(name) = &cfg.server_name {
+        crate::server::server_stats(name)?;
+    }
     let salt = [0x24u8; 16];
     let secret =
         proto::scram::ClientSecret::derive(b"chaos", &salt, proto::scram::ITERATIONS_DEFAULT);
@@ -212,13 +213,13 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         let span = hi.saturating_sub(lo).as_millis().max(1) as u64;
         let pause = lo + Duration::from_millis(next(&mut rng) % span);
         std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
-        let Some(seg) = &seg else {
+        let Some(name) = &cfg.server_name else {
             continue;
         };
         if Instant::now() >= end {
             break;
         }
-        let pids = worker_pids(seg);
+        let pids = worker_pids(name);
         let Some(&(index, pid)) = pids.get((next(&mut rng) >> 11) as usize % pids.len().max(1))
         else {
             continue;
@@ -238,7 +239,7 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
             let _ = kill(victim, Signal::SIGCONT);
             report.stalls += 1;
         }
-        audit(seg, &mut report)?;
+        audit(name, &mut report)?;
     }
     shared
         .stop
@@ -261,10 +262,10 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     report.acknowledged = acks.len() as u64;
-    if let Some(seg) = &seg {
+    if let Some(name) = &cfg.server_name {
         // Let the master finish restarting and recovering.
         std::thread::sleep(Duration::from_millis(500));
-        audit(seg, &mut report)?;
+        audit(name, &mut report)?;
     }
     reconcile(&mut clients, &start, &acks, retry, &mut report);
     Ok(report)
@@ -392,24 +393,26 @@ fn settle(
 
 /// (worker index, pid) of every running worker. A pid of 0 (a worker being restarted) or 1
 /// would signal a process group or init: left out.
-fn worker_pids(seg: &shm::Segment) -> Vec<(usize, u32)> {
-    let workers = seg.caps().workers.saturating_sub(1) as usize;
-    shm::Metrics::of(seg)
-        .workers()
-        .iter()
-        .take(workers)
-        .map(|w| w.pid.get() as u32)
-        .enumerate()
+fn worker_pids(name: &str) -> Vec<(usize, u32)> {
+    crate::server::server_stats(name)
+        .map(|s| {
+            s.workers
+                .iter()
+                .map(|w| (w.index, w.pid))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
         .filter(|&(_, p)| p > 1)
         .collect()
 }
 
-fn audit(seg: &shm::Segment, report: &mut ChaosReport) -> anyhow::Result<()> {
+/// `uring-server audit` against the server; a failure is counted and its violations noted.
+fn audit(name: &str, report: &mut ChaosReport) -> anyhow::Result<()> {
     report.audits += 1;
-    let a = shm::ledger::audit(seg, Duration::from_secs(5))?;
-    if !a.ok() {
+    if let Some(violations) = crate::server::audit(name)? {
         report.audit_failures += 1;
-        for v in a.violations {
+        for v in violations.lines() {
             report.note(format!("audit: {v}"));
         }
     }

@@ -88,18 +88,64 @@ impl Drop for SpawnedServer {
     }
 }
 
-/// A running server's processes (master and workers), from its shared memory; empty if it
-/// cannot be attached.
+/// What `uring-server stats --format json` says that this crate uses (other fields ignored).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ServerStats {
+    /// The master's pid.
+    pub master_pid: u32,
+    /// Every worker slot, by index.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker in [`ServerStats`].
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct WorkerStats {
+    /// Its index (the worker number the server's HELLO reports).
+    pub index: usize,
+    /// Its pid; 0 while it is being restarted.
+    pub pid: u32,
+}
+
+/// Asks the running server named `name` (same machine) for its processes, through the
+/// `uring-server stats --format json` tool: this crate speaks to the server only over the wire
+/// and through its command line, never through its shared memory.
+pub fn server_stats(name: &str) -> anyhow::Result<ServerStats> {
+    let exe = locate()?;
+    let out = Command::new(&exe)
+        .args(["stats", "--name", name, "--format", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {} stats: {e}", exe.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "uring-server stats --name {name} failed: is the server running?"
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `uring-server audit --name NAME`: `Ok(None)` when every invariant holds, else the
+/// violations it printed.
+pub fn audit(name: &str) -> anyhow::Result<Option<String>> {
+    let exe = locate()?;
+    let out = Command::new(&exe)
+        .args(["audit", "--name", name])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {} audit: {e}", exe.display()))?;
+    Ok((!out.status.success()).then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// A running server's processes (master and workers); empty if it cannot be asked.
 pub fn server_pids(name: &str) -> Vec<u32> {
-    let Ok(seg) = shm::Segment::attach(name, false) else {
+    let Ok(stats) = server_stats(name) else {
         return Vec::new();
     };
-    let mut pids: Vec<u32> = shm::Metrics::of(&seg)
-        .workers()
+    let mut pids: Vec<u32> = stats
+        .workers
         .iter()
-        .map(|w| w.pid.get() as u32)
-        .filter(|&p| p != 0)
+        .map(|w| w.pid)
+        .filter(|&p| p > 1)
         .collect();
-    pids.push(seg.creator_pid());
+    pids.push(stats.master_pid);
     pids
 }

@@ -215,14 +215,13 @@ fn stall_server_later(
     after: Duration,
     stall: Duration,
 ) -> std::thread::JoinHandle<()> {
-    let seg = shm::Segment::attach(&server.name, false).expect("attach");
-    let mut pids: Vec<i32> = shm::Metrics::of(&seg)
-        .workers()
-        .iter()
-        .map(|w| w.pid.get() as i32)
-        .filter(|&p| p != 0)
+    // Master and workers, from `uring-server stats --format json`.
+    let pids: Vec<i32> = bench_client::server::server_pids(&server.name)
+        .into_iter()
+        .map(|p| p as i32)
         .collect();
-    pids.push(server.child.id() as i32);
+    assert!(pids.len() >= 2, "master and workers: {pids:?}");
+    assert!(pids.contains(&(server.child.id() as i32)));
     std::thread::spawn(move || {
         use nix::sys::signal::{kill, Signal};
         std::thread::sleep(after);

@@ -160,6 +160,9 @@ pub enum StatsFormat {
     Text,
     /// Prometheus text exposition format.
     Prometheus,
+    /// One JSON object: the master's pid, every worker's pid and counters, the totals; for
+    /// programs (bench-client reads pids and CPU from it).
+    Json,
 }
 
 impl Args {

@@ -57,6 +57,72 @@ fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
     s
 }
 
+/// `stats --format json`: what programs need, by name; unknown fields are for them to ignore.
+#[derive(serde::Serialize)]
+struct StatsJson {
+    segment: String,
+    master_pid: u32,
+    lock_mode: String,
+    workers: Vec<WorkerJson>,
+    conns_active: u64,
+    requests: u64,
+    requests_by_opcode: std::collections::BTreeMap<&'static str, u64>,
+    responses_by_status: std::collections::BTreeMap<&'static str, u64>,
+    bad_frames: u64,
+    txn_seq: u64,
+    ledger_ops: u64,
+}
+
+#[derive(serde::Serialize)]
+struct WorkerJson {
+    index: usize,
+    /// 0 while the worker is being restarted.
+    pid: u32,
+    backend: &'static str,
+    conns_active: u64,
+    requests: u64,
+    restarts: u64,
+}
+
+fn json(seg: &Segment, now: &Snapshot) -> String {
+    let ledger = shm::ledger::stats(seg);
+    // The segment has one slot more than the server has workers (for tools).
+    let workers = seg.caps().workers.saturating_sub(1) as usize;
+    let out = StatsJson {
+        segment: seg.name().to_string(),
+        master_pid: seg.creator_pid(),
+        lock_mode: format!("{:?}", seg.lock_mode()).to_lowercase(),
+        workers: Metrics::of(seg)
+            .workers()
+            .iter()
+            .take(workers)
+            .enumerate()
+            .map(|(index, w)| WorkerJson {
+                index,
+                pid: w.pid.get() as u32,
+                backend: backend_name(w.backend.get()),
+                conns_active: w.conns_active.get(),
+                requests: w.requests.iter().map(|c| c.get()).sum(),
+                restarts: w.restarts.get(),
+            })
+            .collect(),
+        conns_active: now.conns_active,
+        requests: now.requests,
+        requests_by_opcode: Opcode::ALL
+            .iter()
+            .map(|op| (op.name(), now.by_opcode[opcode_index(*op)]))
+            .collect(),
+        responses_by_status: Status::ALL
+            .iter()
+            .map(|st| (st.name(), now.by_status[st.as_u16() as usize]))
+            .collect(),
+        bad_frames: now.bad_frames,
+        txn_seq: ledger.txn_seq,
+        ledger_ops: ledger.ops,
+    };
+    serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+}
+
 fn backend_name(code: u64) -> &'static str {
     match code {
         1 => "io_uring",
@@ -252,6 +318,7 @@ pub fn stats(name: &str, watch: bool, format: StatsFormat) -> anyhow::Result<i32
         let out = match format {
             StatsFormat::Text => text(&seg, &now, rate),
             StatsFormat::Prometheus => prometheus(&seg),
+            StatsFormat::Json => json(&seg, &now),
         };
         if watch {
             // Clear the screen and home the cursor, like `watch`.
