@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd, TimeoutFlags, Timespec};
-use io_uring::{cqueue, opcode, squeue, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::core::{now_ms, Core};
 use crate::worker::Shutdown;
@@ -30,6 +30,8 @@ const SEND: u64 = 3 << KIND_SHIFT;
 const TICK: u64 = 4 << KIND_SHIFT;
 const CANCEL: u64 = 5 << KIND_SHIFT;
 const WAKE: u64 = 6 << KIND_SHIFT;
+/// The shutdown's cancellation of everything (a cancel of its own, told apart by its key).
+const CANCEL_ALL: u64 = CANCEL | 1;
 
 /// futex2 flags: a 32-bit futex word, shared between processes (not FUTEX2_PRIVATE).
 const FUTEX2_SIZE_U32: u32 = 0x02;
@@ -279,6 +281,7 @@ pub fn run(
         .build()
         .user_data(TICK);
     lp.push(tick_entry);
+    let mut tick_armed = true;
     let mut last_sweep = Instant::now();
     let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
     // The chat wake-up: a futex wait on the epoch word, or a read of this worker's eventfd.
@@ -405,7 +408,12 @@ pub fn run(
                     lp.touched.push(key);
                 }
                 WAKE => wake_armed = false,
-                TICK | CANCEL => {}
+                TICK => {
+                    if !cqueue::more(flags) {
+                        tick_armed = false;
+                    }
+                }
+                CANCEL => {}
                 _ => tracing::warn!(user_data = ud, "unexpected completion"),
             }
         }
@@ -420,10 +428,116 @@ pub fn run(
             lp.touched.extend(marked);
         }
     }
-    // Drop order: connections (closing their fds ends their operations), then the ring, then
-    // the buffers the ring pointed into.
+    // Closing an fd does not end an io_uring operation that holds its file, and a send in flight
+    // points into its connection's output queue: cancel everything, reap every completion, and
+    // only then free the connections, the ring and the buffers the ring pointed into.
+    let armed = Armed {
+        accept: accept_armed,
+        tick: tick_armed,
+        wake: wake_armed,
+    };
+    let left = cancel_and_reap(&mut lp, &mut bufs, armed);
+    assert_eq!(
+        left, 0,
+        "operations still in flight after cancelling all of them"
+    );
     lp.core.close_all();
     drop(lp);
     drop(bufs);
     Ok(())
+}
+
+/// Which loop-wide operations are in flight.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    accept: bool,
+    tick: bool,
+    wake: bool,
+}
+
+/// How long the shutdown waits for cancelled operations to complete (the kernel completes a
+/// cancelled one at once; this bounds a kernel that does not).
+const REAP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Cancels every operation in flight on the ring and reaps completions until none is left, or
+/// until `REAP_LIMIT`. Returns how many are still outstanding (0 when all ended). Data that
+/// arrives meanwhile is dropped: the connections are being closed.
+fn cancel_and_reap(lp: &mut Loop<'_, '_>, bufs: &mut BufRing, mut armed: Armed) -> usize {
+    let outstanding = |lp: &Loop<'_, '_>, a: &Armed| {
+        let per_conn: usize = lp
+            .core
+            .conns
+            .iter()
+            .map(|(_, c)| usize::from(c.io.recv_armed) + usize::from(c.io.send_busy))
+            .sum();
+        per_conn + usize::from(a.accept) + usize::from(a.tick) + usize::from(a.wake)
+    };
+    let before = outstanding(lp, &armed);
+    let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(CANCEL_ALL);
+    lp.push(e);
+    let deadline = Instant::now() + REAP_LIMIT;
+    let mut cancel_pending = true;
+    while (cancel_pending || outstanding(lp, &armed) > 0) && Instant::now() < deadline {
+        let wait = types::Timespec::new().nsec(10_000_000);
+        let args = types::SubmitArgs::new().timespec(&wait);
+        match lp.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reaping cancelled operations");
+                break;
+            }
+        }
+        let cqes: Vec<cqueue::Entry> = lp.ring.completion().collect();
+        for cqe in cqes {
+            let ud = cqe.user_data();
+            let key = (ud & KEY_MASK) as usize;
+            let (res, flags) = (cqe.result(), cqe.flags());
+            let more = cqueue::more(flags);
+            match ud & !KEY_MASK {
+                ACCEPT => {
+                    if res >= 0 {
+                        // SAFETY: a successful accept's result is a new fd nobody else owns;
+                        // it is closed at once (we are shutting down).
+                        drop(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
+                    }
+                    armed.accept &= more;
+                }
+                RECV => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        bufs.push(bid);
+                        bufs.publish();
+                    }
+                    if let Some(conn) = lp.core.conns.get_mut(key) {
+                        conn.io.recv_armed &= more;
+                    }
+                }
+                SEND => {
+                    if let Some(conn) = lp.core.conns.get_mut(key) {
+                        conn.io.send_busy = false;
+                    }
+                }
+                TICK => armed.tick &= more,
+                WAKE => armed.wake = false,
+                CANCEL if ud == CANCEL_ALL => cancel_pending = false,
+                _ => {}
+            }
+        }
+    }
+    let left = outstanding(lp, &armed);
+    if left > 0 {
+        tracing::error!(left, ?armed, "operations still in flight after cancelling");
+    } else {
+        tracing::info!(
+            operations = before,
+            "operations cancelled and reaped: nothing in flight when the ring is dropped"
+        );
+    }
+    left
 }

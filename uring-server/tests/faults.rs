@@ -252,3 +252,64 @@ fn zombie(pid: u32) -> bool {
         })
         .unwrap_or(true)
 }
+
+/// A client that sends a flood of requests and never reads leaves the io_uring worker with a
+/// send in flight (its socket buffers are full) when the graceful stop's grace runs out. The
+/// worker must cancel it and reap its completion before freeing the buffer it points into: it
+/// exits 0, it does not crash or hang.
+#[test]
+fn a_send_in_flight_when_the_grace_runs_out_is_cancelled_and_reaped_before_exit() {
+    let name = unique_name("inflight");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
+        .args(["--port", "0", "-w", "1", "--io", "uring", "--name", &name])
+        // Room for the whole backlog, so the worker keeps the send waiting rather than
+        // dropping the client as a slow consumer.
+        .args(["--out-max-bytes", "134217728", "--max-users", "64"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start uring-server");
+    let mut server = Server::adopt(child, name);
+    assert_eq!(server.backend, "io_uring");
+    let mut c = server.client();
+    c.join_as("flood");
+    // 200k BALANCE requests in a few writes, never reading the 8 MB of answers.
+    let one = Client::frame(1, &proto::Request::Balance(proto::body::Empty {}));
+    let batch: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 10_000)
+        .collect();
+    for _ in 0..20 {
+        std::io::Write::write_all(&mut c.stream, &batch).expect("send the flood");
+    }
+    // Let the worker fill both socket buffers and park a send.
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(Signal::SIGTERM);
+    let code = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "graceful exit after the grace ran out");
+    let mut log = String::new();
+    if let Some(mut e) = server.child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut log);
+    }
+    assert!(log.contains("worker exited"), "the worker exited 0: {log}");
+    assert!(
+        !log.contains("worker died"),
+        "the worker did not crash: {log}"
+    );
+    // The tick, the chat wake-up, the connection's receive and its parked send at least.
+    let line = log
+        .lines()
+        .find(|l| l.contains("operations cancelled and reaped"))
+        .unwrap_or_else(|| panic!("the shutdown cancelled what was in flight: {log}"));
+    let n: usize = line
+        .split("operations=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line:?}"));
+    assert!(n >= 4, "a send was in flight among them: {line}");
+    drop(c);
+}
