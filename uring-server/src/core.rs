@@ -19,6 +19,7 @@ use shm::wake::WakeFds;
 use shm::{Ledger, Rooms, Segment, SessionId, Users, WorkerMetrics};
 
 use crate::chat::{Bucket, ChatLocal, LocalMember};
+use crate::clock::Clock;
 use slab::Slab;
 
 /// What a worker needs to know from the command line.
@@ -170,8 +171,11 @@ pub struct Ctx<'s> {
     wake_fds: Option<&'s WakeFds>,
     /// This worker's counters.
     pub metrics: &'s WorkerMetrics,
-    /// Wall clock of the current loop turn.
+    /// Monotonic milliseconds at the current loop turn: for every timeout.
     pub now_ms: u64,
+    /// Wall-clock milliseconds at the current loop turn: for timestamps people read.
+    pub wall_ms: u64,
+    clock: Box<dyn Clock>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -190,23 +194,17 @@ pub struct Core<'s> {
     /// The rest.
     pub ctx: Ctx<'s>,
     generation: u64,
-    /// Set once a graceful stop began: when draining must end.
-    drain_deadline: Option<std::time::Instant>,
-}
-
-/// Wall clock in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    /// Set once a graceful stop began: when draining must end (monotonic ms).
+    drain_deadline_ms: Option<u64>,
 }
 
 impl<'s> Core<'s> {
-    /// A worker core on `seg`, using ledger slot `cfg.worker`.
+    /// A worker core on `seg`, using ledger slot `cfg.worker`, reading time from `clock`.
     pub fn new(
         cfg: Config,
         seg: &'s Segment,
         wake_fds: Option<&'s WakeFds>,
+        clock: Box<dyn Clock>,
     ) -> anyhow::Result<Core<'s>> {
         let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
         let rooms = Rooms::of(seg);
@@ -231,11 +229,13 @@ impl<'s> Core<'s> {
                 seg,
                 ledger,
                 metrics,
-                now_ms: now_ms(),
+                now_ms: clock.mono_ms(),
+                wall_ms: clock.wall_ms(),
+                clock,
                 cfg,
             },
             generation: 0,
-            drain_deadline: None,
+            drain_deadline_ms: None,
         })
     }
 
@@ -310,6 +310,12 @@ impl<'s> Core<'s> {
         } else {
             st.partial_since_ms.or(Some(ctx.now_ms))
         };
+    }
+
+    /// Reads the clock: every timeout and timestamp of this loop turn uses this time.
+    pub fn tick_clock(&mut self) {
+        self.ctx.now_ms = self.ctx.clock.mono_ms();
+        self.ctx.wall_ms = self.ctx.clock.wall_ms();
     }
 
     /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
@@ -513,7 +519,7 @@ impl<'s> Core<'s> {
             conns = self.conns.len(),
             "shutting down: draining connections"
         );
-        self.drain_deadline = Some(std::time::Instant::now() + grace);
+        self.drain_deadline_ms = Some(self.ctx.now_ms + grace.as_millis() as u64);
         for (_, conn) in self.conns.iter_mut() {
             if !conn.st.closing {
                 self.ctx
@@ -526,13 +532,13 @@ impl<'s> Core<'s> {
 
     /// True once a graceful stop began.
     pub fn shutting_down(&self) -> bool {
-        self.drain_deadline.is_some()
+        self.drain_deadline_ms.is_some()
     }
 
     /// True when a graceful stop began and every connection is gone or the grace ran out.
     pub fn drained(&self) -> bool {
-        self.drain_deadline
-            .is_some_and(|d| self.conns.is_empty() || std::time::Instant::now() >= d)
+        self.drain_deadline_ms
+            .is_some_and(|d| self.conns.is_empty() || self.ctx.now_ms >= d)
     }
 
     /// Removes every connection left (their fds close as they drop).
@@ -749,7 +755,7 @@ impl Ctx<'_> {
             (Request::Heartbeat(hb), _) => {
                 let resp = Response::Heartbeat(HeartbeatResponse {
                     client_time_ms: hb.client_time_ms,
-                    server_time_ms: self.now_ms,
+                    server_time_ms: self.wall_ms,
                 });
                 self.respond(st, id, &resp);
                 Ok(())
@@ -787,7 +793,7 @@ impl Ctx<'_> {
             body_len_max: self.cfg.body_len_max,
             heartbeat_interval_ms: (self.cfg.idle_timeout_ms / 3).min(u64::from(u32::MAX)) as u32,
             idle_timeout_ms: self.cfg.idle_timeout_ms.min(u64::from(u32::MAX)) as u32,
-            server_time_ms: self.now_ms,
+            server_time_ms: self.wall_ms,
         })
     }
 
@@ -826,12 +832,12 @@ impl Ctx<'_> {
             let lockout =
                 (1000u64 << (failures - LOGIN_FAILURES_FREE).min(16)).min(LOGIN_LOCKOUT_MAX_MS);
             let until = last_failure_ms + lockout;
-            if self.now_ms < until {
+            if self.wall_ms < until {
                 return Err((
                     Status::ErrRateLimited,
                     format!(
                         "{failures} failed logins: retry in {} ms",
-                        until - self.now_ms
+                        until - self.wall_ms
                     ),
                 ));
             }
@@ -887,7 +893,7 @@ impl Ctx<'_> {
             .credentials(user_id)
             .ok_or_else(|| (Status::ErrNotFound, "user vanished".to_string()))?;
         if !proto::scram::verify_client_proof(&creds.stored_key, &auth_message, &p.client_proof) {
-            let failures = self.users.note_login_failure(user_id, self.now_ms);
+            let failures = self.users.note_login_failure(user_id, self.wall_ms);
             tracing::info!(user_id, failures, "failed login");
             return Err((Status::ErrUnauthorized, "wrong password".into()));
         }
@@ -1041,7 +1047,7 @@ impl Ctx<'_> {
                 self.flood_check(st)?;
                 let seq = self
                     .rooms
-                    .publish(c.room_id, user, &st.name, c.text.as_str(), self.now_ms)
+                    .publish(c.room_id, user, &st.name, c.text.as_str(), self.wall_ms)
                     .map_err(|e| (e.status(), e.to_string()))?;
                 shm::wake::notify_all(self.seg, self.wake_fds);
                 Response::ChatSend(ChatSendResponse { seq })
@@ -1089,7 +1095,7 @@ impl Ctx<'_> {
                         to,
                         &st.name,
                         d.text.as_str(),
-                        self.now_ms,
+                        self.wall_ms,
                     )
                     .map_err(|e| (e.status(), e.to_string()))?;
                 shm::wake::notify_all(self.seg, self.wake_fds);

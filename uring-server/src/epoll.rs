@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use crate::core::{now_ms, Core};
+use crate::core::Core;
 use crate::worker::Shutdown;
 
 const LISTENER: u64 = u64::MAX;
@@ -138,7 +138,7 @@ pub fn run(
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
         };
-        core.ctx.now_ms = now_ms();
+        core.tick_clock();
         for ev in &events[..n] {
             if ev.data() == WAKE {
                 if let Some(fd) = wake_fd {

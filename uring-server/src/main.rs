@@ -1,23 +1,10 @@
 //! `uring-server`: the NS trading chatroom server, and the tools that inspect a running one.
 //!
-//! The master (`master.rs`) forks workers; each worker (`worker.rs`) runs one event loop, io_uring
-//! (`uring.rs`) or epoll (`epoll.rs`), over its own SO_REUSEPORT listener. Both backends drive
-//! the same protocol logic (`core.rs`), which works on the shared segment of the `shm` crate.
-
-#![warn(missing_docs)]
-
-mod chat;
-mod cli;
-mod core;
-mod epoll;
-mod master;
-mod status;
-mod tools;
-mod uring;
-mod worker;
+//! The command line only: everything else is the `uring_server` library (`lib.rs`).
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use uring_server::{cli, master, tools};
 
 fn main() {
     let args = cli::Args::parse();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::core::{now_ms, Core};
+use crate::core::Core;
 use crate::worker::Shutdown;
 
 const RING_ENTRIES: u32 = 1024;
@@ -340,7 +340,7 @@ pub fn run(
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e.into()),
         }
-        lp.core.ctx.now_ms = now_ms();
+        lp.core.tick_clock();
         let mut returned = false;
         // Completions are copied out first (into a reused buffer): handling one may push new
         // submissions, which needs the ring.

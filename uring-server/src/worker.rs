@@ -140,11 +140,16 @@ fn run_inner(
     let _enter = span.enter();
     let listener = reuseport_socket(addr, true)?;
     let wake_fd = wake_fds.and_then(|w| w.fd(usize::from(worker)));
-    let mut core = Core::new(cfg, seg, wake_fds)?;
+    let mut core = Core::new(
+        cfg,
+        seg,
+        wake_fds,
+        Box::new(crate::clock::SystemClock::new()),
+    )?;
     let m = core.ctx.metrics;
     m.pid.set(u64::from(std::process::id()));
     m.backend.set(backend.code());
-    m.started_ms.set(crate::core::now_ms());
+    m.started_ms.set(crate::clock::wall_ms());
     m.conns_active.set(0);
     tracing::info!(backend = backend.name(), %addr, "worker ready");
     let shutdown = Shutdown {

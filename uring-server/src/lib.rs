@@ -1,0 +1,18 @@
+//! `uring-server` as a library: the master (`master`), the worker (`worker`) and its two event
+//! loops, io_uring (`uring`) and epoll (`epoll`), over its own SO_REUSEPORT listener; both loops
+//! drive the same protocol logic (`core`), which works on the shared segment of the `shm` crate.
+//! The binary (`main.rs`) parses the command line and calls in here; tests drive the core
+//! directly, without sockets or processes.
+
+#![warn(missing_docs)]
+
+pub mod chat;
+pub mod cli;
+pub mod clock;
+pub mod core;
+pub mod epoll;
+pub mod master;
+pub mod status;
+pub mod tools;
+pub mod uring;
+pub mod worker;
