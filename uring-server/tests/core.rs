@@ -1,0 +1,783 @@
+//! The protocol core alone: fed bytes and ticks of a clock moved by hand, on a temporary
+//! segment, with no socket and no process. Each test reads back exactly the frames the core
+//! queued for the connection and checks them byte-level through the protocol crate.
+
+use std::os::fd::OwnedFd;
+
+use proto::body::*;
+use proto::codec::Name;
+use proto::codes::notice;
+use proto::scram::{auth_message, ClientSecret};
+use proto::{write_request, FrameDecoder, Opcode, Push, Reply, Request, Response, Status};
+use shm::{Capacities, LockMode, Segment};
+use uring_server::clock::ManualClock;
+use uring_server::core::{Config, Core};
+
+const WALL_START_MS: u64 = 1_800_000_000_000;
+
+fn segment() -> Segment {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "core-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let caps = Capacities {
+        users: 64,
+        rooms: 8,
+        members_per_room: 16,
+        room_ring: 16,
+        txn_log: 1024,
+        results_per_user: 4,
+        workers: 3,
+    };
+    Segment::create(&name, caps, LockMode::Account)
+        .expect("create a segment")
+        .0
+}
+
+fn config() -> Config {
+    Config {
+        worker: 0,
+        max_conns: 8,
+        idle_timeout_ms: 30_000,
+        body_len_max: 64 * 1024,
+        out_max_bytes: 1 << 20,
+        frame_timeout_ms: 10_000,
+        registration_open: true,
+        flood_burst: 3,
+        flood_per_sec: 1,
+    }
+}
+
+/// A frame the core queued, owned.
+#[derive(Debug)]
+struct Out {
+    response: bool,
+    /// `None` for an error response echoing an opcode the protocol does not define (or 0).
+    opcode: Option<Opcode>,
+    status: Status,
+    req_id: u64,
+    body: Vec<u8>,
+}
+
+impl Out {
+    fn reply(&self) -> Reply<'_> {
+        let op = self.opcode.expect("a known opcode");
+        Reply::decode(op, self.status, &self.body).expect("a valid response body")
+    }
+
+    fn push(&self) -> Push<'_> {
+        assert!(!self.response, "a push");
+        let op = self.opcode.expect("a known opcode");
+        Push::decode(op, &self.body).expect("a valid push body")
+    }
+}
+
+struct Harness<'s> {
+    core: Core<'s>,
+    clock: ManualClock,
+    next_id: u64,
+}
+
+impl<'s> Harness<'s> {
+    fn new(seg: &'s Segment, cfg: Config) -> Harness<'s> {
+        let clock = ManualClock::new(WALL_START_MS);
+        let core = Core::new(cfg, seg, None, Box::new(clock.clone())).expect("core");
+        Harness {
+            core,
+            clock,
+            next_id: 100,
+        }
+    }
+
+    /// A new connection. The core owns an fd per connection; /dev/null stands in for the
+    /// socket, which the core never reads or writes.
+    fn connect(&mut self) -> usize {
+        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
+        self.core.accept(fd).expect("accepted")
+    }
+
+    fn send_bytes(&mut self, key: usize, bytes: &[u8]) {
+        self.core.tick_clock();
+        self.core.on_bytes(key, bytes);
+    }
+
+    /// Sends `req` with a fresh req_id; returns the id.
+    fn send(&mut self, key: usize, req: &Request<'_>) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send_id(key, id, req);
+        id
+    }
+
+    fn send_id(&mut self, key: usize, id: u64, req: &Request<'_>) {
+        let mut bytes = Vec::new();
+        write_request(&mut bytes, id, req, proto::BODY_LEN_LIMIT).expect("encode");
+        self.send_bytes(key, &bytes);
+    }
+
+    /// Everything queued for `key`, as frames, taken out of its queue.
+    fn take(&mut self, key: usize) -> Vec<Out> {
+        let conn = self.core.conns.get_mut(key).expect("connection");
+        let mut bytes = Vec::new();
+        loop {
+            let chunk = conn.st.out.chunk().to_vec();
+            if chunk.is_empty() {
+                break;
+            }
+            conn.st.out.advance(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
+        let mut out = Vec::new();
+        let mut input = &bytes[..];
+        while !input.is_empty() {
+            let (used, res) = dec.decode(input);
+            input = &input[used..];
+            match res {
+                Ok(Some(f)) => out.push(Out {
+                    response: f.header.flags.is_response(),
+                    opcode: Some(f.header.opcode),
+                    status: f.header.status,
+                    req_id: f.header.req_id,
+                    body: f.body.to_vec(),
+                }),
+                Ok(None) => {}
+                // An error response that echoes an opcode the protocol does not define
+                // (PROTOCOL.md section 4): keep its header.
+                Err(proto::DecodeError::UnknownOpcode { header })
+                    if header.flags & proto::Flags::IS_RESPONSE != 0 && header.status != 0 =>
+                {
+                    out.push(Out {
+                        response: true,
+                        opcode: None,
+                        status: Status::from_u16(header.status).expect("a known status"),
+                        req_id: header.req_id,
+                        body: Vec::new(),
+                    });
+                }
+                Err(e) => panic!("the core sent a bad frame: {e}"),
+            }
+        }
+        assert!(dec.is_idle(), "no frame left cut");
+        out
+    }
+
+    /// Sends `req` and returns its one response (pushes queued before it are returned too).
+    fn call(&mut self, key: usize, req: &Request<'_>) -> Out {
+        let id = self.send(key, req);
+        let mut frames = self.take(key);
+        let i = frames.iter().position(|f| f.response).expect("a response");
+        let r = frames.remove(i);
+        assert_eq!(r.req_id, id, "the response echoes the req_id");
+        r
+    }
+
+    fn status(&mut self, key: usize, req: &Request<'_>) -> Status {
+        self.call(key, req).status
+    }
+
+    fn register(&mut self, key: usize, user: &str, password: &str) -> Status {
+        let secret = ClientSecret::derive(password.as_bytes(), &[7; 16], 4096);
+        let stored = secret.stored();
+        self.status(
+            key,
+            &Request::Register(RegisterRequest {
+                username: Name::new(user).expect("name"),
+                salt: Salt::new(&[7; 16]).expect("salt"),
+                iterations: 4096,
+                stored_key: stored.stored_key,
+                server_key: stored.server_key,
+            }),
+        )
+    }
+
+    /// LOGIN + LOGIN_PROOF; the LOGIN_PROOF response (or the LOGIN refusal).
+    fn login(&mut self, key: usize, user: &str, password: &str) -> Out {
+        let nonce = [9u8; 16];
+        let r = self.call(
+            key,
+            &Request::Login(LoginRequest {
+                username: Name::new(user).expect("name"),
+                client_nonce: Nonce::new(&nonce).expect("nonce"),
+            }),
+        );
+        let (salt, iterations, server_nonce) = match r.reply() {
+            Reply::Ok(Response::Login(l)) => (
+                l.salt.as_bytes().to_vec(),
+                l.iterations,
+                l.server_nonce.as_bytes().to_vec(),
+            ),
+            _ => return r,
+        };
+        let secret = ClientSecret::derive(password.as_bytes(), &salt, iterations);
+        let am = auth_message(user, &nonce, &server_nonce, &salt, iterations);
+        let r = self.call(
+            key,
+            &Request::LoginProof(LoginProofRequest {
+                client_proof: secret.proof(&am),
+            }),
+        );
+        if let Reply::Ok(Response::LoginProof(p)) = r.reply() {
+            assert!(secret.verify_server(&am, &p.server_signature));
+        }
+        r
+    }
+
+    /// A connection logged in as a new user `user`.
+    fn user(&mut self, user: &str) -> usize {
+        let key = self.connect();
+        assert_eq!(self.register(key, user, "pw"), Status::Ok);
+        assert_eq!(self.login(key, user, "pw").status, Status::Ok);
+        key
+    }
+
+    fn ledger(&mut self, key: usize, req: &Request<'_>) -> Result<(u64, u64), Status> {
+        match self.call(key, req).reply() {
+            Reply::Ok(Response::Deposit(x) | Response::Withdraw(x) | Response::Transfer(x)) => {
+                Ok((x.balance, x.txn_id))
+            }
+            Reply::Err(st, _) => Err(st),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn balance(&mut self, key: usize) -> u64 {
+        match self.call(key, &Request::Balance(Empty {})).reply() {
+            Reply::Ok(Response::Balance(b)) => b.balance,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn closing(&self, key: usize) -> bool {
+        self.core.conns.get(key).is_some_and(|c| c.st.closing)
+    }
+}
+
+fn deposit(amount: u64) -> Request<'static> {
+    Request::Deposit(AmountRequest { amount })
+}
+
+fn withdraw(amount: u64) -> Request<'static> {
+    Request::Withdraw(AmountRequest { amount })
+}
+
+fn transfer(to: &str, amount: u64) -> Request<'_> {
+    Request::Transfer(TransferRequest {
+        to: Target::Name(Name::new(to).expect("name")),
+        amount,
+    })
+}
+
+fn notices(frames: &[Out]) -> Vec<u16> {
+    frames
+        .iter()
+        .filter(|f| !f.response)
+        .filter_map(|f| match f.push() {
+            Push::Notice(n) => Some(n.code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hello_states_the_limits_and_heartbeat_echoes_with_wall_time() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    match h
+        .call(
+            c,
+            &Request::Hello(HelloRequest {
+                client: Label::new("t").expect("label"),
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::Hello(x)) => {
+            assert_eq!(x.worker_id, 0);
+            assert_eq!(x.body_len_max, 64 * 1024);
+            assert_eq!(x.idle_timeout_ms, 30_000);
+            assert_eq!(x.heartbeat_interval_ms, 10_000);
+            assert_eq!(x.server_time_ms, WALL_START_MS);
+        }
+        other => panic!("{other:?}"),
+    }
+    h.clock.advance(1234);
+    match h
+        .call(
+            c,
+            &Request::Heartbeat(HeartbeatRequest { client_time_ms: 77 }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::Heartbeat(x)) => {
+            assert_eq!(x.client_time_ms, 77);
+            assert_eq!(x.server_time_ms, WALL_START_MS + 1234);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn nothing_but_hello_register_login_and_heartbeat_before_login() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    for req in [
+        deposit(1),
+        Request::Balance(Empty {}),
+        Request::Logout(Empty {}),
+        Request::JoinRoom(JoinRoomRequest {
+            room: Name::new("r").expect("name"),
+        }),
+    ] {
+        assert_eq!(
+            h.status(c, &req),
+            Status::ErrUnauthorized,
+            "{:?}",
+            req.opcode()
+        );
+    }
+    let proof = Request::LoginProof(LoginProofRequest {
+        client_proof: [0; 32],
+    });
+    assert_eq!(
+        h.status(c, &proof),
+        Status::ErrBadState,
+        "LOGIN_PROOF without LOGIN"
+    );
+    assert!(!h.closing(c), "refusals keep the connection");
+}
+
+#[test]
+fn a_login_returns_the_user_id_and_the_high_water_mark() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    assert_eq!(h.register(c, "ann", "secret"), Status::Ok);
+    assert_eq!(h.register(c, "ann", "other"), Status::ErrAlreadyExists);
+    match h.login(c, "ann", "secret").reply() {
+        Reply::Ok(Response::LoginProof(p)) => {
+            assert_eq!(p.user_id, 1);
+            assert_eq!(p.req_id_hw, 0);
+            assert_eq!(p.req_id_window, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.status(
+            c,
+            &Request::Register(RegisterRequest {
+                username: Name::new("bob").expect("name"),
+                salt: Salt::new(&[1; 16]).expect("salt"),
+                iterations: 4096,
+                stored_key: [0; 32],
+                server_key: [0; 32],
+            })
+        ),
+        Status::ErrBadState,
+        "REGISTER while logged in"
+    );
+    h.send_id(c, 5_000, &deposit(10));
+    h.take(c);
+    let d = h.connect();
+    match h.login(d, "ann", "secret").reply() {
+        Reply::Ok(Response::LoginProof(p)) => assert_eq!(p.req_id_hw, 5_000),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_users_and_wrong_passwords_are_refused_and_repeated_failures_lock_out() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    assert_eq!(h.login(c, "nobody", "x").status, Status::ErrNotFound);
+    assert_eq!(h.register(c, "cid", "right"), Status::Ok);
+    for _ in 0..3 {
+        assert_eq!(h.login(c, "cid", "wrong").status, Status::ErrUnauthorized);
+    }
+    // Locked for 1 s after the third failure, even with the right password.
+    assert_eq!(h.login(c, "cid", "right").status, Status::ErrRateLimited);
+    h.clock.advance(1_001);
+    assert_eq!(h.login(c, "cid", "right").status, Status::Ok);
+}
+
+#[test]
+fn a_login_challenge_expires_after_ten_seconds() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    assert_eq!(h.register(c, "dee", "pw"), Status::Ok);
+    let r = h.call(
+        c,
+        &Request::Login(LoginRequest {
+            username: Name::new("dee").expect("name"),
+            client_nonce: Nonce::new(&[1; 16]).expect("nonce"),
+        }),
+    );
+    assert_eq!(r.status, Status::Ok);
+    h.clock.advance(10_001);
+    let proof = Request::LoginProof(LoginProofRequest {
+        client_proof: [0; 32],
+    });
+    assert_eq!(h.status(c, &proof), Status::ErrTimeout);
+}
+
+#[test]
+fn deposit_withdraw_transfer_balance_and_history() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("amy");
+    let b = h.user("ben");
+    assert_eq!(h.ledger(a, &deposit(1_000)), Ok((1_000, 1)));
+    assert_eq!(h.ledger(a, &withdraw(300)), Ok((700, 2)));
+    assert_eq!(h.ledger(a, &transfer("ben", 200)), Ok((500, 3)));
+    assert_eq!(h.balance(a), 500);
+    assert_eq!(h.balance(b), 200);
+    match h
+        .call(
+            a,
+            &Request::TxnHistory(TxnHistoryRequest {
+                before_txn_id: 0,
+                limit: 10,
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::TxnHistory(t)) => {
+            let got: Vec<(u64, TxnKind, u64, u64)> = t
+                .txns
+                .items()
+                .iter()
+                .map(|e| (e.txn_id, e.kind, e.amount, e.balance_after))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (3, TxnKind::Transfer, 200, 500),
+                    (2, TxnKind::Withdraw, 300, 700),
+                    (1, TxnKind::Deposit, 1_000, 1_000),
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_ledger_refusal_has_its_status_and_changes_nothing() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("eve");
+    let _b = h.user("fay");
+    assert_eq!(h.ledger(a, &deposit(100)), Ok((100, 1)));
+    assert_eq!(h.ledger(a, &deposit(0)), Err(Status::ErrInvalidAmount));
+    assert_eq!(
+        h.ledger(a, &withdraw(101)),
+        Err(Status::ErrInsufficientFunds)
+    );
+    assert_eq!(
+        h.ledger(a, &transfer("fay", 101)),
+        Err(Status::ErrInsufficientFunds)
+    );
+    assert_eq!(
+        h.ledger(a, &transfer("eve", 1)),
+        Err(Status::ErrInvalidArgument)
+    );
+    assert_eq!(h.ledger(a, &transfer("ghost", 1)), Err(Status::ErrNotFound));
+    assert_eq!(h.ledger(a, &deposit(u64::MAX)), Err(Status::ErrOverflow));
+    let by_id = Request::Transfer(TransferRequest {
+        to: Target::Id(99),
+        amount: 1,
+    });
+    assert_eq!(h.ledger(a, &by_id), Err(Status::ErrNotFound));
+    assert_eq!(h.balance(a), 100);
+}
+
+#[test]
+fn a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("gus");
+    h.send_id(a, 1_000, &deposit(50));
+    let first = h.take(a);
+    h.send_id(a, 1_000, &deposit(50));
+    let again = h.take(a);
+    assert_eq!(first[0].body, again[0].body, "the same balance and txn_id");
+    h.send_id(a, 1_000, &deposit(51));
+    assert_eq!(
+        h.take(a)[0].status,
+        Status::ErrInvalidArgument,
+        "req_id reused"
+    );
+    h.send_id(a, 999, &deposit(5));
+    assert_eq!(h.take(a)[0].status, Status::ErrStaleRequest);
+    assert_eq!(h.balance(a), 50);
+}
+
+#[test]
+fn a_newer_login_supersedes_the_older_connection_at_its_next_request() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let old = h.user("hal");
+    let new = h.connect();
+    assert_eq!(h.login(new, "hal", "pw").status, Status::Ok);
+    h.send(old, &deposit(10));
+    let frames = h.take(old);
+    assert_eq!(frames[0].status, Status::ErrSessionSuperseded);
+    assert_eq!(notices(&frames), vec![notice::LOGGED_IN_ELSEWHERE]);
+    assert!(h.closing(old));
+    assert_eq!(h.balance(new), 0, "the request was not executed");
+}
+
+#[test]
+fn the_sweep_closes_a_superseded_idle_connection() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let old = h.user("ida");
+    let new = h.connect();
+    assert_eq!(h.login(new, "ida", "pw").status, Status::Ok);
+    let marked = h.core.sweep();
+    assert_eq!(marked, vec![old]);
+    assert_eq!(notices(&h.take(old)), vec![notice::LOGGED_IN_ELSEWHERE]);
+}
+
+#[test]
+fn an_idle_connection_is_told_and_closed_after_the_idle_timeout() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.user("jon");
+    h.take(c);
+    h.clock.advance(30_000);
+    h.core.tick_clock();
+    assert!(h.core.sweep().is_empty(), "not past the timeout yet");
+    h.clock.advance(1);
+    h.core.tick_clock();
+    assert_eq!(h.core.sweep(), vec![c]);
+    assert_eq!(notices(&h.take(c)), vec![notice::IDLE_TIMEOUT]);
+    assert!(h.closing(c));
+}
+
+#[test]
+fn a_frame_that_does_not_arrive_whole_in_time_is_answered_err_timeout() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, 1, &deposit(1), proto::BODY_LEN_LIMIT).expect("encode");
+    h.send_bytes(c, &bytes[..10]);
+    for _ in 0..10 {
+        // A byte now and then keeps the connection from going idle, never the frame whole.
+        h.clock.advance(1_000);
+        h.send_bytes(c, &bytes[10..10]);
+    }
+    h.clock.advance(1);
+    h.core.tick_clock();
+    assert_eq!(h.core.sweep(), vec![c]);
+    let frames = h.take(c);
+    assert_eq!(frames[0].status, Status::ErrTimeout);
+    assert!(h.closing(c));
+}
+
+#[test]
+fn room_messages_are_pushed_in_order_to_every_local_member() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("kim");
+    let b = h.user("lee");
+    fn join(name: &str) -> Request<'_> {
+        Request::JoinRoom(JoinRoomRequest {
+            room: Name::new(name).expect("name"),
+        })
+    }
+    let room = match h.call(a, &join("pit")).reply() {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(room, 1, "the first room is room 1");
+    assert_eq!(h.call(b, &join("pit")).status, Status::Ok);
+    for (i, text) in ["one", "two"].iter().enumerate() {
+        let send = Request::ChatSend(ChatSendRequest {
+            room_id: room,
+            text: Text::new(text).expect("text"),
+        });
+        match h.call(a, &send).reply() {
+            Reply::Ok(Response::ChatSend(s)) => assert_eq!(s.seq, i as u64 + 1),
+            other => panic!("{other:?}"),
+        }
+    }
+    h.core.deliver();
+    for member in [a, b] {
+        let got: Vec<(u64, String)> = h
+            .take(member)
+            .iter()
+            .filter_map(|f| match f.push() {
+                Push::ChatBroadcast(m) => {
+                    Some((m.message.seq, m.message.text.as_str().to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![(1, "one".into()), (2, "two".into())]);
+    }
+}
+
+#[test]
+fn the_flood_limit_answers_err_rate_limited_and_refills_with_time() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("max");
+    let room = match h
+        .call(
+            a,
+            &Request::JoinRoom(JoinRoomRequest {
+                room: Name::new("r").expect("name"),
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    };
+    let send = Request::ChatSend(ChatSendRequest {
+        room_id: room,
+        text: Text::new("x").expect("text"),
+    });
+    for _ in 0..3 {
+        assert_eq!(h.status(a, &send), Status::Ok, "within the burst");
+    }
+    assert_eq!(h.status(a, &send), Status::ErrRateLimited);
+    h.clock.advance(1_000);
+    assert_eq!(h.status(a, &send), Status::Ok, "one more a second");
+}
+
+#[test]
+fn a_direct_message_reaches_a_user_on_this_worker() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("ned");
+    let b = h.user("ola");
+    let dm = Request::DirectSend(DirectSendRequest {
+        to: Name::new("ola").expect("name"),
+        text: Text::new("psst").expect("text"),
+    });
+    assert_eq!(h.status(a, &dm), Status::Ok);
+    h.core.deliver();
+    let got: Vec<String> = h
+        .take(b)
+        .iter()
+        .filter_map(|f| match f.push() {
+            Push::DirectMessage(m) => Some(format!("{}: {}", m.from.as_str(), m.text.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["ned: psst".to_string()]);
+    let to_offline = Request::DirectSend(DirectSendRequest {
+        to: Name::new("nobody").expect("name"),
+        text: Text::new("x").expect("text"),
+    });
+    assert_eq!(h.status(a, &to_offline), Status::ErrNotFound);
+}
+
+#[test]
+fn logout_ends_the_session_on_the_same_connection() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("pat");
+    assert_eq!(h.status(a, &Request::Logout(Empty {})), Status::Ok);
+    assert_eq!(h.status(a, &deposit(1)), Status::ErrUnauthorized);
+    assert_eq!(h.login(a, "pat", "pw").status, Status::Ok);
+    assert_eq!(h.ledger(a, &deposit(1)).map(|r| r.0), Ok(1));
+}
+
+#[test]
+fn a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let mut bytes = Vec::new();
+    write_request(
+        &mut bytes,
+        7,
+        &Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 }),
+        proto::BODY_LEN_LIMIT,
+    )
+    .expect("encode");
+    bytes[23] ^= 1;
+    h.send_bytes(c, &bytes);
+    let frames = h.take(c);
+    assert_eq!(
+        (frames[0].status, frames[0].req_id),
+        (Status::ErrChecksumFail, 7)
+    );
+    assert!(!h.closing(c));
+    assert_eq!(
+        h.status(
+            c,
+            &Request::Heartbeat(HeartbeatRequest { client_time_ms: 2 })
+        ),
+        Status::Ok
+    );
+    let mut bad = bytes.clone();
+    bad[0] = 0;
+    h.send_bytes(c, &bad);
+    assert_eq!(h.take(c)[0].status, Status::ErrBadPacket);
+    assert!(h.closing(c), "framing is lost: close");
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let seg = segment();
+    let mut cfg = config();
+    cfg.max_conns = 2;
+    let mut h = Harness::new(&seg, cfg);
+    h.connect();
+    h.connect();
+    let fd: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
+    assert!(h.core.accept(fd).is_none());
+}
+
+#[test]
+fn a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer() {
+    let seg = segment();
+    let mut cfg = config();
+    cfg.out_max_bytes = 1_000;
+    let mut h = Harness::new(&seg, cfg);
+    let c = h.connect();
+    for i in 0..40 {
+        h.send_id(
+            c,
+            i + 1,
+            &Request::Heartbeat(HeartbeatRequest { client_time_ms: i }),
+        );
+    }
+    let conn = h.core.conns.get(c).expect("connection");
+    assert!(
+        conn.st.closing && conn.st.abort,
+        "closed at once, output dropped"
+    );
+}
+
+#[test]
+fn a_graceful_stop_tells_everyone_and_ends_after_the_grace() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("quin");
+    let b = h.connect();
+    h.take(a);
+    let all = h.core.begin_shutdown(std::time::Duration::from_secs(3));
+    assert_eq!(all.len(), 2);
+    for c in [a, b] {
+        assert_eq!(notices(&h.take(c)), vec![notice::SHUTTING_DOWN]);
+        assert!(h.closing(c));
+    }
+    assert!(!h.core.drained(), "connections remain within the grace");
+    h.clock.advance(3_000);
+    h.core.tick_clock();
+    assert!(h.core.drained(), "the grace is over");
+    h.core.close_all();
+    assert!(h.core.conns.is_empty());
+}
