@@ -26,6 +26,7 @@ use proto::body::*;
 use proto::{Reply, Request, Response};
 
 use crate::client::{Client, ClientError, Retry};
+use crate::rng::Rng;
 
 /// Chaos settings.
 #[derive(Debug, Clone)]
@@ -137,14 +138,6 @@ struct ThreadOutcome {
     exhausted: u64,
 }
 
-/// xorshift64: small and seeded, so a run's choices follow from its seed.
-fn next(rng: &mut u64) -> u64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    *rng
-}
-
 /// Runs the chaos and reconciles.
 pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
     // Fail early, before any traffic, if the server to kill cannot be asked for its workers.
@@ -200,18 +193,18 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         .enumerate()
         .map(|(t, group)| {
             let (shared, hot) = (shared.clone(), hot.clone());
-            let rng = cfg.seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let rng = Rng::stream(cfg.seed, t as u64);
             let abandon = cfg.abandon_per_mille;
             std::thread::spawn(move || drive(group, &hot, &shared, rng, abandon, retry))
         })
         .collect();
     let mut report = ChaosReport::default();
     let end = Instant::now() + cfg.duration;
-    let mut rng = cfg.seed | 1;
+    let mut rng = Rng::new(cfg.seed);
     while Instant::now() < end {
         let (lo, hi) = cfg.kill_every;
         let span = hi.saturating_sub(lo).as_millis().max(1) as u64;
-        let pause = lo + Duration::from_millis(next(&mut rng) % span);
+        let pause = lo + Duration::from_millis(rng.next_u64() % span);
         std::thread::sleep(pause.min(end.saturating_duration_since(Instant::now())));
         let Some(name) = &cfg.server_name else {
             continue;
@@ -220,20 +213,20 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
             break;
         }
         let pids = worker_pids(name);
-        let Some(&(index, pid)) = pids.get((next(&mut rng) >> 11) as usize % pids.len().max(1))
+        let Some(&(index, pid)) = pids.get((rng.next_u64() >> 11) as usize % pids.len().max(1))
         else {
             continue;
         };
         let victim = nix::unistd::Pid::from_raw(pid as i32);
         use nix::sys::signal::{kill, Signal};
         use std::sync::atomic::Ordering::Relaxed;
-        if next(&mut rng) % 2 == 0 {
+        if rng.next_u64() % 2 == 0 {
             if kill(victim, Signal::SIGKILL).is_ok() {
                 report.kills += 1;
             }
         } else if kill(victim, Signal::SIGSTOP).is_ok() {
             shared.stalled.store(index as u32 + 1, Relaxed);
-            std::thread::sleep(Duration::from_millis(200 + next(&mut rng) % 300));
+            std::thread::sleep(Duration::from_millis(200 + rng.next_u64() % 300));
             shared.stalled.store(0, Relaxed);
             // Continued whatever happened meanwhile: a stopped worker must never be left.
             let _ = kill(victim, Signal::SIGCONT);
@@ -288,7 +281,7 @@ fn drive(
     mut group: Vec<Client>,
     hot: &[u32],
     shared: &Shared,
-    mut rng: u64,
+    mut rng: Rng,
     abandon_per_mille: u32,
     retry: Retry,
 ) -> (ThreadOutcome, Vec<Client>) {
@@ -302,7 +295,7 @@ fn drive(
             let stalled = shared.stalled.load(Relaxed);
             let stalled_worker = stalled.checked_sub(1).map(|w| w as u16);
             let on_stalled = stalled_worker.is_some() && c.worker == stalled_worker;
-            let abandon = on_stalled || (next(&mut rng) % 1000) < u64::from(abandon_per_mille);
+            let abandon = on_stalled || (rng.next_u64() % 1000) < u64::from(abandon_per_mille);
             let (req, ack) = pick(c.user_id, hot, &mut rng);
             let id = c.next_req_id();
             if abandon {
@@ -342,11 +335,11 @@ fn drive(
 type AckShape = (TxnKind, u32, u32, u64);
 
 /// A random ledger request of user `me`, and what its acknowledgement would record.
-fn pick(me: u32, hot: &[u32], rng: &mut u64) -> (Request<'static>, AckShape) {
-    let amount = 1 + next(rng) % 100;
-    let roll = next(rng) % 100;
+fn pick(me: u32, hot: &[u32], rng: &mut Rng) -> (Request<'static>, AckShape) {
+    let amount = 1 + rng.next_u64() % 100;
+    let roll = rng.next_u64() % 100;
     if roll < 60 {
-        let mut to = hot[(next(rng) % hot.len() as u64) as usize];
+        let mut to = hot[(rng.next_u64() % hot.len() as u64) as usize];
         if to == me {
             to = hot[(hot.iter().position(|&h| h == me).unwrap_or(0) + 1) % hot.len()];
         }

@@ -10,6 +10,8 @@ pub mod chaos;
 pub mod client;
 pub mod interactive;
 pub mod load;
+pub mod report;
+pub mod rng;
 pub mod server;
 
 pub use client::{Client, ClientError, Received, Retry};

@@ -10,6 +10,8 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use crate::rng::Rng;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use proto::body::*;
 use proto::{write_request, FrameDecoder, Push, Request, Status, BODY_LEN_LIMIT};
@@ -137,23 +139,6 @@ pub struct Results {
     pub server_cpu_s: Option<f64>,
     /// Distinct server workers the connections landed on.
     pub workers_seen: usize,
-}
-
-/// xorshift64*: cheap, seeded, replayable.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 struct InFlight {
@@ -328,7 +313,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
                 .map_or(0, |iv| iv * i as u64 / cfg.connections as u64),
             user_id,
             room_id,
-            rng: Rng(cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            rng: Rng::stream(cfg.seed, i as u64),
             next_req_id,
         });
     }

@@ -212,9 +212,12 @@ fn main() {
     }
 }
 
+use bench_client::report::{git_commit, CsvRow};
 use bench_client::server::{server_pids, SpawnedServer};
 
 fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    // Asked once for the whole sweep, not per row.
+    let commit = git_commit();
     let exe = match a.server {
         Some(p) => p,
         None => bench_client::server::locate()?,
@@ -278,7 +281,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     } else {
                         ""
                     };
-                    write_csv(&a.out, &cfg, &server.backend, &r, audit)?;
+                    CsvRow::new(&cfg, &server.backend, &r, audit, &commit).append(&a.out)?;
                     load::write_hgrm(
                         &a.hist_dir.join(format!(
                             "w{workers}-{}-p{payload}-c{connections}.hgrm",
@@ -497,114 +500,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         println!("  percentile files in {}", dir.display());
     }
     if let Some(path) = a.out {
-        write_csv(&path, &cfg, &a.backend, &r, "")?;
+        CsvRow::new(&cfg, &a.backend, &r, "", &git_commit()).append(&path)?;
         println!("  appended to {}", path.display());
     }
-    Ok(())
-}
-
-/// The CSV columns, in order.
-pub const CSV_HEADER: [&str; 28] = [
-    "timestamp",
-    "cores",
-    "kernel",
-    "git_commit",
-    "backend",
-    "workers_seen",
-    "connections",
-    "threads",
-    "mix",
-    "payload",
-    "pipeline",
-    "rate",
-    "seed",
-    "seconds",
-    "requests",
-    "errors",
-    "req_per_s",
-    "p50_us",
-    "p95_us",
-    "p99_us",
-    "p999_us",
-    "max_us",
-    "p99_uncorrected_us",
-    "pushes_per_s",
-    "push_p99_us",
-    "client_cpu_us_per_req",
-    "server_cpu_us_per_req",
-    "audit",
-];
-
-fn write_csv(
-    path: &PathBuf,
-    cfg: &load::Config,
-    backend: &str,
-    r: &load::Results,
-    audit: &str,
-) -> anyhow::Result<()> {
-    let new = !path.exists();
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let mut w = csv::Writer::from_writer(file);
-    if new {
-        w.write_record(CSV_HEADER)?;
-    }
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let t = &r.total;
-    let errors: u64 = t.errors.values().sum();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    w.write_record([
-        now.to_string(),
-        std::thread::available_parallelism()
-            .map_or(0, |n| n.get())
-            .to_string(),
-        kernel,
-        commit,
-        backend.to_string(),
-        r.workers_seen.to_string(),
-        cfg.connections.to_string(),
-        cfg.threads.to_string(),
-        cfg.mix.name().to_string(),
-        cfg.payload.to_string(),
-        cfg.pipeline.to_string(),
-        cfg.rate.map_or(String::new(), |x| format!("{x:.0}")),
-        cfg.seed.to_string(),
-        format!("{:.1}", r.seconds),
-        t.requests.to_string(),
-        errors.to_string(),
-        format!("{:.0}", t.requests as f64 / r.seconds),
-        t.latency_us.value_at_quantile(0.5).to_string(),
-        t.latency_us.value_at_quantile(0.95).to_string(),
-        t.latency_us.value_at_quantile(0.99).to_string(),
-        t.latency_us.value_at_quantile(0.999).to_string(),
-        t.latency_us.max().to_string(),
-        t.latency_uncorrected_us.value_at_quantile(0.99).to_string(),
-        format!("{:.0}", r.pushes as f64 / r.seconds),
-        r.push_latency_us.value_at_quantile(0.99).to_string(),
-        format!("{:.2}", r.client_cpu_s * 1e6 / t.requests.max(1) as f64),
-        r.server_cpu_s.map_or(String::new(), |s| {
-            format!("{:.2}", s * 1e6 / t.requests.max(1) as f64)
-        }),
-        audit.to_string(),
-    ])?;
-    w.flush()?;
     Ok(())
 }
