@@ -65,6 +65,8 @@ struct StatsJson {
     lock_mode: String,
     workers: Vec<WorkerJson>,
     conns_active: u64,
+    conns_accepted: u64,
+    conns_refused: u64,
     requests: u64,
     requests_by_opcode: std::collections::BTreeMap<&'static str, u64>,
     responses_by_status: std::collections::BTreeMap<&'static str, u64>,
@@ -107,6 +109,8 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
             })
             .collect(),
         conns_active: now.conns_active,
+        conns_accepted: now.conns_accepted,
+        conns_refused: now.conns_refused,
         requests: now.requests,
         requests_by_opcode: Opcode::ALL
             .iter()

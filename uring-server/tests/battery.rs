@@ -130,27 +130,26 @@ fn battery(backend: &str) {
         !with_battery.is_empty(),
         "the neighbour was served during the battery"
     );
+    // Bounded against its own baseline: at most 20 times its p99 alone (with a 2 ms floor, for
+    // a baseline of tens of microseconds on a machine the battery itself keeps busy).
+    let bound = (20 * b99).max(2_000);
     assert!(
-        w99 < 250_000,
-        "the neighbour's p99 stayed bounded: {w99} us"
+        w99 <= bound,
+        "the neighbour's p99 under the battery, {w99} us, is within {bound} us (20x its {b99} us alone)"
     );
-    // The worker survived and counted what it refused.
-    let (code, stats) = server.tool(&["stats"]);
-    assert_eq!(code, 0);
-    assert!(stats.contains("restarts"), "{stats}");
-    let accepted: u64 = stats
-        .lines()
-        .find(|l| l.starts_with("connections:"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(accepted >= 10_000, "{stats}");
-    assert!(!stats.contains("bad frames 0"), "{stats}");
-    assert!(
-        stats
-            .lines()
-            .any(|l| l.trim_start().starts_with("0 ") && l.trim_end().ends_with(" 0")),
-        "worker 0 was never restarted: {stats}"
+    // The worker survived, and counted exactly what it refused: 25 rounds of 4 framing errors
+    // that close (bad magic, version, header_len, garbage: ERR_BAD_PACKET; a 4 GiB body_len:
+    // ERR_TOO_LARGE) and one bad checksum (ERR_CHECKSUM_FAIL); frames cut short and the
+    // slowloris senders' partial frames are not errors (yet).
+    let stats = server.stats_json();
+    assert_eq!(
+        stats["workers"][0]["restarts"], 0,
+        "worker 0 was never restarted"
     );
+    assert!(stats["conns_accepted"].as_u64() >= Some(10_000), "{stats}");
+    let by = &stats["responses_by_status"];
+    assert_eq!(by["ERR_BAD_PACKET"], 100, "{by}");
+    assert_eq!(by["ERR_TOO_LARGE"], 25, "{by}");
+    assert_eq!(by["ERR_CHECKSUM_FAIL"], 25, "{by}");
+    assert_eq!(stats["bad_frames"], 150, "{stats}");
 }

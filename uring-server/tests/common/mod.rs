@@ -133,6 +133,13 @@ impl Server {
         )
     }
 
+    /// `uring-server stats --format json`, parsed.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let (code, out) = self.tool(&["stats", "--format", "json"]);
+        assert_eq!(code, 0, "stats: {out}");
+        serde_json::from_str(&out).expect("stats --format json is JSON")
+    }
+
     /// Sends `sig` to the master.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
