@@ -1,0 +1,106 @@
+//! Ledger requests: DEPOSIT, WITHDRAW, TRANSFER (exactly once per (user, req_id), fenced by
+//! the session; PROTOCOL.md 8.4), BALANCE and TXN_HISTORY.
+
+use proto::body::*;
+use proto::codec::List;
+use proto::{Response, Status};
+use shm::ledger::{self, Applied};
+
+use super::error::{Handled, HandlerError};
+use super::{ConnState, Ctx};
+use crate::status::txn_kind;
+
+/// Bytes one TXN_HISTORY entry takes.
+const TXN_ENTRY_LEN: usize = 8 + 1 + 4 + 4 + 8 + 8 + 8;
+
+fn answer(a: Applied) -> LedgerResponse {
+    LedgerResponse {
+        balance: a.balance,
+        txn_id: a.txn_id,
+    }
+}
+
+impl Ctx<'_> {
+    pub(super) fn deposit(
+        &mut self,
+        st: &mut ConnState,
+        user: u32,
+        id: u64,
+        amount: u64,
+    ) -> Handled {
+        let caller = self.caller(st, user);
+        let done = self.ledger.deposit(caller, id, amount)?;
+        self.respond(st, id, &Response::Deposit(answer(done)));
+        Ok(())
+    }
+
+    pub(super) fn withdraw(
+        &mut self,
+        st: &mut ConnState,
+        user: u32,
+        id: u64,
+        amount: u64,
+    ) -> Handled {
+        let caller = self.caller(st, user);
+        let done = self.ledger.withdraw(caller, id, amount)?;
+        self.respond(st, id, &Response::Withdraw(answer(done)));
+        Ok(())
+    }
+
+    pub(super) fn transfer(
+        &mut self,
+        st: &mut ConnState,
+        user: u32,
+        id: u64,
+        t: &TransferRequest<'_>,
+    ) -> Handled {
+        let to = match &t.to {
+            Target::Id(to) => *to,
+            // A name nobody has is refused here, before the ledger: not decided (8.4).
+            Target::Name(n) => self.users.lookup(n.as_str()).ok_or_else(|| {
+                HandlerError::new(Status::ErrNotFound, format!("no user {}", n.as_str()))
+            })?,
+        };
+        let caller = self.caller(st, user);
+        let done = self.ledger.transfer(caller, to, id, t.amount)?;
+        self.respond(st, id, &Response::Transfer(answer(done)));
+        Ok(())
+    }
+
+    pub(super) fn balance(&mut self, st: &mut ConnState, user: u32, id: u64) -> Handled {
+        let balance = ledger::balance(self.seg, user)?;
+        self.respond(st, id, &Response::Balance(BalanceResponse { balance }));
+        Ok(())
+    }
+
+    pub(super) fn txn_history(
+        &mut self,
+        st: &mut ConnState,
+        user: u32,
+        id: u64,
+        q: &TxnHistoryRequest,
+    ) -> Handled {
+        let limit = usize::from(q.limit).min(self.list_limit(TXN_ENTRY_LEN));
+        let txns = ledger::history(self.seg, user, q.before_txn_id, limit)?
+            .into_iter()
+            .map(|t| TxnEntry {
+                txn_id: t.txn_id,
+                kind: txn_kind(t.kind),
+                from_id: t.from,
+                to_id: t.to,
+                amount: t.amount,
+                balance_after: if t.from == user {
+                    t.from_balance
+                } else {
+                    t.to_balance
+                },
+                time_ms: t.time_ms,
+            })
+            .collect();
+        let resp = Response::TxnHistory(TxnHistoryResponse {
+            txns: List::new(txns)?,
+        });
+        self.respond(st, id, &resp);
+        Ok(())
+    }
+}

@@ -1,0 +1,631 @@
+//! The protocol logic of a worker, shared by both I/O backends: connections, their decoders and
+//! bounded output queues, the session state machine, login, and the handlers that turn requests
+//! into shared-memory operations and responses. The backends only move bytes: they hand received
+//! bytes to [`Core::on_bytes`] and send what [`Conn::out`] holds.
+
+mod directory;
+mod error;
+mod ledger_ops;
+mod pushes;
+mod rooms;
+mod session;
+mod timers;
+
+use std::os::fd::OwnedFd;
+
+pub use error::{Handled, HandlerError};
+
+use crate::status::opcode_index;
+use proto::body::*;
+use proto::codes::notice;
+use proto::{
+    write_error, write_push, write_response, DecodeError, Frame, FrameDecoder, FrameKind, Push,
+    Request, Response, Status,
+};
+use shm::ledger::{Caller, LedgerError};
+use shm::wake::WakeFds;
+use shm::{Ledger, Rooms, Segment, SessionId, Users, WorkerMetrics};
+
+use crate::chat::{Bucket, ChatLocal};
+use crate::clock::Clock;
+use slab::Slab;
+
+/// What a worker needs to know from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This worker's index.
+    pub worker: u16,
+    /// Most connections.
+    pub max_conns: usize,
+    /// Idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Largest body accepted.
+    pub body_len_max: u32,
+    /// Most bytes queued per connection.
+    pub out_max_bytes: usize,
+    /// Longest time a frame may take to arrive whole once its first byte came (slowloris).
+    pub frame_timeout_ms: u64,
+    /// Whether REGISTER is served.
+    pub registration_open: bool,
+    /// Flood limit: chat messages a user may send at once.
+    pub flood_burst: u32,
+    /// Flood limit: chat messages per second after the burst.
+    pub flood_per_sec: u32,
+}
+
+/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send in flight reads
+/// `sending`, which does not move or grow until the send completes (io_uring holds a pointer).
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    pending: Vec<u8>,
+    sending: Vec<u8>,
+    sent: usize,
+}
+
+impl OutQueue {
+    /// Bytes not yet sent.
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.sending.len() - self.sent
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next bytes to send: the rest of `sending`, refilled from `pending` when empty.
+    pub fn chunk(&mut self) -> &[u8] {
+        if self.sent == self.sending.len() {
+            self.sending.clear();
+            self.sent = 0;
+            std::mem::swap(&mut self.sending, &mut self.pending);
+        }
+        &self.sending[self.sent..]
+    }
+
+    /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
+    pub fn discard_pending(&mut self) {
+        self.pending = Vec::new();
+    }
+
+    /// Records that `n` bytes of the last chunk were sent.
+    pub fn advance(&mut self, n: usize) {
+        debug_assert!(self.sent + n <= self.sending.len());
+        self.sent = (self.sent + n).min(self.sending.len());
+    }
+}
+
+/// Where a connection's session stands.
+#[derive(Debug)]
+enum Session {
+    Connected,
+    Challenged {
+        user_id: u32,
+        auth_message: Vec<u8>,
+        expires_ms: u64,
+    },
+    LoggedIn {
+        user_id: u32,
+    },
+}
+
+/// Per-connection state the handlers change.
+#[derive(Debug)]
+pub struct ConnState {
+    /// Worker-unique id (slab key and generation), as sessions record it.
+    pub id: u64,
+    /// Output waiting to be sent.
+    pub out: OutQueue,
+    session: Session,
+    /// Last time a byte arrived.
+    pub last_active_ms: u64,
+    /// Close once the output is flushed; read nothing more.
+    pub closing: bool,
+    /// Close now, without flushing: the peer is not reading (slow consumer).
+    pub abort: bool,
+    /// When the frame now arriving in pieces began, if one is.
+    partial_since_ms: Option<u64>,
+    /// The slab key.
+    key: usize,
+    /// Rooms joined on this connection.
+    rooms: Vec<u32>,
+    /// The user's name once logged in (the sender name of its messages).
+    name: String,
+    /// Chat flood limit.
+    bucket: Bucket,
+}
+
+/// What a backend tracks about a connection's operations in flight.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoFlags {
+    /// A (multishot) receive is armed.
+    pub recv_armed: bool,
+    /// A send is in flight (io_uring) or EPOLLOUT is registered (epoll).
+    pub send_busy: bool,
+    /// `shutdown(2)` was called to end the armed receive.
+    pub shut: bool,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub fd: OwnedFd,
+    decoder: FrameDecoder,
+    /// The rest.
+    pub st: ConnState,
+    /// The backend's bookkeeping.
+    pub io: IoFlags,
+}
+
+/// Everything a handler may touch besides the connection.
+pub struct Ctx<'s> {
+    /// Settings.
+    pub cfg: Config,
+    seg: &'s Segment,
+    ledger: Ledger<'s>,
+    users: Users<'s>,
+    rooms: Rooms<'s>,
+    chat: ChatLocal,
+    wake_fds: Option<&'s WakeFds>,
+    /// This worker's counters.
+    pub metrics: &'s WorkerMetrics,
+    /// Monotonic milliseconds at the current loop turn: for every timeout.
+    pub now_ms: u64,
+    /// Wall-clock milliseconds at the current loop turn: for timestamps people read.
+    pub wall_ms: u64,
+    clock: Box<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's connections and context.
+#[derive(Debug)]
+pub struct Core<'s> {
+    /// Open connections by key.
+    pub conns: Slab<Conn>,
+    /// The rest.
+    pub ctx: Ctx<'s>,
+    generation: u64,
+    /// Set once a graceful stop began: when draining must end (monotonic ms).
+    drain_deadline_ms: Option<u64>,
+}
+
+impl<'s> Core<'s> {
+    /// A worker core on `seg`, using ledger slot `cfg.worker`, reading time from `clock`.
+    pub fn new(
+        cfg: Config,
+        seg: &'s Segment,
+        wake_fds: Option<&'s WakeFds>,
+        clock: Box<dyn Clock>,
+    ) -> anyhow::Result<Core<'s>> {
+        let ledger = Ledger::attach(seg, u32::from(cfg.worker))?;
+        let rooms = Rooms::of(seg);
+        // A restarted worker's users are new connections: what its predecessor's inbox held
+        // was for sessions that ended with it.
+        let inbox_seq = rooms
+            .inbox_last_seq(u32::from(cfg.worker))
+            .map_err(|e| anyhow::anyhow!("worker {} has no inbox: {e}", cfg.worker))?;
+        let metrics = shm::Metrics::of(seg)
+            .worker(usize::from(cfg.worker))
+            .ok_or_else(|| anyhow::anyhow!("no metrics block for worker {}", cfg.worker))?;
+        Ok(Core {
+            conns: Slab::with_capacity(cfg.max_conns.min(1 << 16)),
+            ctx: Ctx {
+                users: Users::of(seg),
+                rooms,
+                chat: ChatLocal {
+                    inbox_seq,
+                    ..ChatLocal::default()
+                },
+                wake_fds,
+                seg,
+                ledger,
+                metrics,
+                now_ms: clock.mono_ms(),
+                wall_ms: clock.wall_ms(),
+                clock,
+                cfg,
+            },
+            generation: 0,
+            drain_deadline_ms: None,
+        })
+    }
+
+    /// Takes a new connection, or refuses it over the limit (ERR_SERVER_BUSY, then close).
+    pub fn accept(&mut self, fd: OwnedFd) -> Option<usize> {
+        let m = self.ctx.metrics;
+        if self.conns.len() >= self.ctx.cfg.max_conns {
+            let mut frame = Vec::new();
+            write_error(
+                &mut frame,
+                0,
+                0,
+                Status::ErrServerBusy,
+                "too many connections",
+            );
+            // Best effort: the socket is new, so its buffer has room for one small frame.
+            let _ = nix::unistd::write(&fd, &frame);
+            m.conns_refused.add(1);
+            m.statuses[Status::ErrServerBusy.as_u16() as usize].add(1);
+            return None;
+        }
+        self.generation += 1;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let id = (self.generation << 24 | key as u64) & ((1 << 48) - 1);
+        entry.insert(Conn {
+            fd,
+            decoder: FrameDecoder::new(self.ctx.cfg.body_len_max),
+            st: ConnState {
+                id,
+                out: OutQueue::default(),
+                session: Session::Connected,
+                last_active_ms: self.ctx.now_ms,
+                closing: false,
+                abort: false,
+                partial_since_ms: None,
+                key,
+                rooms: Vec::new(),
+                name: String::new(),
+                bucket: Bucket::new(self.ctx.cfg.flood_burst, self.ctx.now_ms),
+            },
+            io: IoFlags::default(),
+        });
+        m.conns_accepted.add(1);
+        m.conns_active.set(self.conns.len() as u64);
+        Some(key)
+    }
+
+    /// Handles bytes received on connection `key`: every whole frame in them is answered into
+    /// its output queue. Afterwards the connection may be marked closing.
+    pub fn on_bytes(&mut self, key: usize, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let ctx = &mut self.ctx;
+        ctx.metrics.bytes_in.add(data.len() as u64);
+        conn.st.last_active_ms = ctx.now_ms;
+        let Conn { decoder, st, .. } = conn;
+        let mut input = data;
+        while !st.closing {
+            let (used, result) = decoder.decode(input);
+            input = &input[used..];
+            match result {
+                Ok(Some(frame)) => ctx.handle(st, &frame),
+                Ok(None) => break,
+                Err(e) => ctx.bad_frame(st, &e),
+            }
+        }
+        // A frame left cut starts (or keeps) its clock; a whole one stops it.
+        st.partial_since_ms = if decoder.is_idle() {
+            None
+        } else {
+            st.partial_since_ms.or(Some(ctx.now_ms))
+        };
+    }
+
+    /// Reads the clock: every timeout and timestamp of this loop turn uses this time.
+    pub fn tick_clock(&mut self) {
+        self.ctx.now_ms = self.ctx.clock.mono_ms();
+        self.ctx.wall_ms = self.ctx.clock.wall_ms();
+    }
+
+    /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
+    pub fn remove(&mut self, key: usize) -> Option<Conn> {
+        let mut conn = self.conns.try_remove(key)?;
+        self.ctx.end_session(&mut conn.st);
+        let m = self.ctx.metrics;
+        m.conns_closed.add(1);
+        m.conns_active.set(self.conns.len() as u64);
+        Some(conn)
+    }
+
+    /// The chat epoch word in shared memory (a futex the loop can wait on) and the value this
+    /// worker last delivered at.
+    pub fn chat_epoch(&self) -> (&'s std::sync::atomic::AtomicU32, u32) {
+        (shm::wake::epoch(self.ctx.seg), self.ctx.chat.epoch_seen)
+    }
+
+    /// Shutdown: tells every client, and closes after their output is flushed.
+    /// The backend stops accepting first. Returns every connection, for the backend to flush.
+    pub fn begin_shutdown(&mut self, grace: std::time::Duration) -> Vec<usize> {
+        tracing::info!(
+            conns = self.conns.len(),
+            "shutting down: draining connections"
+        );
+        self.drain_deadline_ms = Some(self.ctx.now_ms + grace.as_millis() as u64);
+        for (_, conn) in self.conns.iter_mut() {
+            if !conn.st.closing {
+                self.ctx
+                    .notice(&mut conn.st, notice::SHUTTING_DOWN, "server shutting down");
+                conn.st.closing = true;
+            }
+        }
+        self.conns.iter().map(|(k, _)| k).collect()
+    }
+
+    /// True once a graceful stop began.
+    pub fn shutting_down(&self) -> bool {
+        self.drain_deadline_ms.is_some()
+    }
+
+    /// True when a graceful stop began and every connection is gone or the grace ran out.
+    pub fn drained(&self) -> bool {
+        self.drain_deadline_ms
+            .is_some_and(|d| self.conns.is_empty() || self.ctx.now_ms >= d)
+    }
+
+    /// Removes every connection left (their fds close as they drop).
+    pub fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove(k);
+        }
+    }
+}
+
+impl Ctx<'_> {
+    fn session_id(&self, st: &ConnState) -> SessionId {
+        SessionId {
+            worker: self.cfg.worker,
+            conn: st.id,
+        }
+    }
+
+    /// True when the connection is logged in but a newer login of its user took the session.
+    fn superseded(&self, st: &ConnState) -> bool {
+        match st.session {
+            Session::LoggedIn { user_id } => {
+                self.users.session(user_id) != Some(self.session_id(st))
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends a connection whose session a newer login took: it is told, reads nothing more, and
+    /// closes once that is flushed. Its rooms and online state now belong to the newer session.
+    fn kick_superseded(&mut self, st: &mut ConnState) {
+        self.notice(
+            st,
+            notice::LOGGED_IN_ELSEWHERE,
+            "logged in on another connection",
+        );
+        st.session = Session::Connected;
+        st.closing = true;
+    }
+
+    /// The ledger caller for a request of `user` on this connection: fenced by its session.
+    fn caller(&self, st: &ConnState, user: u32) -> Caller {
+        Caller {
+            user,
+            session: Some(self.session_id(st)),
+        }
+    }
+
+    /// Ends a session: leaves its rooms and marks the user offline (if still this session).
+    fn end_session(&mut self, st: &mut ConnState) {
+        if let Session::LoggedIn { user_id } = st.session {
+            for room in std::mem::take(&mut st.rooms) {
+                let _ = self.rooms.leave(room, user_id);
+                self.chat.leave(room, st.id);
+            }
+            self.users.set_offline(user_id, self.session_id(st));
+            if self
+                .chat
+                .users
+                .get(&user_id)
+                .is_some_and(|&(_, id)| id == st.id)
+            {
+                self.chat.users.remove(&user_id);
+            }
+        }
+    }
+
+    /// Queues bytes written by `write` unless that would pass the connection's bound, in which
+    /// case the connection is closed as a slow consumer.
+    fn queue(&mut self, st: &mut ConnState, frame_len: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        if st.closing {
+            return;
+        }
+        if st.out.len() + frame_len > self.cfg.out_max_bytes {
+            // The peer does not read: waiting to flush could take forever, so its queued output
+            // is dropped and the connection closed at once (Redis's and NATS's policy).
+            tracing::info!(
+                conn = st.id,
+                queued = st.out.len(),
+                "slow consumer: disconnecting"
+            );
+            self.metrics.slow_consumer_disconnects.add(1);
+            st.closing = true;
+            st.abort = true;
+            st.out.discard_pending();
+            return;
+        }
+        let before = st.out.pending.len();
+        write(&mut st.out.pending);
+        self.metrics
+            .bytes_out
+            .add((st.out.pending.len() - before) as u64);
+    }
+
+    fn respond(&mut self, st: &mut ConnState, req_id: u64, resp: &Response<'_>) {
+        self.metrics.statuses[0].add(1);
+        let body_len_max = proto::BODY_LEN_LIMIT;
+        self.queue(st, proto::HEADER_LEN + resp.encoded_len(), |out| {
+            // Bodies the handlers build are bounded well below the limit.
+            let _ = write_response(out, req_id, resp, body_len_max);
+        });
+    }
+
+    fn error(&mut self, st: &mut ConnState, req_id: u64, opcode: u16, status: Status, msg: &str) {
+        self.metrics.statuses[status.as_u16() as usize].add(1);
+        tracing::debug!(
+            conn = st.id,
+            req_id,
+            opcode,
+            status = status.name(),
+            msg,
+            "error response"
+        );
+        self.queue(st, proto::HEADER_LEN + 2 + msg.len().min(256), |out| {
+            write_error(out, req_id, opcode, status, msg)
+        });
+    }
+
+    fn notice(&mut self, st: &mut ConnState, code: u16, text: &str) {
+        let Ok(text) = Message::new(text) else {
+            return;
+        };
+        let push = Push::Notice(NoticePush { code, text });
+        self.queue(st, proto::HEADER_LEN + push.encoded_len(), |out| {
+            let _ = write_push(out, &push, proto::BODY_LEN_LIMIT);
+        });
+    }
+
+    /// A frame the decoder refused: answer it, and close if the stream is lost.
+    fn bad_frame(&mut self, st: &mut ConnState, e: &DecodeError) {
+        self.metrics.bad_frames.add(1);
+        let (req_id, opcode) = e.header().map_or((0, 0), |h| (h.req_id, h.opcode));
+        tracing::debug!(conn = st.id, error = %e, "bad frame");
+        self.error(st, req_id, opcode, e.status(), &e.to_string());
+        if e.is_fatal() {
+            st.closing = true;
+        }
+    }
+
+    /// Answers one verified frame.
+    fn handle(&mut self, st: &mut ConnState, frame: &Frame<'_>) {
+        let h = frame.header;
+        let op = h.opcode;
+        self.metrics.requests[opcode_index(op)].add(1);
+        if h.kind() != FrameKind::Request {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrBadPacket,
+                "only requests may be sent to the server",
+            );
+        }
+        if h.flags.is_encrypted() || h.flags.is_compressed() {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrUnsupported,
+                "encrypted and compressed bodies are not supported",
+            );
+        }
+        let req = match frame.request() {
+            Ok(r) => r,
+            Err(e) => {
+                return self.error(
+                    st,
+                    h.req_id,
+                    op.as_u16(),
+                    Status::ErrBadPacket,
+                    &e.to_string(),
+                )
+            }
+        };
+        let logged_in = match st.session {
+            Session::LoggedIn { user_id } => Some(user_id),
+            _ => None,
+        };
+        if logged_in.is_some() && self.superseded(st) {
+            // A newer login took the session: nothing this connection sends is executed any
+            // more, even if its bytes were read before the newer login's worker told us.
+            self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrSessionSuperseded,
+                &LedgerError::SessionSuperseded.to_string(),
+            );
+            return self.kick_superseded(st);
+        }
+        if logged_in.is_none() && !op.allowed_before_login() {
+            return self.error(
+                st,
+                h.req_id,
+                op.as_u16(),
+                Status::ErrUnauthorized,
+                "log in first",
+            );
+        }
+        tracing::trace!(
+            conn = st.id,
+            req_id = h.req_id,
+            opcode = op.name(),
+            "request"
+        );
+        let id = h.req_id;
+        let result = match (req, logged_in) {
+            (Request::Hello(_), _) => {
+                let resp = self.hello();
+                self.respond(st, id, &resp);
+                Ok(())
+            }
+            (Request::Heartbeat(hb), _) => {
+                let resp = Response::Heartbeat(HeartbeatResponse {
+                    client_time_ms: hb.client_time_ms,
+                    server_time_ms: self.wall_ms,
+                });
+                self.respond(st, id, &resp);
+                Ok(())
+            }
+            (Request::Register(r), None) => self.register(st, id, &r),
+            (Request::Login(l), None) => self.login(st, id, &l),
+            (Request::LoginProof(p), None) => self.login_proof(st, id, &p),
+            (Request::Register(_) | Request::Login(_) | Request::LoginProof(_), Some(_)) => {
+                Err(HandlerError::new(Status::ErrBadState, "already logged in"))
+            }
+            (Request::Logout(_), Some(_)) => {
+                self.end_session(st);
+                st.session = Session::Connected;
+                self.respond(st, id, &Response::Logout(Empty {}));
+                Ok(())
+            }
+            (req, Some(user)) => self.operation(st, user, id, req),
+            (_, None) => Err(HandlerError::new(Status::ErrUnauthorized, "log in first")),
+        };
+        if let Err(e) = result {
+            let status = e.status();
+            self.error(st, id, op.as_u16(), status, &e.to_string());
+            if status == Status::ErrSessionSuperseded {
+                self.kick_superseded(st);
+            }
+        }
+    }
+
+    /// Requests of a logged-in user, each to the handler of its concern.
+    fn operation(&mut self, st: &mut ConnState, user: u32, id: u64, req: Request<'_>) -> Handled {
+        match req {
+            Request::Deposit(a) => self.deposit(st, user, id, a.amount),
+            Request::Withdraw(a) => self.withdraw(st, user, id, a.amount),
+            Request::Transfer(t) => self.transfer(st, user, id, &t),
+            Request::Balance(_) => self.balance(st, user, id),
+            Request::TxnHistory(q) => self.txn_history(st, user, id, &q),
+            Request::ListUsers(q) => self.list_users(st, id, &q),
+            Request::DirectSend(d) => self.direct_send(st, user, id, &d),
+            Request::JoinRoom(j) => self.join_room(st, user, id, &j),
+            Request::LeaveRoom(l) => self.leave_room(st, user, id, l.room_id),
+            Request::ChatSend(c) => self.chat_send(st, user, id, &c),
+            Request::ListRooms(q) => self.list_rooms(st, id, &q),
+            Request::RoomHistory(q) => self.room_history(st, id, &q),
+            _ => Err(HandlerError::new(Status::ErrBadPacket, "not an operation")),
+        }
+    }
+
+    /// Most list entries of `entry_len` bytes that fit the body limit.
+    fn list_limit(&self, entry_len: usize) -> usize {
+        ((self.cfg.body_len_max as usize).saturating_sub(64) / entry_len).min(LIST_LEN_MAX)
+    }
+}

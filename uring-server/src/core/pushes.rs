@@ -1,0 +1,150 @@
+//! Pushes: every room message and direct message this worker has not yet delivered, read from
+//! the shared rings after the chat epoch moved, encoded once and copied into each local
+//! member's output queue.
+
+use proto::body::*;
+use proto::codec::Name;
+use proto::{write_push, Push};
+use shm::rooms::Read;
+
+use super::Core;
+
+impl Core<'_> {
+    /// Delivers every room message this worker has not yet pushed to its local members, if the
+    /// chat epoch moved. Each message is encoded once and copied into each member's queue.
+    /// Returns the connections that got output.
+    pub fn deliver(&mut self) -> Vec<usize> {
+        let epoch = shm::wake::epoch(self.ctx.seg).load(std::sync::atomic::Ordering::Acquire);
+        if epoch == self.ctx.chat.epoch_seen {
+            return Vec::new();
+        }
+        self.ctx.chat.epoch_seen = epoch;
+        let mut touched = Vec::new();
+        let mut frame = Vec::with_capacity(256);
+        self.deliver_inbox(&mut touched, &mut frame);
+        let rooms: Vec<u32> = self.ctx.chat.members.keys().copied().collect();
+        for room in rooms {
+            let Ok(last) = self.ctx.rooms.last_seq(room) else {
+                continue;
+            };
+            let mut seq = self.ctx.chat.cursors.get(&room).copied().unwrap_or(last);
+            while seq < last {
+                seq += 1;
+                frame.clear();
+                let event = match self.ctx.rooms.read(room, seq) {
+                    Ok(Read::Event(e)) => e,
+                    Ok(Read::Missed { oldest }) => {
+                        // This worker fell a whole ring behind: tell members what they lost.
+                        let gap = Push::ChatGap(ChatGap {
+                            room_id: room,
+                            first_seq: seq,
+                            missed: oldest - seq,
+                        });
+                        let _ = write_push(&mut frame, &gap, proto::BODY_LEN_LIMIT);
+                        self.fan_out(room, seq, &frame, &mut touched);
+                        seq = oldest - 1;
+                        continue;
+                    }
+                    Ok(Read::NotYet) | Err(_) => break,
+                };
+                let (Ok(sender), Ok(text)) =
+                    (Name::new(&event.sender_name), Text::new(&event.text))
+                else {
+                    continue;
+                };
+                let push = Push::ChatBroadcast(ChatBroadcast {
+                    room_id: room,
+                    message: RoomMessage {
+                        seq,
+                        sender_id: event.sender,
+                        time_ms: event.time_ms,
+                        sender,
+                        text,
+                    },
+                });
+                let _ = write_push(&mut frame, &push, proto::BODY_LEN_LIMIT);
+                self.fan_out(room, seq, &frame, &mut touched);
+            }
+            self.ctx.chat.cursors.insert(room, seq);
+        }
+        touched
+    }
+
+    /// Delivers the direct messages in this worker's inbox to their recipients here.
+    fn deliver_inbox(&mut self, touched: &mut Vec<usize>, frame: &mut Vec<u8>) {
+        let inbox = u32::from(self.ctx.cfg.worker);
+        let mut seq = self.ctx.chat.inbox_seq;
+        let last = self.ctx.rooms.inbox_last_seq(inbox).unwrap_or(seq);
+        while seq < last {
+            seq += 1;
+            let event = match self.ctx.rooms.inbox_read(inbox, seq) {
+                Ok(Read::Event(e)) => e,
+                Ok(Read::Missed { oldest }) => {
+                    // The inbox ring lapped this worker: those messages are lost, and counted.
+                    self.ctx.metrics.pushes_dropped.add(oldest - seq);
+                    seq = oldest - 1;
+                    continue;
+                }
+                Ok(Read::NotYet) | Err(_) => break,
+            };
+            let Some(&(key, conn_id)) = self.ctx.chat.users.get(&event.target) else {
+                self.ctx.metrics.pushes_dropped.add(1);
+                continue;
+            };
+            let (Ok(from), Ok(text)) = (Name::new(&event.sender_name), Text::new(&event.text))
+            else {
+                continue;
+            };
+            frame.clear();
+            let push = Push::DirectMessage(DirectMessage {
+                from_id: event.sender,
+                time_ms: event.time_ms,
+                from,
+                text,
+            });
+            let _ = write_push(frame, &push, proto::BODY_LEN_LIMIT);
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.st.id == conn_id {
+                    self.ctx.queue(&mut conn.st, frame.len(), |out| {
+                        out.extend_from_slice(frame)
+                    });
+                    self.ctx.metrics.pushes_delivered.add(1);
+                    touched.push(key);
+                }
+            }
+        }
+        self.ctx.chat.inbox_seq = seq;
+    }
+
+    /// Copies one encoded push into the queue of every local member of `room` that joined
+    /// before message `seq`.
+    fn fan_out(&mut self, room: u32, seq: u64, frame: &[u8], touched: &mut Vec<usize>) {
+        // Taken out of the map while the queues are filled (which needs the context mutably).
+        let Some(members) = self.ctx.chat.members.remove(&room) else {
+            return;
+        };
+        for m in &members {
+            if seq <= m.after_seq {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(m.key) else {
+                continue;
+            };
+            if conn.st.id != m.conn_id {
+                continue;
+            }
+            let ctx = &mut self.ctx;
+            let before = conn.st.closing;
+            ctx.queue(&mut conn.st, frame.len(), |out| {
+                out.extend_from_slice(frame)
+            });
+            if conn.st.closing && !before {
+                ctx.metrics.pushes_dropped.add(1);
+            } else {
+                ctx.metrics.pushes_delivered.add(1);
+            }
+            touched.push(m.key);
+        }
+        self.ctx.chat.members.insert(room, members);
+    }
+}
