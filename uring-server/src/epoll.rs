@@ -1,211 +1,274 @@
-//! The epoll backend: the same [`Core`] driven by readiness instead of completions. Used where
-//! io_uring is unavailable, and as the baseline io_uring is measured against.
+//! The epoll backend: readiness instead of completions, under the same event loop
+//! ([`crate::event_loop`]). Used where io_uring is unavailable, and as the baseline io_uring is
+//! measured against. Level-triggered: a socket is read until EAGAIN into one 64 KiB buffer and
+//! written until EAGAIN, then watched for EPOLLOUT.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::core::Core;
-use crate::worker::Shutdown;
+use crate::event_loop::Backend;
+use crate::sockets::ByKey;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 const READ_BUF: usize = 64 << 10;
 
-fn interest(want_write: bool) -> EpollFlags {
-    let mut f = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-    if want_write {
-        f |= EpollFlags::EPOLLOUT;
-    }
-    f
+/// A connection's socket and what epoll watches on it.
+#[derive(Debug)]
+struct Socket {
+    fd: OwnedFd,
+    /// Waiting for EPOLLOUT: the last write found the socket full.
+    want_write: bool,
+    /// EPOLLIN is wanted (until the connection closes).
+    reading: bool,
+    /// What the epoll set holds for it now.
+    registered: EpollFlags,
 }
 
-/// Reads everything available on `key` into the core; marks it closing on EOF or error.
-fn read_all(core: &mut Core<'_>, key: usize, buf: &mut [u8]) {
-    loop {
-        let Some(conn) = core.conns.get_mut(key) else {
+/// The epoll backend of one worker.
+#[derive(Debug)]
+pub struct EpollBackend<'w> {
+    epoll: Epoll,
+    listener: Option<OwnedFd>,
+    wake_fd: Option<BorrowedFd<'w>>,
+    sockets: ByKey<Socket>,
+    events: Vec<EpollEvent>,
+    buf: Vec<u8>,
+}
+
+impl<'w> EpollBackend<'w> {
+    /// Watches `listener` and, when given, the worker's chat wake-up eventfd.
+    pub fn new(listener: OwnedFd, wake_fd: Option<BorrowedFd<'w>>) -> anyhow::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+        )?;
+        if let Some(fd) = wake_fd {
+            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+        }
+        Ok(EpollBackend {
+            epoll,
+            listener: Some(listener),
+            wake_fd,
+            sockets: ByKey::default(),
+            events: vec![EpollEvent::empty(); 1024],
+            buf: vec![0u8; READ_BUF],
+        })
+    }
+
+    /// Brings the epoll set in line with what `key` wants (level-triggered: an EPOLLOUT left
+    /// registered with nothing to write would fire forever).
+    fn watch(&mut self, key: usize) {
+        let Some(s) = self.sockets.get_mut(key) else {
             return;
         };
-        if conn.st.closing {
-            return;
+        let mut flags = EpollFlags::empty();
+        if s.reading {
+            flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
-        match nix::unistd::read(conn.fd.as_raw_fd(), buf) {
-            Ok(0) => {
-                conn.st.closing = true;
-                return;
-            }
-            Ok(n) => {
-                core.on_bytes(key, &buf[..n]);
-                if n < buf.len() {
+        if s.want_write {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        if flags != s.registered {
+            s.registered = flags;
+            let mut ev = EpollEvent::new(flags, key as u64);
+            let _ = self.epoll.modify(s.fd.as_fd(), &mut ev);
+        }
+    }
+
+    fn accept_all(&mut self, core: &mut Core<'_>) {
+        let Some(l) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            let raw = match nix::sys::socket::accept4(
+                l.as_raw_fd(),
+                nix::sys::socket::SockFlag::SOCK_NONBLOCK
+                    | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(raw) => raw,
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept");
                     return;
                 }
+            };
+            // SAFETY: accept4 returned a new fd nobody else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            crate::worker::tune_socket(&fd);
+            match core.open() {
+                Ok(key) => {
+                    let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+                    if self
+                        .epoll
+                        .add(fd.as_fd(), EpollEvent::new(flags, key as u64))
+                        .is_err()
+                    {
+                        core.remove(key);
+                        continue;
+                    }
+                    self.sockets.insert(
+                        key,
+                        Socket {
+                            fd,
+                            want_write: false,
+                            reading: true,
+                            registered: flags,
+                        },
+                    );
+                }
+                // Best effort: the socket is new, so its buffer has room for one small frame.
+                Err(refusal) => {
+                    let _ = nix::unistd::write(&fd, &refusal);
+                }
             }
-            Err(Errno::EAGAIN) => return,
-            Err(Errno::EINTR) => {}
-            Err(_) => {
-                conn.st.closing = true;
+        }
+    }
+
+    /// Reads everything available on `key` into the core.
+    fn read_all(&mut self, core: &mut Core<'_>, key: usize) {
+        loop {
+            let Some(s) = self.sockets.get(key) else {
+                return;
+            };
+            if !s.reading || core.step(key).map_or(true, |st| st.closing) {
                 return;
             }
+            match nix::unistd::read(s.fd.as_raw_fd(), &mut self.buf) {
+                Ok(0) => return core.peer_closed(key),
+                Ok(n) => {
+                    core.on_bytes(key, &self.buf[..n]);
+                    if n < self.buf.len() {
+                        return;
+                    }
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => {}
+                Err(_) => return core.peer_closed(key),
+            }
         }
     }
 }
 
-/// Writes what `key` has queued; registers interest in writability if the socket is full;
-/// closes it once closing and flushed.
-fn settle(core: &mut Core<'_>, epoll: &Epoll, key: usize) {
-    let Some(conn) = core.conns.get_mut(key) else {
-        return;
-    };
-    if conn.st.abort {
-        // A slow consumer: close without flushing, resetting the connection.
-        crate::worker::reset_on_close(&conn.fd);
-        core.remove(key);
-        return;
+impl Backend for EpollBackend<'_> {
+    fn sending(&self, key: usize) -> bool {
+        self.sockets.get(key).is_some_and(|s| s.want_write)
     }
-    while !conn.st.out.is_empty() {
-        let chunk = conn.st.out.chunk();
-        match nix::sys::socket::send(
-            conn.fd.as_raw_fd(),
-            chunk,
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-        ) {
-            Ok(n) => conn.st.out.advance(n),
-            Err(Errno::EAGAIN) => break,
-            Err(Errno::EINTR) => {}
-            Err(_) => {
-                conn.st.out = Default::default();
-                conn.st.closing = true;
+
+    fn in_flight(&self, _key: usize) -> bool {
+        // Readiness: nothing is ever in flight once a call returned.
+        false
+    }
+
+    fn send(&mut self, core: &mut Core<'_>, key: usize) {
+        let Some(s) = self.sockets.get(key) else {
+            return;
+        };
+        let fd = s.fd.as_raw_fd();
+        let mut full = false;
+        loop {
+            let chunk = core.output(key);
+            if chunk.is_empty() {
+                break;
+            }
+            match nix::sys::socket::send(fd, chunk, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => core.sent(key, n),
+                Err(Errno::EAGAIN) => {
+                    full = true;
+                    break;
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    core.send_failed(key);
+                    break;
+                }
             }
         }
+        if let Some(s) = self.sockets.get_mut(key) {
+            s.want_write = full;
+        }
+        self.watch(key);
     }
-    let want_write = !conn.st.out.is_empty();
-    if conn.st.closing && !want_write {
+
+    fn stop_reading(&mut self, key: usize) {
+        if let Some(s) = self.sockets.get_mut(key) {
+            // Reading is over: a half-closed peer must not keep a level-triggered EPOLLIN
+            // firing while the output flushes.
+            s.reading = false;
+        }
+        self.watch(key);
+    }
+
+    fn reset(&mut self, key: usize) {
+        if let Some(s) = self.sockets.get(key) {
+            crate::worker::reset_on_close(&s.fd);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
         // Closing the fd removes it from the epoll set.
-        core.remove(key);
-        return;
+        self.sockets.remove(key);
     }
-    if conn.st.closing && !conn.io.shut {
-        // Reading is over: wait only for room to write, so a half-closed peer does not keep
-        // a level-triggered EPOLLIN firing.
-        conn.io.shut = true;
-        conn.io.send_busy = true;
-        let mut ev = EpollEvent::new(EpollFlags::EPOLLOUT, key as u64);
-        let _ = epoll.modify(conn.fd.as_fd(), &mut ev);
-    } else if !conn.st.closing && want_write != conn.io.send_busy {
-        conn.io.send_busy = want_write;
-        let mut ev = EpollEvent::new(interest(want_write), key as u64);
-        let _ = epoll.modify(conn.fd.as_fd(), &mut ev);
-    }
-}
 
-/// Runs the worker's loop until shutdown completes.
-pub fn run(
-    core: &mut Core<'_>,
-    listener: OwnedFd,
-    shutdown: &Shutdown,
-    wake_fd: Option<std::os::fd::BorrowedFd<'_>>,
-) -> anyhow::Result<()> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    epoll.add(
-        listener.as_fd(),
-        EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
-    )?;
-    if let Some(fd) = wake_fd {
-        epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    fn stop_accepting(&mut self) {
+        if let Some(l) = self.listener.take() {
+            let _ = self.epoll.delete(l.as_fd());
+        }
     }
-    let mut listener = Some(listener);
-    let mut events = vec![EpollEvent::empty(); 1024];
-    let mut buf = vec![0u8; READ_BUF];
-    let mut touched: Vec<usize> = Vec::new();
-    let mut last_sweep = Instant::now();
-    loop {
-        if shutdown.requested() && !core.shutting_down() {
-            if let Some(l) = listener.take() {
-                let _ = epoll.delete(l.as_fd());
-            }
-            touched.extend(core.begin_shutdown(shutdown.grace));
-        }
-        for key in touched.drain(..) {
-            settle(core, &epoll, key);
-        }
-        if core.drained() {
-            break;
-        }
-        let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
+
+    fn turn(&mut self, core: &mut Core<'_>, touched: &mut Vec<usize>) -> anyhow::Result<()> {
+        let n = match self
+            .epoll
+            .wait(&mut self.events, EpollTimeout::from(1000u16))
+        {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
         };
         core.tick_clock();
-        for ev in &events[..n] {
-            if ev.data() == WAKE {
-                if let Some(fd) = wake_fd {
-                    let mut b = [0u8; 8];
-                    let _ = nix::unistd::read(fd.as_raw_fd(), &mut b);
+        for i in 0..n {
+            let ev = self.events[i];
+            match ev.data() {
+                WAKE => {
+                    if let Some(fd) = self.wake_fd {
+                        let mut b = [0u8; 8];
+                        let _ = nix::unistd::read(fd.as_raw_fd(), &mut b);
+                    }
                 }
-                continue;
-            }
-            if ev.data() == LISTENER {
-                let Some(l) = listener.as_ref() else { continue };
-                loop {
-                    match nix::sys::socket::accept4(
-                        l.as_raw_fd(),
-                        nix::sys::socket::SockFlag::SOCK_NONBLOCK
-                            | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                LISTENER => self.accept_all(core),
+                data => {
+                    let key = data as usize;
+                    let flags = ev.events();
+                    if flags.contains(EpollFlags::EPOLLOUT) {
+                        if let Some(s) = self.sockets.get_mut(key) {
+                            // Room again: the loop's settle sends the rest (and watches for
+                            // EPOLLOUT again only if the socket fills up again).
+                            s.want_write = false;
+                        }
+                    }
+                    if flags.intersects(
+                        EpollFlags::EPOLLIN
+                            | EpollFlags::EPOLLRDHUP
+                            | EpollFlags::EPOLLHUP
+                            | EpollFlags::EPOLLERR,
                     ) {
-                        Ok(raw) => {
-                            // SAFETY: accept4 returned a new fd nobody else owns.
-                            let fd =
-                                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-                            crate::worker::tune_socket(&fd);
-                            if let Some(key) = core.accept(fd) {
-                                let conn = &core.conns[key];
-                                if epoll
-                                    .add(
-                                        conn.fd.as_fd(),
-                                        EpollEvent::new(interest(false), key as u64),
-                                    )
-                                    .is_err()
-                                {
-                                    core.remove(key);
-                                }
-                            }
-                        }
-                        Err(Errno::EAGAIN) => break,
-                        Err(Errno::EINTR | Errno::ECONNABORTED) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept");
-                            break;
+                        self.read_all(core, key);
+                        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                            core.peer_closed(key);
                         }
                     }
-                }
-                continue;
-            }
-            let key = ev.data() as usize;
-            let flags = ev.events();
-            if flags.intersects(
-                EpollFlags::EPOLLIN
-                    | EpollFlags::EPOLLRDHUP
-                    | EpollFlags::EPOLLHUP
-                    | EpollFlags::EPOLLERR,
-            ) {
-                read_all(core, key, &mut buf);
-                if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
-                    if let Some(c) = core.conns.get_mut(key) {
-                        c.st.closing = true;
-                    }
+                    touched.push(key);
                 }
             }
-            touched.push(key);
         }
-        touched.extend(core.deliver());
-        if last_sweep.elapsed() >= Duration::from_secs(1) {
-            last_sweep = Instant::now();
-            touched.extend(core.sweep());
-        }
+        Ok(())
     }
-    core.close_all();
-    Ok(())
+
+    fn finish(&mut self, _core: &mut Core<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@
 //! ticks once a second for the idle sweep. Each loop turn is one `io_uring_enter` that submits
 //! everything queued and waits for at least one completion.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,8 @@ use io_uring::types::{BufRingEntry, Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::core::Core;
-use crate::worker::Shutdown;
+use crate::event_loop::Backend;
+use crate::sockets::ByKey;
 
 const RING_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
@@ -123,8 +124,9 @@ impl BufRing {
         }
         br.publish();
         // SAFETY: the ring memory stays mapped until `drop`, which runs after the ring that
-        // uses it is gone (the BufRing is dropped before the IoUring in `run`), or unregisters
-        // first in `probe`.
+        // uses it is gone (`UringBackend` declares the ring before the buffers, so it drops
+        // first, and only after `finish` reaped every operation), or unregisters first in
+        // `probe`.
         unsafe {
             uring
                 .submitter()
@@ -171,19 +173,81 @@ impl Drop for BufRing {
     }
 }
 
-struct Loop<'a, 's> {
-    ring: IoUring,
-    core: &'a mut Core<'s>,
-    touched: Vec<usize>,
-    rearm: Vec<usize>,
+/// A connection's socket and the operations in flight on it.
+#[derive(Debug)]
+struct Socket {
+    fd: OwnedFd,
+    /// A multishot receive is armed.
+    recv_armed: bool,
+    /// A send is in flight (it points into the core's output queue for this key).
+    send_busy: bool,
+    /// The armed receive was asked to stop (cancelled), for a closing connection.
+    recv_cancelled: bool,
+    /// The socket was shut down for a reset.
+    reset: bool,
 }
 
-impl Loop<'_, '_> {
+/// The io_uring backend of one worker: its ring, provided buffers, listener and sockets.
+pub struct UringBackend<'w> {
+    ring: IoUring,
+    // Declared after the ring: the kernel may write into these buffers until the ring is gone.
+    bufs: BufRing,
+    listener: OwnedFd,
+    wake_fd: Option<BorrowedFd<'w>>,
+    sockets: ByKey<Socket>,
+    accepting: bool,
+    accept_armed: bool,
+    tick_armed: bool,
+    wake_armed: bool,
+    /// The tick's timespec and the eventfd read's buffer: the kernel holds pointers to them.
+    tick: Box<Timespec>,
+    wake_buf: Box<[u8; 8]>,
+    rearm: Vec<usize>,
+    cqes: Vec<cqueue::Entry>,
+}
+
+impl std::fmt::Debug for UringBackend<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringBackend")
+            .field("accepting", &self.accepting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'w> UringBackend<'w> {
+    /// A ring for this worker (created after the fork), its provided buffers and the tick.
+    pub fn new(listener: OwnedFd, wake_fd: Option<BorrowedFd<'w>>) -> anyhow::Result<Self> {
+        let ring = builder().build(RING_ENTRIES)?;
+        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+        let mut b = UringBackend {
+            ring,
+            bufs,
+            listener,
+            wake_fd,
+            sockets: ByKey::default(),
+            accepting: true,
+            accept_armed: false,
+            tick_armed: true,
+            wake_armed: false,
+            tick: Box::new(Timespec::new().sec(1)),
+            wake_buf: Box::new([0u8; 8]),
+            rearm: Vec::new(),
+            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+        };
+        let tick = opcode::Timeout::new(&*b.tick)
+            .flags(TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(TICK);
+        b.push(tick);
+        Ok(b)
+    }
+
     fn push(&mut self, e: squeue::Entry) {
         // SAFETY: every entry pushed here refers to memory that outlives its operation: fds
-        // owned by live connections (removed only once no operation is in flight), send buffers
-        // that do not move while a send is in flight, the tick's timespec and the wake-up's read
-        // buffer (owned by `run`, which outlives the ring), and the futex word (in the segment,
+        // owned by live sockets (closed only once no operation is in flight), send buffers in
+        // the core's output queues that do not move while a send is in flight, the tick's
+        // timespec and the wake-up's read buffer (boxed in this backend, which outlives the
+        // ring's operations: `finish` reaps them all), and the futex word (in the segment,
         // mapped for the life of the process).
         unsafe {
             while self.ring.submission().push(&e).is_err() {
@@ -193,109 +257,30 @@ impl Loop<'_, '_> {
         }
     }
 
-    fn arm_recv(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
+    fn arm_recv(&mut self, core: &Core<'_>, key: usize) {
+        let closing = core.step(key).map_or(true, |st| st.closing);
+        let Some(s) = self.sockets.get_mut(key) else {
             return;
         };
-        if conn.io.recv_armed || conn.st.closing {
+        if s.recv_armed || closing || s.reset {
             return;
         }
-        conn.io.recv_armed = true;
-        let e = opcode::RecvMulti::new(Fd(conn.fd.as_raw_fd()), BUF_GROUP)
+        s.recv_armed = true;
+        let e = opcode::RecvMulti::new(Fd(s.fd.as_raw_fd()), BUF_GROUP)
             .build()
             .user_data(RECV | key as u64);
         self.push(e);
     }
 
-    /// Starts a send for `key` if it has output and none is in flight; closes it when it is
-    /// closing and everything is flushed and finished.
-    fn settle(&mut self, key: usize) {
-        let Some(conn) = self.core.conns.get_mut(key) else {
-            return;
-        };
-        if conn.st.abort {
-            // Shut the socket: an in-flight send fails at once and the receive ends; the fd is
-            // closed when both have completed.
-            if !conn.io.shut {
-                conn.io.shut = true;
-                crate::worker::reset_on_close(&conn.fd);
-                let _ = nix::sys::socket::shutdown(
-                    conn.fd.as_raw_fd(),
-                    nix::sys::socket::Shutdown::Both,
-                );
-            }
-            if !conn.io.send_busy && !conn.io.recv_armed {
-                self.core.remove(key);
-            }
-            return;
-        }
-        if !conn.io.send_busy && !conn.st.out.is_empty() {
-            let chunk = conn.st.out.chunk();
-            let (ptr, len) = (chunk.as_ptr(), chunk.len().min(u32::MAX as usize) as u32);
-            conn.io.send_busy = true;
-            let fd = conn.fd.as_raw_fd();
-            let e = opcode::Send::new(Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(SEND | key as u64);
-            self.push(e);
-            return;
-        }
-        if conn.st.closing && !conn.io.send_busy {
-            if conn.io.recv_armed {
-                if !conn.io.shut {
-                    conn.io.shut = true;
-                    // Ends the armed receive; its last completion then lets us close.
-                    let _ = nix::sys::socket::shutdown(
-                        conn.fd.as_raw_fd(),
-                        nix::sys::socket::Shutdown::Both,
-                    );
-                }
-            } else {
-                self.core.remove(key);
-            }
-        }
-    }
-}
-
-/// Runs the worker's loop until shutdown completes.
-pub fn run(
-    core: &mut Core<'_>,
-    listener: OwnedFd,
-    shutdown: &Shutdown,
-    wake_fd: Option<std::os::fd::BorrowedFd<'_>>,
-) -> anyhow::Result<()> {
-    let ring = builder().build(RING_ENTRIES)?;
-    let mut bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
-    let tick = Timespec::new().sec(1);
-    let mut lp = Loop {
-        ring,
-        core,
-        touched: Vec::new(),
-        rearm: Vec::new(),
-    };
-    let mut accepting = true;
-    let mut accept_armed = false;
-    let tick_entry = opcode::Timeout::new(&tick)
-        .flags(TimeoutFlags::MULTISHOT)
-        .build()
-        .user_data(TICK);
-    lp.push(tick_entry);
-    let mut tick_armed = true;
-    let mut last_sweep = Instant::now();
-    let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(CQ_ENTRIES as usize);
-    // The chat wake-up: a futex wait on the epoch word, or a read of this worker's eventfd.
-    let mut wake_armed = false;
-    let mut wake_buf = Box::new([0u8; 8]);
-    loop {
-        if !wake_armed {
-            wake_armed = true;
-            let e = match wake_fd {
-                Some(fd) => opcode::Read::new(Fd(fd.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
+    fn arm_loop_wide(&mut self, core: &Core<'_>) {
+        if !self.wake_armed {
+            self.wake_armed = true;
+            let e = match self.wake_fd {
+                Some(fd) => opcode::Read::new(Fd(fd.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
                     .build()
                     .user_data(WAKE),
                 None => {
-                    let (word, seen) = lp.core.chat_epoch();
+                    let (word, seen) = core.chat_epoch();
                     opcode::FutexWait::new(
                         word.as_ptr(),
                         u64::from(seen),
@@ -306,46 +291,147 @@ pub fn run(
                     .user_data(WAKE)
                 }
             };
-            lp.push(e);
+            self.push(e);
         }
-        if accepting && !accept_armed {
-            let e = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
+        if self.accepting && !self.accept_armed {
+            let e = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
                 .build()
                 .user_data(ACCEPT);
-            lp.push(e);
-            accept_armed = true;
+            self.push(e);
+            self.accept_armed = true;
         }
-        if shutdown.requested() && !lp.core.shutting_down() {
-            accepting = false;
-            lp.push(opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL));
-            let all = lp.core.begin_shutdown(shutdown.grace);
-            lp.touched.extend(all);
+    }
+
+    fn accepted(&mut self, core: &mut Core<'_>, fd: OwnedFd) {
+        crate::worker::tune_socket(&fd);
+        match core.open() {
+            Ok(key) => {
+                self.sockets.insert(
+                    key,
+                    Socket {
+                        fd,
+                        recv_armed: false,
+                        send_busy: false,
+                        recv_cancelled: false,
+                        reset: false,
+                    },
+                );
+                self.arm_recv(core, key);
+            }
+            // Best effort: the socket is new, so its buffer has room for one small frame.
+            Err(refusal) => {
+                let _ = nix::unistd::write(&fd, &refusal);
+            }
         }
-        if lp.core.drained() {
-            break;
+    }
+
+    /// Operations in flight, on sockets and loop-wide.
+    fn outstanding(&self) -> usize {
+        let per_socket: usize = self
+            .sockets
+            .iter()
+            .map(|(_, s)| usize::from(s.recv_armed) + usize::from(s.send_busy))
+            .sum();
+        per_socket
+            + usize::from(self.accept_armed)
+            + usize::from(self.tick_armed)
+            + usize::from(self.wake_armed)
+    }
+}
+
+impl Backend for UringBackend<'_> {
+    fn sending(&self, key: usize) -> bool {
+        self.sockets.get(key).is_some_and(|s| s.send_busy)
+    }
+
+    fn in_flight(&self, key: usize) -> bool {
+        self.sockets
+            .get(key)
+            .is_some_and(|s| s.send_busy || s.recv_armed)
+    }
+
+    fn send(&mut self, core: &mut Core<'_>, key: usize) {
+        let Some(s) = self.sockets.get(key) else {
+            return;
+        };
+        if s.send_busy || s.reset {
+            return;
         }
-        for key in std::mem::take(&mut lp.rearm) {
-            lp.arm_recv(key);
+        let fd = s.fd.as_raw_fd();
+        let chunk = core.output(key);
+        if chunk.is_empty() {
+            return;
         }
-        let touched = std::mem::take(&mut lp.touched);
-        for &key in &touched {
-            lp.settle(key);
+        let (ptr, len) = (chunk.as_ptr(), chunk.len().min(u32::MAX as usize) as u32);
+        if let Some(s) = self.sockets.get_mut(key) {
+            s.send_busy = true;
         }
-        lp.touched = touched;
-        lp.touched.clear();
-        match lp.ring.submit_and_wait(1) {
+        let e = opcode::Send::new(Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(SEND | key as u64);
+        self.push(e);
+    }
+
+    fn stop_reading(&mut self, key: usize) {
+        let Some(s) = self.sockets.get_mut(key) else {
+            return;
+        };
+        if s.recv_armed && !s.recv_cancelled {
+            s.recv_cancelled = true;
+            // Ends the armed receive; its last completion then lets the loop close.
+            let e = opcode::AsyncCancel::new(RECV | key as u64)
+                .build()
+                .user_data(CANCEL);
+            self.push(e);
+        }
+    }
+
+    fn reset(&mut self, key: usize) {
+        let Some(s) = self.sockets.get_mut(key) else {
+            return;
+        };
+        if !s.reset {
+            s.reset = true;
+            // Shut the socket: an in-flight send fails at once and the receive ends; the fd
+            // is closed (with a reset) when both have completed.
+            crate::worker::reset_on_close(&s.fd);
+            let _ = nix::sys::socket::shutdown(s.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(s) = self.sockets.remove(key) {
+            debug_assert!(
+                !s.recv_armed && !s.send_busy,
+                "closing with an operation in flight"
+            );
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.accepting = false;
+        self.push(opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL));
+    }
+
+    fn turn(&mut self, core: &mut Core<'_>, touched: &mut Vec<usize>) -> anyhow::Result<()> {
+        self.arm_loop_wide(core);
+        for key in std::mem::take(&mut self.rearm) {
+            self.arm_recv(core, key);
+        }
+        match self.ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
             Err(e) => return Err(e.into()),
         }
-        lp.core.tick_clock();
+        core.tick_clock();
         let mut returned = false;
         // Completions are copied out first (into a reused buffer): handling one may push new
         // submissions, which needs the ring.
+        let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(lp.ring.completion());
+        cqes.extend(self.ring.completion());
         for cqe in cqes.drain(..) {
             let ud = cqe.user_data();
             let key = (ud & KEY_MASK) as usize;
@@ -355,17 +441,14 @@ pub fn run(
                     if res >= 0 {
                         // SAFETY: a successful accept's result is a new fd nobody else owns.
                         let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
-                        if accepting {
-                            crate::worker::tune_socket(&fd);
-                            if let Some(k) = lp.core.accept(fd) {
-                                lp.arm_recv(k);
-                            }
+                        if self.accepting {
+                            self.accepted(core, fd);
                         }
                     } else if res != -libc::ECANCELED {
                         tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept");
                     }
                     if !cqueue::more(flags) {
-                        accept_armed = false;
+                        self.accept_armed = false;
                     }
                 }
                 RECV => {
@@ -374,170 +457,149 @@ pub fn run(
                         if let Some(bid) = cqueue::buffer_select(flags) {
                             // Copy-free: the core consumes the bytes (buffering only a cut
                             // frame) before the buffer goes back to the ring.
-                            let data = bufs.buf(bid, res as usize);
-                            lp.core.on_bytes(key, data);
-                            bufs.push(bid);
+                            core.on_bytes(key, self.bufs.buf(bid, res as usize));
+                            self.bufs.push(bid);
                             returned = true;
                         }
                     }
-                    if let Some(conn) = lp.core.conns.get_mut(key) {
+                    if let Some(s) = self.sockets.get_mut(key) {
                         if !more {
-                            conn.io.recv_armed = false;
+                            s.recv_armed = false;
                         }
-                        if res == 0 || (res < 0 && res != -libc::ENOBUFS) {
+                        if res == 0 || (res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED)
+                        {
                             // The peer closed, or the socket failed: nothing more to read.
-                            conn.st.closing = true;
-                        } else if !more {
+                            core.peer_closed(key);
+                        } else if !more && !s.recv_cancelled {
                             // Out of buffers, or the kernel ended the multishot: re-arm.
-                            lp.rearm.push(key);
+                            self.rearm.push(key);
                         }
                     }
-                    lp.touched.push(key);
+                    touched.push(key);
                 }
                 SEND => {
-                    if let Some(conn) = lp.core.conns.get_mut(key) {
-                        conn.io.send_busy = false;
+                    if let Some(s) = self.sockets.get_mut(key) {
+                        s.send_busy = false;
                         if res >= 0 {
-                            conn.st.out.advance(res as usize);
+                            core.sent(key, res as usize);
                         } else {
-                            // The peer is gone: drop what it will never read.
-                            conn.st.closing = true;
-                            conn.st.out = Default::default();
+                            core.send_failed(key);
                         }
                     }
-                    lp.touched.push(key);
+                    touched.push(key);
                 }
-                WAKE => wake_armed = false,
+                WAKE => self.wake_armed = false,
                 TICK => {
                     if !cqueue::more(flags) {
-                        tick_armed = false;
+                        self.tick_armed = false;
                     }
                 }
                 CANCEL => {}
                 _ => tracing::warn!(user_data = ud, "unexpected completion"),
             }
         }
+        self.cqes = cqes;
         if returned {
-            bufs.publish();
+            self.bufs.publish();
         }
-        let delivered = lp.core.deliver();
-        lp.touched.extend(delivered);
-        if last_sweep.elapsed() >= Duration::from_secs(1) {
-            last_sweep = Instant::now();
-            let marked = lp.core.sweep();
-            lp.touched.extend(marked);
-        }
+        Ok(())
     }
-    // Closing an fd does not end an io_uring operation that holds its file, and a send in flight
-    // points into its connection's output queue: cancel everything, reap every completion, and
-    // only then free the connections, the ring and the buffers the ring pointed into.
-    let armed = Armed {
-        accept: accept_armed,
-        tick: tick_armed,
-        wake: wake_armed,
-    };
-    let left = cancel_and_reap(&mut lp, &mut bufs, armed);
-    assert_eq!(
-        left, 0,
-        "operations still in flight after cancelling all of them"
-    );
-    lp.core.close_all();
-    drop(lp);
-    drop(bufs);
-    Ok(())
-}
 
-/// Which loop-wide operations are in flight.
-#[derive(Debug, Clone, Copy)]
-struct Armed {
-    accept: bool,
-    tick: bool,
-    wake: bool,
+    /// Closing an fd does not end an io_uring operation that holds its file, and a send in
+    /// flight points into its connection's output queue: cancel everything, and reap every
+    /// completion before anything is freed.
+    fn finish(&mut self, core: &mut Core<'_>) -> anyhow::Result<()> {
+        let left = self.cancel_and_reap(core);
+        assert_eq!(
+            left, 0,
+            "operations still in flight after cancelling all of them"
+        );
+        Ok(())
+    }
 }
 
 /// How long the shutdown waits for cancelled operations to complete (the kernel completes a
 /// cancelled one at once; this bounds a kernel that does not).
 const REAP_LIMIT: Duration = Duration::from_secs(2);
 
-/// Cancels every operation in flight on the ring and reaps completions until none is left, or
-/// until `REAP_LIMIT`. Returns how many are still outstanding (0 when all ended). Data that
-/// arrives meanwhile is dropped: the connections are being closed.
-fn cancel_and_reap(lp: &mut Loop<'_, '_>, bufs: &mut BufRing, mut armed: Armed) -> usize {
-    let outstanding = |lp: &Loop<'_, '_>, a: &Armed| {
-        let per_conn: usize = lp
-            .core
-            .conns
-            .iter()
-            .map(|(_, c)| usize::from(c.io.recv_armed) + usize::from(c.io.send_busy))
-            .sum();
-        per_conn + usize::from(a.accept) + usize::from(a.tick) + usize::from(a.wake)
-    };
-    let before = outstanding(lp, &armed);
-    let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-        .build()
-        .user_data(CANCEL_ALL);
-    lp.push(e);
-    let deadline = Instant::now() + REAP_LIMIT;
-    let mut cancel_pending = true;
-    while (cancel_pending || outstanding(lp, &armed) > 0) && Instant::now() < deadline {
-        let wait = types::Timespec::new().nsec(10_000_000);
-        let args = types::SubmitArgs::new().timespec(&wait);
-        match lp.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "reaping cancelled operations");
-                break;
+impl UringBackend<'_> {
+    /// Cancels every operation in flight on the ring and reaps completions until none is left,
+    /// or until `REAP_LIMIT`. Returns how many are still outstanding (0 when all ended). Data
+    /// that arrives meanwhile is dropped: the connections are being closed.
+    fn cancel_and_reap(&mut self, core: &mut Core<'_>) -> usize {
+        let before = self.outstanding();
+        let sends = self.sockets.iter().filter(|(_, s)| s.send_busy).count();
+        self.accepting = false;
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(CANCEL_ALL);
+        self.push(e);
+        let deadline = Instant::now() + REAP_LIMIT;
+        let mut cancel_pending = true;
+        while (cancel_pending || self.outstanding() > 0) && Instant::now() < deadline {
+            let wait = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&wait);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "reaping cancelled operations");
+                    break;
+                }
+            }
+            let cqes: Vec<cqueue::Entry> = self.ring.completion().collect();
+            for cqe in cqes {
+                let ud = cqe.user_data();
+                let key = (ud & KEY_MASK) as usize;
+                let (res, flags) = (cqe.result(), cqe.flags());
+                let more = cqueue::more(flags);
+                match ud & !KEY_MASK {
+                    ACCEPT => {
+                        if res >= 0 {
+                            // SAFETY: a successful accept's result is a new fd nobody else
+                            // owns; it is closed at once (we are shutting down).
+                            drop(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
+                        }
+                        self.accept_armed &= more;
+                    }
+                    RECV => {
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            self.bufs.push(bid);
+                            self.bufs.publish();
+                        }
+                        if let Some(s) = self.sockets.get_mut(key) {
+                            s.recv_armed &= more;
+                        }
+                    }
+                    SEND => {
+                        if let Some(s) = self.sockets.get_mut(key) {
+                            s.send_busy = false;
+                        }
+                        if res >= 0 {
+                            core.sent(key, res as usize);
+                        }
+                    }
+                    TICK => self.tick_armed &= more,
+                    WAKE => self.wake_armed = false,
+                    CANCEL if ud == CANCEL_ALL => cancel_pending = false,
+                    _ => {}
+                }
             }
         }
-        let cqes: Vec<cqueue::Entry> = lp.ring.completion().collect();
-        for cqe in cqes {
-            let ud = cqe.user_data();
-            let key = (ud & KEY_MASK) as usize;
-            let (res, flags) = (cqe.result(), cqe.flags());
-            let more = cqueue::more(flags);
-            match ud & !KEY_MASK {
-                ACCEPT => {
-                    if res >= 0 {
-                        // SAFETY: a successful accept's result is a new fd nobody else owns;
-                        // it is closed at once (we are shutting down).
-                        drop(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
-                    }
-                    armed.accept &= more;
-                }
-                RECV => {
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        bufs.push(bid);
-                        bufs.publish();
-                    }
-                    if let Some(conn) = lp.core.conns.get_mut(key) {
-                        conn.io.recv_armed &= more;
-                    }
-                }
-                SEND => {
-                    if let Some(conn) = lp.core.conns.get_mut(key) {
-                        conn.io.send_busy = false;
-                    }
-                }
-                TICK => armed.tick &= more,
-                WAKE => armed.wake = false,
-                CANCEL if ud == CANCEL_ALL => cancel_pending = false,
-                _ => {}
-            }
+        let left = self.outstanding();
+        if left > 0 {
+            tracing::error!(left, "operations still in flight after cancelling");
+        } else {
+            tracing::info!(
+                operations = before,
+                sends,
+                "operations cancelled and reaped: nothing in flight when the ring is dropped"
+            );
         }
+        left
     }
-    let left = outstanding(lp, &armed);
-    if left > 0 {
-        tracing::error!(left, ?armed, "operations still in flight after cancelling");
-    } else {
-        tracing::info!(
-            operations = before,
-            "operations cancelled and reaped: nothing in flight when the ring is dropped"
-        );
-    }
-    left
 }

@@ -156,8 +156,14 @@ fn run_inner(
         grace: Duration::from_secs(3),
     };
     match backend {
-        Backend::Uring => crate::uring::run(&mut core, listener, &shutdown, wake_fd)?,
-        Backend::Epoll => crate::epoll::run(&mut core, listener, &shutdown, wake_fd)?,
+        Backend::Uring => {
+            let mut io = crate::uring::UringBackend::new(listener, wake_fd)?;
+            crate::event_loop::run(&mut core, &mut io, &shutdown)?;
+        }
+        Backend::Epoll => {
+            let mut io = crate::epoll::EpollBackend::new(listener, wake_fd)?;
+            crate::event_loop::run(&mut core, &mut io, &shutdown)?;
+        }
     }
     m.pid.set(0);
     tracing::info!("worker stopped");

@@ -1,8 +1,7 @@
 //! The protocol core alone: fed bytes and ticks of a clock moved by hand, on a temporary
-//! segment, with no socket and no process. Each test reads back exactly the frames the core
+//! segment, with no socket and no process (the core never sees one: it is fed bytes and hands
+//! back what to send). Each test reads back exactly the frames the core
 //! queued for the connection and checks them byte-level through the protocol crate.
-
-use std::os::fd::OwnedFd;
 
 use proto::body::*;
 use proto::codec::Name;
@@ -91,11 +90,9 @@ impl<'s> Harness<'s> {
         }
     }
 
-    /// A new connection. The core owns an fd per connection; /dev/null stands in for the
-    /// socket, which the core never reads or writes.
+    /// A new connection: the core knows only its key, never a socket.
     fn connect(&mut self) -> usize {
-        let fd: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
-        self.core.accept(fd).expect("accepted")
+        self.core.open().expect("accepted")
     }
 
     fn send_bytes(&mut self, key: usize, bytes: &[u8]) {
@@ -119,14 +116,13 @@ impl<'s> Harness<'s> {
 
     /// Everything queued for `key`, as frames, taken out of its queue.
     fn take(&mut self, key: usize) -> Vec<Out> {
-        let conn = self.core.conns.get_mut(key).expect("connection");
         let mut bytes = Vec::new();
         loop {
-            let chunk = conn.st.out.chunk().to_vec();
+            let chunk = self.core.output(key).to_vec();
             if chunk.is_empty() {
                 break;
             }
-            conn.st.out.advance(chunk.len());
+            self.core.sent(key, chunk.len());
             bytes.extend_from_slice(&chunk);
         }
         let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
@@ -736,8 +732,15 @@ fn connections_over_the_limit_are_refused() {
     let mut h = Harness::new(&seg, cfg);
     h.connect();
     h.connect();
-    let fd: OwnedFd = std::fs::File::open("/dev/null").expect("/dev/null").into();
-    assert!(h.core.accept(fd).is_none());
+    let refusal = h.core.open().expect_err("over the limit");
+    let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
+    let (_, res) = dec.decode(&refusal);
+    match res {
+        Err(proto::DecodeError::UnknownOpcode { header }) => {
+            assert_eq!(header.status, Status::ErrServerBusy.as_u16());
+        }
+        other => panic!("an ERR_SERVER_BUSY response with opcode 0: {other:?}"),
+    }
 }
 
 #[test]

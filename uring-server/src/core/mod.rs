@@ -11,8 +11,6 @@ mod rooms;
 mod session;
 mod timers;
 
-use std::os::fd::OwnedFd;
-
 pub use error::{Handled, HandlerError};
 
 use crate::status::opcode_index;
@@ -135,27 +133,24 @@ pub struct ConnState {
     bucket: Bucket,
 }
 
-/// What a backend tracks about a connection's operations in flight.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IoFlags {
-    /// A (multishot) receive is armed.
-    pub recv_armed: bool,
-    /// A send is in flight (io_uring) or EPOLLOUT is registered (epoll).
-    pub send_busy: bool,
-    /// `shutdown(2)` was called to end the armed receive.
-    pub shut: bool,
-}
-
-/// One client connection.
+/// One client connection, as the protocol sees it: no socket. The event loop owns the socket
+/// under the same key and moves bytes between it and the core.
 #[derive(Debug)]
 pub struct Conn {
-    /// The socket.
-    pub fd: OwnedFd,
     decoder: FrameDecoder,
     /// The rest.
     pub st: ConnState,
-    /// The backend's bookkeeping.
-    pub io: IoFlags,
+}
+
+/// What the event loop must do for a connection next (see `event_loop::settle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Output is waiting to be sent.
+    pub has_output: bool,
+    /// Read nothing more; close once the output is flushed.
+    pub closing: bool,
+    /// Close now without flushing, resetting the connection (a slow consumer).
+    pub abort: bool,
 }
 
 /// Everything a handler may touch besides the connection.
@@ -238,8 +233,9 @@ impl<'s> Core<'s> {
         })
     }
 
-    /// Takes a new connection, or refuses it over the limit (ERR_SERVER_BUSY, then close).
-    pub fn accept(&mut self, fd: OwnedFd) -> Option<usize> {
+    /// Takes a new connection: its key, or, over the limit, the refusal (ERR_SERVER_BUSY) the
+    /// event loop writes before closing the socket.
+    pub fn open(&mut self) -> Result<usize, Vec<u8>> {
         let m = self.ctx.metrics;
         if self.conns.len() >= self.ctx.cfg.max_conns {
             let mut frame = Vec::new();
@@ -250,18 +246,15 @@ impl<'s> Core<'s> {
                 Status::ErrServerBusy,
                 "too many connections",
             );
-            // Best effort: the socket is new, so its buffer has room for one small frame.
-            let _ = nix::unistd::write(&fd, &frame);
             m.conns_refused.add(1);
             m.statuses[Status::ErrServerBusy.as_u16() as usize].add(1);
-            return None;
+            return Err(frame);
         }
         self.generation += 1;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let id = (self.generation << 24 | key as u64) & ((1 << 48) - 1);
         entry.insert(Conn {
-            fd,
             decoder: FrameDecoder::new(self.ctx.cfg.body_len_max),
             st: ConnState {
                 id,
@@ -276,11 +269,62 @@ impl<'s> Core<'s> {
                 name: String::new(),
                 bucket: Bucket::new(self.ctx.cfg.flood_burst, self.ctx.now_ms),
             },
-            io: IoFlags::default(),
         });
         m.conns_accepted.add(1);
         m.conns_active.set(self.conns.len() as u64);
-        Some(key)
+        Ok(key)
+    }
+
+    /// What the event loop must do for `key` next; `None` for a key not open.
+    pub fn step(&self, key: usize) -> Option<Step> {
+        self.conns.get(key).map(|c| Step {
+            has_output: !c.st.out.is_empty(),
+            closing: c.st.closing,
+            abort: c.st.abort,
+        })
+    }
+
+    /// The next bytes to send on `key` (empty when nothing waits). They stay where they are,
+    /// unchanged, until [`Core::sent`] or [`Core::send_failed`]: an io_uring send may point
+    /// into them.
+    pub fn output(&mut self, key: usize) -> &[u8] {
+        match self.conns.get_mut(key) {
+            Some(c) => c.st.out.chunk(),
+            None => &[],
+        }
+    }
+
+    /// `n` bytes of the last [`Core::output`] were sent.
+    pub fn sent(&mut self, key: usize, n: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.st.out.advance(n);
+        }
+    }
+
+    /// A send failed: the peer is gone. What it will never read is dropped; the connection
+    /// closes.
+    pub fn send_failed(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.st.out = OutQueue::default();
+            c.st.closing = true;
+        }
+    }
+
+    /// The peer closed its side, or reading failed: nothing more will arrive.
+    pub fn peer_closed(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.st.closing = true;
+        }
+    }
+
+    /// The keys of every open connection.
+    pub fn keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Monotonic milliseconds at the current loop turn.
+    pub fn now_ms(&self) -> u64 {
+        self.ctx.now_ms
     }
 
     /// Handles bytes received on connection `key`: every whole frame in them is answered into
@@ -317,14 +361,17 @@ impl<'s> Core<'s> {
         self.ctx.wall_ms = self.ctx.clock.wall_ms();
     }
 
-    /// Removes connection `key`, ending its session. Returns it so the backend closes the fd.
-    pub fn remove(&mut self, key: usize) -> Option<Conn> {
-        let mut conn = self.conns.try_remove(key)?;
+    /// Removes connection `key`, ending its session (the event loop closes its socket). False
+    /// when it was not open.
+    pub fn remove(&mut self, key: usize) -> bool {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return false;
+        };
         self.ctx.end_session(&mut conn.st);
         let m = self.ctx.metrics;
         m.conns_closed.add(1);
         m.conns_active.set(self.conns.len() as u64);
-        Some(conn)
+        true
     }
 
     /// The chat epoch word in shared memory (a futex the loop can wait on) and the value this
@@ -362,7 +409,7 @@ impl<'s> Core<'s> {
             .is_some_and(|d| self.conns.is_empty() || self.ctx.now_ms >= d)
     }
 
-    /// Removes every connection left (their fds close as they drop).
+    /// Removes every connection left (the event loop closes their sockets).
     pub fn close_all(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
