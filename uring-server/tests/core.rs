@@ -784,3 +784,226 @@ fn a_graceful_stop_tells_everyone_and_ends_after_the_grace() {
     h.core.close_all();
     assert!(h.core.conns.is_empty());
 }
+
+/// A HEARTBEAT request frame with its header edited by `edit`, checksum recomputed.
+fn edited_frame(edit: impl Fn(&mut proto::RawHeader)) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 });
+    write_request(&mut bytes, 3, &hb, proto::BODY_LEN_LIMIT).expect("encode");
+    let head: [u8; 32] = bytes[..32].try_into().expect("32 bytes");
+    let mut raw = proto::RawHeader::parse(&head);
+    edit(&mut raw);
+    let mut h32 = [0u8; 32];
+    raw.write(&mut h32);
+    raw.checksum = proto::header::checksum(&h32, &bytes[32..]);
+    raw.write(&mut h32);
+    let mut out = h32.to_vec();
+    out.extend_from_slice(&bytes[32..]);
+    out
+}
+
+#[test]
+fn frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let cases = [
+        (
+            edited_frame(|r| r.opcode = Opcode::ChatBroadcast.as_u16()),
+            Status::ErrBadPacket,
+            "a push opcode as a request",
+        ),
+        (
+            edited_frame(|r| r.opcode = 0x0777),
+            Status::ErrUnknownOpcode,
+            "an unknown opcode",
+        ),
+        (
+            edited_frame(|r| r.flags |= proto::Flags::ENCRYPTED),
+            Status::ErrUnsupported,
+            "the encrypted flag",
+        ),
+        (
+            edited_frame(|r| r.status = 5),
+            Status::ErrBadPacket,
+            "a status in a request",
+        ),
+    ];
+    for (frame, want, what) in cases {
+        h.send_bytes(c, &frame);
+        let got = h.take(c);
+        assert_eq!((got[0].status, got[0].req_id), (want, 3), "{what}");
+        assert!(!h.closing(c), "{what} does not lose the stream");
+    }
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 9 });
+    assert_eq!(h.status(c, &hb), Status::Ok);
+}
+
+#[test]
+fn registration_closed_refuses_register() {
+    let seg = segment();
+    let mut cfg = config();
+    cfg.registration_open = false;
+    let mut h = Harness::new(&seg, cfg);
+    let c = h.connect();
+    assert_eq!(h.register(c, "zed", "pw"), Status::ErrRegistrationClosed);
+}
+
+#[test]
+fn leave_and_send_answer_not_member_for_a_room_left_and_not_found_for_none() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("uma");
+    let b = h.user("val");
+    let room = match h
+        .call(
+            a,
+            &Request::JoinRoom(JoinRoomRequest {
+                room: Name::new("den").expect("name"),
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    };
+    let send = |room_id| {
+        Request::ChatSend(ChatSendRequest {
+            room_id,
+            text: Text::new("hi").expect("text"),
+        })
+    };
+    assert_eq!(h.status(b, &send(room)), Status::ErrNotMember);
+    assert_eq!(h.status(b, &send(room + 1)), Status::ErrNotFound);
+    let leave = |room_id| Request::LeaveRoom(LeaveRoomRequest { room_id });
+    assert_eq!(h.status(b, &leave(room)), Status::ErrNotMember);
+    assert_eq!(h.status(a, &leave(room)), Status::Ok);
+    assert_eq!(h.status(a, &send(room)), Status::ErrNotMember);
+}
+
+#[test]
+fn list_users_and_rooms_page_by_id() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("wes");
+    let _b = h.user("xia");
+    let _c = h.user("yan");
+    let page = |after_id, limit| Request::ListUsers(PageRequest { after_id, limit });
+    let ids = |o: &Out| match o.reply() {
+        Reply::Ok(Response::ListUsers(l)) => l
+            .users
+            .items()
+            .iter()
+            .map(|u| u.user_id)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ids(&h.call(a, &page(0, 2))), vec![1, 2]);
+    assert_eq!(ids(&h.call(a, &page(2, 2))), vec![3]);
+    assert_eq!(ids(&h.call(a, &page(3, 2))), Vec::<u32>::new());
+    for name in ["r1", "r2", "r3"] {
+        let j = Request::JoinRoom(JoinRoomRequest {
+            room: Name::new(name).expect("name"),
+        });
+        assert_eq!(h.status(a, &j), Status::Ok);
+    }
+    let mut rooms = |after_id| match h
+        .call(a, &Request::ListRooms(PageRequest { after_id, limit: 2 }))
+        .reply()
+    {
+        Reply::Ok(Response::ListRooms(l)) => l
+            .rooms
+            .items()
+            .iter()
+            .map(|r| r.room_id)
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rooms(0), vec![1, 2]);
+    assert_eq!(rooms(2), vec![3]);
+}
+
+#[test]
+fn room_history_serves_what_the_ring_holds_and_counts_what_is_gone() {
+    let seg = segment();
+    let mut cfg = config();
+    cfg.flood_burst = 100;
+    let mut h = Harness::new(&seg, cfg);
+    let a = h.user("zoe");
+    let room = match h
+        .call(
+            a,
+            &Request::JoinRoom(JoinRoomRequest {
+                room: Name::new("log").expect("name"),
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    };
+    // The ring holds 16: send 20.
+    for i in 1..=20 {
+        let text = format!("m{i}");
+        let send = Request::ChatSend(ChatSendRequest {
+            room_id: room,
+            text: Text::new(&text).expect("text"),
+        });
+        assert_eq!(h.status(a, &send), Status::Ok);
+    }
+    let q = Request::RoomHistory(RoomHistoryRequest {
+        room_id: room,
+        after_seq: 0,
+        limit: 100,
+    });
+    match h.call(a, &q).reply() {
+        Reply::Ok(Response::RoomHistory(r)) => {
+            assert_eq!(r.last_seq, 20);
+            assert_eq!(r.missed, 4, "1..=4 left the ring");
+            let seqs: Vec<u64> = r.messages.items().iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (5..=20).collect::<Vec<_>>());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_second_login_on_a_logged_in_connection_is_bad_state_and_heartbeat_works_in_every_state() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 });
+    assert_eq!(h.status(c, &hb), Status::Ok, "connected");
+    assert_eq!(h.register(c, "abe", "pw"), Status::Ok);
+    assert_eq!(h.login(c, "abe", "pw").status, Status::Ok);
+    assert_eq!(h.status(c, &hb), Status::Ok, "logged in");
+    let login = Request::Login(LoginRequest {
+        username: Name::new("abe").expect("name"),
+        client_nonce: Nonce::new(&[1; 16]).expect("nonce"),
+    });
+    assert_eq!(h.status(c, &login), Status::ErrBadState);
+}
+
+#[test]
+fn a_malformed_body_is_bad_packet_and_the_stream_goes_on() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("bea");
+    // A DEPOSIT body one byte short, with a valid checksum.
+    let mut bytes = Vec::new();
+    write_request(&mut bytes, 44, &deposit(5), proto::BODY_LEN_LIMIT).expect("encode");
+    let head: [u8; 32] = bytes[..32].try_into().expect("32 bytes");
+    let mut raw = proto::RawHeader::parse(&head);
+    raw.body_len -= 1;
+    let body = &bytes[32..bytes.len() - 1];
+    let mut h32 = [0u8; 32];
+    raw.write(&mut h32);
+    raw.checksum = proto::header::checksum(&h32, body);
+    raw.write(&mut h32);
+    let mut short = h32.to_vec();
+    short.extend_from_slice(body);
+    h.send_bytes(a, &short);
+    assert_eq!(h.take(a)[0].status, Status::ErrBadPacket);
+    assert!(!h.closing(a));
+    assert_eq!(h.balance(a), 0, "nothing applied");
+}
