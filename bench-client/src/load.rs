@@ -27,8 +27,10 @@ pub enum Mix {
     ChatHeavy,
     /// 30% TRANSFER, 20% BALANCE, 40% CHAT_SEND, 10% DEPOSIT.
     Mixed,
-    /// BALANCE only: the cheapest round trip, for the server's cost per request.
+    /// BALANCE only: the cheapest ledger read, for the server's cost per request.
     Balance,
+    /// HEARTBEAT only: the protocol's cheapest round trip (no shared memory touched).
+    Heartbeat,
 }
 
 impl Mix {
@@ -39,6 +41,7 @@ impl Mix {
             Mix::ChatHeavy => "chat-heavy",
             Mix::Mixed => "mixed",
             Mix::Balance => "balance",
+            Mix::Heartbeat => "heartbeat",
         }
     }
 
@@ -79,7 +82,7 @@ pub struct Config {
 }
 
 /// The operations the mixes send, in report order.
-pub const OPS: [&str; 4] = ["TRANSFER", "BALANCE", "DEPOSIT", "CHAT_SEND"];
+pub const OPS: [&str; 5] = ["TRANSFER", "BALANCE", "DEPOSIT", "CHAT_SEND", "HEARTBEAT"];
 
 /// Latency and counts for one operation.
 #[derive(Debug)]
@@ -491,6 +494,7 @@ fn queue(
     let roll = c.rng.below(100);
     let (op, kind) = match cfg.mix {
         Mix::Balance => (1, 1),
+        Mix::Heartbeat => (4, 4),
         Mix::TradeHeavy if roll < 70 => (0, 0),
         Mix::TradeHeavy if roll < 90 => (1, 1),
         Mix::TradeHeavy => (2, 2),
@@ -515,6 +519,9 @@ fn queue(
         }),
         1 => Request::Balance(Empty {}),
         2 => Request::Deposit(AmountRequest { amount: 1 }),
+        4 => Request::Heartbeat(HeartbeatRequest {
+            client_time_ms: now_ns / 1_000_000,
+        }),
         _ => {
             // The send time leads the text, so every member can measure delivery latency.
             let mut t = format!("t={now_ns:020}|");
