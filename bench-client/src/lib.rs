@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod chaos;
+pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod interactive;
 pub mod load;
 pub mod report;

@@ -1,0 +1,201 @@
+//! The command line: every subcommand's arguments (clap derive). The commands themselves are
+//! in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::load::Mix;
+
+/// Load generator for the NS trading chatroom server.
+#[derive(Debug, Parser)]
+#[command(name = "bench-client", version)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one configuration against a running server and report (console + one CSV row).
+    Run(RunArgs),
+    /// Start the server for each worker count and run every cell of payload x mix x
+    /// connections against it; one CSV row per cell, a table at the end.
+    Sweep(SweepArgs),
+    /// Chat and trade by hand: log in, join rooms, send, see pushes as they arrive, pay people.
+    Chat(ChatArgs),
+    /// Ledger traffic on a running server while requests are abandoned on purpose and (with
+    /// --server-name, same machine) a random worker is killed (SIGKILL) or stalled (SIGSTOP for
+    /// 200-500 ms) every 0.5-2 s; then
+    /// every account's BALANCE and TXN_HISTORY, read over the wire, are compared with the
+    /// client's own model: every acknowledged operation exactly once, nothing else.
+    Chaos(ChaosArgs),
+}
+
+/// `bench-client chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// The server's `--name`, when it runs on this machine: workers are killed (their pids come
+    /// from its shared memory) and the ledger audited after every kill. Without it: no kills.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Requests abandoned on purpose (sent, connection given up, retried on a new one), per
+    /// thousand.
+    #[arg(long, default_value_t = 20)]
+    pub abandon_per_mille: u32,
+    /// How long a client waits for an answer before it gives up on the connection and retries
+    /// on a new one, ms.
+    #[arg(long, default_value_t = 250)]
+    pub timeout_ms: u64,
+    /// Connections.
+    #[arg(long, default_value_t = 200)]
+    pub connections: usize,
+    /// Client threads.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// Seconds of chaos.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Shortest pause between kills, ms.
+    #[arg(long, default_value_t = 500)]
+    pub kill_min_ms: u64,
+    /// Longest pause between kills, ms.
+    #[arg(long, default_value_t = 2000)]
+    pub kill_max_ms: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `bench-client chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// Your user name.
+    #[arg(long)]
+    pub user: String,
+    /// Your password (or set NS_PASSWORD).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Create the account first if it does not exist.
+    #[arg(long)]
+    pub register: bool,
+}
+
+/// `bench-client sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Chat payload sizes (only the chat mixes vary with it).
+    #[arg(long, value_delimiter = ',', default_value = "32,256,1024")]
+    pub payload: Vec<usize>,
+    /// Server worker counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub workers: Vec<u32>,
+    /// Mixes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "trade-heavy,mixed,chat-heavy"
+    )]
+    pub mix: Vec<Mix>,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    pub connections: Vec<usize>,
+    /// Measured seconds per cell.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unmeasured seconds per cell.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// The server's I/O backend.
+    #[arg(long, default_value = "uring")]
+    pub io: String,
+    /// The server binary (default: uring-server beside this program).
+    #[arg(long)]
+    pub server: Option<PathBuf>,
+    /// Seed (each cell derives its own from it).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// CSV to append to.
+    #[arg(long, default_value = "results/sweep.csv")]
+    pub out: PathBuf,
+    /// Directory for one HdrHistogram percentile file (.hgrm) of latencies per cell.
+    #[arg(long, default_value = "results/hgrm")]
+    pub hist_dir: PathBuf,
+}
+
+/// `bench-client run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// Connections (each logs in as its own user).
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Threads, each driving its share of the connections from one event loop.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+    pub mix: Mix,
+    /// Chat text bytes.
+    #[arg(long, default_value_t = 32)]
+    pub payload: usize,
+    /// Requests in flight per connection (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Open loop at this many requests per second in total; latency from intended send times.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Accounts that receive the transfers (lock contention).
+    #[arg(long, default_value_t = 8)]
+    pub hot_accounts: usize,
+    /// Rooms for the chat mixes.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Seed for every random choice (printed; rerun with it to replay).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Append one CSV row (header written if the file is new).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Label for the CSV's backend column (the server's `--io`).
+    #[arg(long, default_value = "unknown")]
+    pub backend: String,
+    /// The server's `--name`, to read its processes from shared memory and report its CPU time
+    /// per request (server on this machine only).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Write HdrHistogram percentile files (.hgrm) per operation into this directory.
+    #[arg(long)]
+    pub hist_dir: Option<PathBuf>,
+}

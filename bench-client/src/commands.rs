@@ -1,0 +1,305 @@
+//! What each subcommand does: start servers and run sweeps, run one configuration and report
+//! it, the chaos run, the interactive chat. Arguments come from [`crate::cli`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::cli::{ChaosArgs, ChatArgs, RunArgs, SweepArgs};
+use crate::load::{self, Mix, OPS};
+use crate::report::{git_commit, CsvRow};
+use crate::server::{server_pids, SpawnedServer};
+
+/// `bench-client sweep`: starts the server per worker count and runs every cell.
+pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    // Asked once for the whole sweep, not per row.
+    let commit = git_commit();
+    let exe = match a.server {
+        Some(p) => p,
+        None => crate::server::locate()?,
+    };
+    let header = format!(
+        "{:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
+        "workers", "mix", "payload", "conns", "req/s", "p50_us", "p99_us", "pushes/s", "audit"
+    );
+    println!("{header}");
+    let mut table = Vec::new();
+    let mut cell = 0u64;
+    for &workers in &a.workers {
+        let name = format!("sweep-{}-{workers}", std::process::id());
+        let w = workers.to_string();
+        let server = SpawnedServer::start(
+            &exe,
+            &name,
+            &[
+                "-w",
+                &w,
+                "--io",
+                &a.io,
+                "--flood-burst",
+                "1000000",
+                "--flood-per-sec",
+                "1000000",
+            ],
+        )?;
+        let addr = server.addr;
+        for &mix in &a.mix {
+            let payloads: Vec<usize> = if matches!(mix, Mix::ChatHeavy | Mix::Mixed) {
+                a.payload.clone()
+            } else {
+                a.payload.iter().take(1).copied().collect()
+            };
+            for &payload in &payloads {
+                for &connections in &a.connections {
+                    cell += 1;
+                    let cfg = load::Config {
+                        addr,
+                        connections,
+                        threads: a.threads,
+                        duration: Duration::from_secs_f64(a.duration),
+                        warmup: Duration::from_secs_f64(a.warmup),
+                        mix,
+                        payload,
+                        pipeline: a.pipeline,
+                        rate: None,
+                        hot_accounts: 8,
+                        rooms: 10,
+                        seed: a.seed.wrapping_mul(1000) + cell,
+                        server_pids: server.pids(),
+                    };
+                    let r = load::run(&cfg)?;
+                    let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
+                        if server.audit() {
+                            "pass"
+                        } else {
+                            "FAIL"
+                        }
+                    } else {
+                        ""
+                    };
+                    CsvRow::new(&cfg, &server.backend, &r, audit, &commit).append(&a.out)?;
+                    load::write_hgrm(
+                        &a.hist_dir.join(format!(
+                            "w{workers}-{}-p{payload}-c{connections}.hgrm",
+                            mix.name()
+                        )),
+                        &r.total.latency_us,
+                    )?;
+                    let line = format!(
+                        "{workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
+                        mix.name(),
+                        r.total.requests as f64 / r.seconds,
+                        r.total.latency_us.value_at_quantile(0.5),
+                        r.total.latency_us.value_at_quantile(0.99),
+                        r.pushes as f64 / r.seconds,
+                        audit
+                    );
+                    println!("{line}");
+                    table.push(line);
+                }
+            }
+        }
+    }
+    println!("\n{header}");
+    for l in &table {
+        println!("{l}");
+    }
+    println!("appended {} rows to {}", table.len(), a.out.display());
+    Ok(())
+}
+
+/// `bench-client chaos`: faults, abandoned requests, and the check over the wire.
+pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let cfg = crate::chaos::ChaosConfig {
+        addr,
+        server_name: a.server_name,
+        connections: a.connections,
+        threads: a.threads,
+        duration: Duration::from_secs_f64(a.duration),
+        kill_every: (
+            Duration::from_millis(a.kill_min_ms),
+            Duration::from_millis(a.kill_max_ms),
+        ),
+        hot_accounts: 8,
+        timeout: Duration::from_millis(a.timeout_ms),
+        abandon_per_mille: a.abandon_per_mille,
+        seed: a.seed,
+    };
+    println!(
+        "chaos: seed {}, {} connections, {} s, {} per mille abandoned, {}",
+        cfg.seed,
+        cfg.connections,
+        a.duration,
+        cfg.abandon_per_mille,
+        match &cfg.server_name {
+            Some(n) => format!("killing workers of server {n:?}"),
+            None => "no kills (no --server-name)".to_string(),
+        }
+    );
+    let r = crate::chaos::run(&cfg)?;
+    println!(
+        "workers killed {}, stalled {}; audits {} ({} failed)",
+        r.kills, r.stalls, r.audits, r.audit_failures
+    );
+    println!(
+        "operations acknowledged {}; abandoned and retried elsewhere {} (of them left unread in a stalled worker, then {} more requests: {}); gave up after retries {}; client threads panicked {}",
+        r.acknowledged, r.abandoned, crate::chaos::BURST_AFTER_STALL, r.late_copies, r.retries_exhausted, r.thread_panics
+    );
+    let mut refused: Vec<_> = r.refused.iter().collect();
+    refused.sort();
+    for (st, n) in refused {
+        println!("refused {st}: {n}");
+    }
+    println!(
+        "read back over the wire: {} accounts ({} histories reach the start of the run); balances differing from the model {}",
+        r.accounts_checked, r.histories_complete, r.balance_mismatches
+    );
+    println!(
+        "history entries matching an acknowledged operation {}; acknowledged but missing {}; applied but never acknowledged (twice, or never sent) {}",
+        r.reconciled, r.missing, r.unexplained
+    );
+    for v in &r.violations {
+        println!("VIOLATION: {v}");
+    }
+    let ok = r.ok(cfg.server_name.is_some());
+    println!("{}", if ok { "chaos OK" } else { "chaos FAILED" });
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `bench-client chat`: the client for people.
+pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let password = match a.password {
+        Some(p) => p,
+        None => std::env::var("NS_PASSWORD")
+            .map_err(|_| anyhow::anyhow!("give --password or set NS_PASSWORD"))?,
+    };
+    crate::interactive::run(addr, &a.user, &password, a.register)
+}
+
+/// `bench-client run`: one configuration against a running server; console and CSV.
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let addr: SocketAddr = (a.host.as_str(), a.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let seed = a.seed.unwrap_or_else(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b) % 1_000_000_000
+    });
+    let cfg = load::Config {
+        addr,
+        connections: a.connections,
+        threads: a.threads,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        mix: a.mix,
+        payload: a.payload,
+        pipeline: a.pipeline,
+        rate: a.rate,
+        hot_accounts: a.hot_accounts,
+        rooms: a.rooms,
+        seed,
+        server_pids: a
+            .server_name
+            .as_deref()
+            .map(server_pids)
+            .unwrap_or_default(),
+    };
+    println!(
+        "bench-client: {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
+        cfg.connections,
+        cfg.threads,
+        cfg.mix.name(),
+        cfg.payload,
+        match cfg.rate {
+            Some(r) => format!("open loop at {r:.0} req/s"),
+            None => format!("closed loop, pipeline {}", cfg.pipeline),
+        }
+    );
+    let r = load::run(&cfg)?;
+    println!(
+        "{:<10} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "op", "requests", "errors", "req/s", "p50_us", "p95_us", "p99_us", "p99.9_us", "max_us"
+    );
+    let row = |name: &str, o: &load::OpStats| {
+        let errors: u64 = o.errors.values().sum();
+        println!(
+            "{:<10} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            name,
+            o.requests,
+            errors,
+            o.requests as f64 / r.seconds,
+            o.latency_us.value_at_quantile(0.50),
+            o.latency_us.value_at_quantile(0.95),
+            o.latency_us.value_at_quantile(0.99),
+            o.latency_us.value_at_quantile(0.999),
+            o.latency_us.max()
+        );
+    };
+    for (name, o) in OPS.iter().zip(&r.ops) {
+        if o.requests > 0 {
+            row(name, o);
+        }
+    }
+    row("total", &r.total);
+    for (status, n) in &r.total.errors {
+        println!("  errors {status}: {n}");
+    }
+    if cfg.rate.is_some() {
+        println!(
+            "  uncorrected (from actual send): p50 {} us, p99 {} us, max {} us",
+            r.total.latency_uncorrected_us.value_at_quantile(0.5),
+            r.total.latency_uncorrected_us.value_at_quantile(0.99),
+            r.total.latency_uncorrected_us.max()
+        );
+    }
+    if r.pushes > 0 {
+        println!(
+            "  pushes {} ({:.0}/s), send to delivery p50 {} us, p99 {} us, max {} us",
+            r.pushes,
+            r.pushes as f64 / r.seconds,
+            r.push_latency_us.value_at_quantile(0.5),
+            r.push_latency_us.value_at_quantile(0.99),
+            r.push_latency_us.max()
+        );
+    }
+    let per_req = |s: f64| s * 1e6 / r.total.requests.max(1) as f64;
+    println!(
+        "  client CPU {:.2} s = {:.2} us per request; server workers seen: {}",
+        r.client_cpu_s,
+        per_req(r.client_cpu_s),
+        r.workers_seen
+    );
+    if let Some(s) = r.server_cpu_s {
+        println!("  server CPU {s:.2} s = {:.2} us per request", per_req(s));
+    }
+    if let Some(dir) = &a.hist_dir {
+        for (name, o) in OPS.iter().zip(&r.ops) {
+            if o.requests > 0 {
+                let file = dir.join(format!("{}-{}.hgrm", cfg.mix.name(), name.to_lowercase()));
+                load::write_hgrm(&file, &o.latency_us)?;
+            }
+        }
+        load::write_hgrm(
+            &dir.join(format!("{}-total.hgrm", cfg.mix.name())),
+            &r.total.latency_us,
+        )?;
+        println!("  percentile files in {}", dir.display());
+    }
+    if let Some(path) = a.out {
+        CsvRow::new(&cfg, &a.backend, &r, "", &git_commit()).append(&path)?;
+        println!("  appended to {}", path.display());
+    }
+    Ok(())
+}
