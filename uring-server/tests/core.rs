@@ -1007,3 +1007,230 @@ fn a_malformed_body_is_bad_packet_and_the_stream_goes_on() {
     assert!(!h.closing(a));
     assert_eq!(h.balance(a), 0, "nothing applied");
 }
+
+#[test]
+fn a_refusal_under_the_lock_is_decided_once_and_replayed_to_its_retry() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("cal");
+    h.send_id(a, 500, &withdraw(10));
+    assert_eq!(h.take(a)[0].status, Status::ErrInsufficientFunds);
+    h.send_id(a, 550, &deposit(100));
+    assert_eq!(h.take(a)[0].status, Status::Ok);
+    // The retry of req 500 gets the first answer, though it would succeed now.
+    h.send_id(a, 500, &withdraw(10));
+    assert_eq!(h.take(a)[0].status, Status::ErrInsufficientFunds);
+    let by_id = Request::Transfer(TransferRequest {
+        to: Target::Id(42),
+        amount: 1,
+    });
+    h.send_id(a, 600, &by_id);
+    assert_eq!(h.take(a)[0].status, Status::ErrNotFound);
+    h.send_id(a, 600, &by_id);
+    assert_eq!(h.take(a)[0].status, Status::ErrNotFound, "decided once");
+    assert_eq!(h.balance(a), 100);
+}
+
+#[test]
+fn txn_history_pages_with_before_txn_id() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("dan");
+    for amount in 1..=5 {
+        h.ledger(a, &deposit(amount)).expect("deposit");
+    }
+    let page = |h: &mut Harness<'_>, before_txn_id, limit| -> Vec<u64> {
+        match h
+            .call(
+                a,
+                &Request::TxnHistory(TxnHistoryRequest {
+                    before_txn_id,
+                    limit,
+                }),
+            )
+            .reply()
+        {
+            Reply::Ok(Response::TxnHistory(t)) => t.txns.items().iter().map(|e| e.txn_id).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(page(&mut h, 0, 2), vec![5, 4]);
+    assert_eq!(page(&mut h, 4, 2), vec![3, 2]);
+    assert_eq!(page(&mut h, 2, 2), vec![1]);
+    assert_eq!(page(&mut h, 1, 2), Vec::<u64>::new());
+}
+
+#[test]
+fn a_frame_fed_one_byte_at_a_time_is_answered_once_whole() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let mut bytes = Vec::new();
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 5 });
+    write_request(&mut bytes, 77, &hb, proto::BODY_LEN_LIMIT).expect("encode");
+    for (i, b) in bytes.iter().enumerate() {
+        h.send_bytes(c, std::slice::from_ref(b));
+        let got = h.take(c);
+        if i + 1 < bytes.len() {
+            assert!(got.is_empty(), "nothing before the last byte");
+        } else {
+            assert_eq!(
+                (got.len(), got[0].req_id, got[0].status),
+                (1, 77, Status::Ok)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hundred_pipelined_requests_in_one_read_are_answered_in_order() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("ema");
+    let mut bytes = Vec::new();
+    for i in 0..100u64 {
+        write_request(&mut bytes, 1_000 + i, &deposit(1), proto::BODY_LEN_LIMIT).expect("encode");
+    }
+    h.send_bytes(a, &bytes);
+    let got = h.take(a);
+    let ids: Vec<u64> = got.iter().map(|f| f.req_id).collect();
+    assert_eq!(ids, (1_000..1_100).collect::<Vec<_>>());
+    assert!(got.iter().all(|f| f.status == Status::Ok));
+    assert_eq!(h.balance(a), 100);
+}
+
+#[test]
+fn a_second_login_request_replaces_the_first_challenge() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    assert_eq!(h.register(c, "fin", "pw"), Status::Ok);
+    let first = Request::Login(LoginRequest {
+        username: Name::new("fin").expect("name"),
+        client_nonce: Nonce::new(&[3; 16]).expect("nonce"),
+    });
+    assert_eq!(h.status(c, &first), Status::Ok);
+    // A whole new login on the same connection: the second challenge is the one that counts.
+    assert_eq!(h.login(c, "fin", "pw").status, Status::Ok);
+}
+
+#[test]
+fn a_member_gets_only_messages_sent_after_it_joined() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("gil");
+    let b = h.user("hui");
+    let join = Request::JoinRoom(JoinRoomRequest {
+        room: Name::new("late").expect("name"),
+    });
+    let room = match h.call(a, &join).reply() {
+        Reply::Ok(Response::JoinRoom(j)) => j.room_id,
+        other => panic!("{other:?}"),
+    };
+    let send = |t: &'static str| {
+        Request::ChatSend(ChatSendRequest {
+            room_id: room,
+            text: Text::new(t).expect("text"),
+        })
+    };
+    assert_eq!(h.status(a, &send("before")), Status::Ok);
+    h.core.deliver();
+    h.take(a);
+    assert_eq!(h.status(b, &join), Status::Ok);
+    assert_eq!(h.status(a, &send("after")), Status::Ok);
+    h.core.deliver();
+    let texts: Vec<String> = h
+        .take(b)
+        .iter()
+        .filter_map(|f| match f.push() {
+            Push::ChatBroadcast(m) => Some(m.message.text.as_str().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, vec!["after".to_string()]);
+}
+
+#[test]
+fn logout_leaves_every_room_and_joining_twice_counts_once() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let a = h.user("ira");
+    let b = h.user("jay");
+    let join = Request::JoinRoom(JoinRoomRequest {
+        room: Name::new("hall").expect("name"),
+    });
+    assert_eq!(h.status(a, &join), Status::Ok);
+    assert_eq!(h.status(a, &join), Status::Ok);
+    assert_eq!(h.status(b, &join), Status::Ok);
+    let members = |h: &mut Harness<'_>| match h
+        .call(
+            b,
+            &Request::ListRooms(PageRequest {
+                after_id: 0,
+                limit: 10,
+            }),
+        )
+        .reply()
+    {
+        Reply::Ok(Response::ListRooms(l)) => l.rooms.items()[0].members,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(members(&mut h), 2);
+    assert_eq!(h.status(a, &Request::Logout(Empty {})), Status::Ok);
+    assert_eq!(members(&mut h), 1);
+}
+
+#[test]
+fn with_no_connection_a_graceful_stop_is_drained_at_once() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    assert!(!h.core.drained(), "not stopping yet");
+    assert!(h
+        .core
+        .begin_shutdown(std::time::Duration::from_secs(3))
+        .is_empty());
+    assert!(h.core.drained());
+}
+
+#[test]
+fn the_core_says_what_the_event_loop_must_do_next() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    let step = |h: &Harness<'_>| h.core.step(c).expect("open");
+    assert!(!step(&h).has_output && !step(&h).closing);
+    h.send(
+        c,
+        &Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 }),
+    );
+    assert!(step(&h).has_output);
+    // A partial send leaves the rest for the next one.
+    let n = h.core.output(c).len();
+    h.core.sent(c, 10);
+    assert_eq!(h.core.output(c).len(), n - 10);
+    h.core.sent(c, n - 10);
+    assert!(!step(&h).has_output);
+    h.core.peer_closed(c);
+    assert!(step(&h).closing);
+    h.send(
+        c,
+        &Request::Heartbeat(HeartbeatRequest { client_time_ms: 2 }),
+    );
+    assert!(!step(&h).has_output, "nothing is read once closing");
+    assert!(h.core.remove(c));
+    assert!(h.core.step(c).is_none());
+}
+
+#[test]
+fn a_failed_send_drops_the_output_and_closes() {
+    let seg = segment();
+    let mut h = Harness::new(&seg, config());
+    let c = h.connect();
+    h.send(
+        c,
+        &Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 }),
+    );
+    h.core.send_failed(c);
+    let step = h.core.step(c).expect("open");
+    assert!(step.closing && !step.has_output);
+}
