@@ -31,6 +31,8 @@ pub enum ClientError {
     Refused(Status, String),
     /// The server's login signature did not verify: not the server we registered with.
     BadServerSignature,
+    /// The server closed the connection in the middle of a frame.
+    ClosedMidFrame,
 }
 
 impl std::fmt::Display for ClientError {
@@ -43,6 +45,9 @@ impl std::fmt::Display for ClientError {
             ClientError::Refused(st, msg) => write!(f, "{}: {msg}", st.name()),
             ClientError::BadServerSignature => {
                 f.write_str("the server's login signature does not verify")
+            }
+            ClientError::ClosedMidFrame => {
+                f.write_str("the server closed in the middle of a frame")
             }
         }
     }
@@ -138,6 +143,8 @@ pub struct Client {
     pub worker: Option<u16>,
     /// How far below the server's high-water mark it keeps ledger outcomes (from LOGIN_PROOF).
     pub req_id_window: u32,
+    /// The user's req_id high-water mark the last login reported (PROTOCOL.md 8.4).
+    pub req_id_hw: u64,
 }
 
 impl Client {
@@ -161,6 +168,7 @@ impl Client {
             user_id: 0,
             worker: None,
             req_id_window: 0,
+            req_id_hw: 0,
         })
     }
 
@@ -190,13 +198,39 @@ impl Client {
         self.next_req_id
     }
 
+    /// Restarts the request-id count at `id`: for tests that write small, predictable ids by
+    /// hand. A real client must never go back below what it used (PROTOCOL.md 8.4).
+    pub fn set_next_req_id(&mut self, id: u64) {
+        self.next_req_id = id;
+    }
+
+    /// Makes later request ids rise above `id` (after sending `id` by hand).
+    pub fn skip_req_ids_to(&mut self, id: u64) {
+        self.next_req_id = self.next_req_id.max(id);
+    }
+
+    /// Writes `bytes` as they are: for tests that send what a well-behaved client never would.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// The socket itself (half-closes, timeouts, raw writes in tests).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     /// Reads the next frame.
     pub fn read(&mut self) -> Result<Received, ClientError> {
         let mut buf = [0u8; 8192];
         while self.pending.is_empty() {
             let n = self.stream.read(&mut buf)?;
             if n == 0 {
-                return Err(ClientError::Closed);
+                return Err(if self.decoder.is_idle() {
+                    ClientError::Closed
+                } else {
+                    ClientError::ClosedMidFrame
+                });
             }
             let mut input = &buf[..n];
             while !input.is_empty() {
@@ -475,6 +509,7 @@ impl Client {
                 // Rule 1: continue above what the server has decided for this user.
                 self.next_req_id = self.next_req_id.max(p.req_id_hw);
                 self.req_id_window = p.req_id_window;
+                self.req_id_hw = p.req_id_hw;
                 p.user_id
             }
             other => return Err(unexpected(&other)),

@@ -36,14 +36,44 @@ pub fn locate() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// How a [`SpawnedServer`] is started beyond its arguments.
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// Keep the server's stderr (its log) for [`SpawnedServer::take_stderr`]; else discarded
+    /// (or inherited when `inherit_stderr`).
+    pub capture_stderr: bool,
+    /// Let the server's log go to this process's stderr.
+    pub inherit_stderr: bool,
+    /// Extra environment variables (`RUST_LOG`, ...).
+    pub env: Vec<(String, String)>,
+}
+
 impl SpawnedServer {
     /// Starts `exe --port 0 --name NAME ARGS...` and waits until it listens.
     pub fn start(exe: &Path, name: &str, args: &[&str]) -> anyhow::Result<SpawnedServer> {
+        Self::start_with(exe, name, args, &Launch::default())
+    }
+
+    /// [`SpawnedServer::start`], with stderr and environment as `launch` says.
+    pub fn start_with(
+        exe: &Path,
+        name: &str,
+        args: &[&str],
+        launch: &Launch,
+    ) -> anyhow::Result<SpawnedServer> {
+        let stderr = if launch.capture_stderr {
+            Stdio::piped()
+        } else if launch.inherit_stderr {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         let mut child = Command::new(exe)
             .args(["--port", "0", "--name", name])
             .args(args)
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
         let mut line = String::new();
@@ -63,9 +93,49 @@ impl SpawnedServer {
         })
     }
 
-    /// The master's and the workers' pids, read from the server's shared memory.
+    /// The master's and the workers' pids, from `uring-server stats --format json`.
     pub fn pids(&self) -> Vec<u32> {
         server_pids(&self.name)
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the master (by its pid, never by name).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+    }
+
+    /// Waits up to `limit` for the master to exit; its exit code (-1 for a signal), or `None`
+    /// if it is still running.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL to the master, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything the server wrote to stderr (when captured), once it has exited.
+    pub fn take_stderr(&mut self) -> String {
+        let mut log = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut log);
+        }
+        log
     }
 
     /// Runs `uring-server audit` against it; true when every invariant holds.
@@ -79,11 +149,13 @@ impl SpawnedServer {
 
 impl Drop for SpawnedServer {
     fn drop(&mut self) {
-        // SIGTERM by pid: the server drains, unlinks its shared memory and exits.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM by pid: the server drains, unlinks its shared memory and exits.
+            let _ = self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(std::time::Duration::from_secs(10)).is_none() {
+                self.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }

@@ -33,12 +33,12 @@ fn rewrite(frame: &[u8], edit: impl FnOnce(&mut RawHeader)) -> Vec<u8> {
 
 /// Reads until EOF; true if the server closed the connection.
 fn closed(c: &mut Client) -> bool {
-    c.stream
+    c.stream()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 256];
     loop {
-        match c.stream.read(&mut buf) {
+        match c.stream().read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
@@ -220,7 +220,7 @@ fn fatal_errors_get_a_status_then_a_clean_close() {
             x ^= x << 5;
             *b = x as u8;
         }
-        let _ = std::io::Write::write_all(&mut c.stream, &junk);
+        let _ = std::io::Write::write_all(c.stream(), &junk);
         assert!(closed(&mut c), "random bytes: not closed");
         // A header cut short, then close; a body cut short, then close.
         let mut c = server.client();
@@ -310,7 +310,7 @@ fn a_slowloris_sender_is_closed_when_its_frame_takes_too_long() {
         let start = std::time::Instant::now();
         // One byte every 100 ms: activity all along, but the frame never completes in time.
         for b in frame.iter().take(30) {
-            if std::io::Write::write_all(&mut loris.stream, std::slice::from_ref(b)).is_err() {
+            if std::io::Write::write_all(loris.stream(), std::slice::from_ref(b)).is_err() {
                 break; // Closed by the server, as intended.
             }
             std::thread::sleep(Duration::from_millis(100));

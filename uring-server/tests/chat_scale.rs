@@ -122,7 +122,7 @@ fn a_member_that_stops_reading_is_disconnected_and_memory_stays_flat() {
         let mut slow = server.client();
         slow.join_as("slow");
         // A small receive buffer so the kernel stops taking bytes early.
-        nix::sys::socket::setsockopt(&slow.stream, nix::sys::socket::sockopt::RcvBuf, &4096)
+        nix::sys::socket::setsockopt(&*slow.stream(), nix::sys::socket::sockopt::RcvBuf, &4096)
             .expect("rcvbuf");
         let mut fast = server.client();
         fast.join_as("fast");
@@ -164,11 +164,11 @@ fn a_member_that_stops_reading_is_disconnected_and_memory_stays_flat() {
         assert!(stats.contains("1 slow consumers"), "{stats}");
         let mut buf = [0u8; 65536];
         let mut closed = false;
-        slow.stream
+        slow.stream()
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         loop {
-            match std::io::Read::read(&mut slow.stream, &mut buf) {
+            match std::io::Read::read(slow.stream(), &mut buf) {
                 Ok(0) => {
                     closed = true;
                     break;
@@ -265,14 +265,14 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
                 1 => c.send_raw(&Client::frame(98, &deposit(5))[..HEADER_LEN + 3]),
                 // Half-close: no more bytes from the client, the socket still open.
                 _ => c
-                    .stream
+                    .stream()
                     .shutdown(std::net::Shutdown::Write)
                     .expect("half close"),
             }
             if i % 3 != 2 {
                 drop(c);
             } else {
-                std::mem::forget(c.stream.try_clone().expect("keep the read side open"));
+                std::mem::forget(c.stream().try_clone().expect("keep the read side open"));
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -74,7 +74,7 @@ fn kill_9_of_a_worker_under_load_is_recovered_and_others_see_no_error() {
                     while !stop.load(Ordering::Relaxed) {
                         let id = c.next_req_id();
                         let bytes = Client::frame(id, &transfer_id(1 + id as u32 % 6, 1));
-                        if std::io::Write::write_all(&mut c.stream, &bytes).is_err() {
+                        if std::io::Write::write_all(c.stream(), &bytes).is_err() {
                             break;
                         }
                         if c.next().is_none() {
@@ -148,7 +148,7 @@ fn sigint_under_load_exits_0_cleanly_with_whole_frames() {
                     while !stop.load(Ordering::Relaxed) {
                         let id = c.next_req_id();
                         let bytes = Client::frame(id, &deposit(1));
-                        if std::io::Write::write_all(&mut c.stream, &bytes).is_err() {
+                        if std::io::Write::write_all(c.stream(), &bytes).is_err() {
                             break;
                         }
                         // `next` panics on a frame cut short or malformed: every frame the
@@ -204,8 +204,7 @@ fn kill_9_of_the_master_takes_the_workers_and_the_next_start_replaces_the_segmen
         .filter(|&p| p != 0)
         .collect();
     assert_eq!(workers.len(), 2);
-    server.child.kill().expect("kill -9 the master");
-    let _ = server.child.wait();
+    server.kill_master();
     // PR_SET_PDEATHSIG: the workers die with the master.
     let deadline = Instant::now() + Duration::from_secs(5);
     while workers
@@ -220,22 +219,7 @@ fn kill_9_of_the_master_takes_the_workers_and_the_next_start_replaces_the_segmen
         "the segment was left behind"
     );
     // The next start under the same name finds the stale segment and replaces it.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
-        .args([
-            "--port",
-            "0",
-            "-w",
-            "1",
-            "--name",
-            &server.name,
-            "--max-users",
-            "64",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("restart");
-    let mut next = Server::adopt(out, server.name.clone());
+    let mut next = Server::start_named_logged(&server.name, &["-w", "1"], &[]);
     let mut c = next.client();
     c.join_as("after");
     assert_eq!(c.ledger(&deposit(5)).map(|r| r.0), Ok(5));
@@ -262,18 +246,13 @@ fn zombie(pid: u32) -> bool {
 /// exits 0, it does not crash or hang.
 #[test]
 fn a_send_in_flight_when_the_grace_runs_out_is_cancelled_and_reaped_before_exit() {
-    let name = unique_name("inflight");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
-        .args(["--port", "0", "-w", "1", "--io", "uring", "--name", &name])
-        // Room for the whole backlog, so the worker keeps the send waiting rather than
-        // dropping the client as a slow consumer.
-        .args(["--out-max-bytes", "134217728", "--max-users", "64"])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start uring-server");
-    let mut server = Server::adopt(child, name);
+    // Room for the whole backlog, so the worker keeps the send waiting rather than dropping
+    // the client as a slow consumer.
+    let mut server = Server::start_logged(
+        "inflight",
+        &["-w", "1", "--io", "uring", "--out-max-bytes", "134217728"],
+        &[("RUST_LOG", "info")],
+    );
     assert_eq!(server.backend, "io_uring");
     let mut c = server.client();
     c.join_as("flood");
@@ -286,17 +265,14 @@ fn a_send_in_flight_when_the_grace_runs_out_is_cancelled_and_reaped_before_exit(
         .take(one.len() * 10_000)
         .collect();
     for _ in 0..20 {
-        std::io::Write::write_all(&mut c.stream, &batch).expect("send the flood");
+        std::io::Write::write_all(c.stream(), &batch).expect("send the flood");
     }
     // Let the worker fill both socket buffers and park a send.
     std::thread::sleep(Duration::from_millis(500));
     server.signal(Signal::SIGTERM);
     let code = server.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "graceful exit after the grace ran out");
-    let mut log = String::new();
-    if let Some(mut e) = server.child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut log);
-    }
+    let log = server.inner.take_stderr();
     assert!(log.contains("worker exited"), "the worker exited 0: {log}");
     assert!(
         !log.contains("worker died"),

@@ -1,21 +1,20 @@
-//! Test support: start the real server binary on a free port with its own shared memory, and a
-//! blocking protocol client.
+//! Test support, on bench-client's own client and launcher (one client implementation in the
+//! workspace): the real server binary on a free port with its own shared memory, and a thin
+//! layer that turns the client's errors into test failures and checks what tests rely on
+//! (responses in request order, no frame cut short).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use bench_client::server::{Launch, SpawnedServer};
+use bench_client::{ClientError, Received};
 use proto::body::*;
 use proto::codec::Name;
-use proto::scram::{auth_message, ClientSecret};
-use proto::{
-    write_request, Field, Frame, FrameDecoder, Push, RawHeader, Reply, Request, Response, Status,
-    BODY_LEN_LIMIT,
-};
+use proto::scram::ClientSecret;
+use proto::{write_request, Field, Push, Reply, Request, Response, Status, BODY_LEN_LIMIT};
 
 /// A unique instance name for this test.
 pub fn unique_name(tag: &str) -> String {
@@ -30,9 +29,14 @@ pub fn unique_name(tag: &str) -> String {
 /// Both backends, for tests that must pass on each.
 pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
+/// The server binary cargo built for these tests.
+fn exe() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_uring-server").into()
+}
+
 /// A running server, stopped (and its shared memory removed) on drop.
 pub struct Server {
-    pub child: Child,
+    pub inner: SpawnedServer,
     pub addr: SocketAddr,
     pub name: String,
     pub backend: String,
@@ -41,78 +45,69 @@ pub struct Server {
 impl Server {
     /// Starts `uring-server` with `--port 0`, a unique `--name`, and `extra` arguments.
     pub fn start(tag: &str, extra: &[&str]) -> Server {
-        let name = unique_name(tag);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-server"));
-        cmd.args(["--port", "0", "--name", &name, "--max-users", "4096"])
-            .args([
-                "--txn-log",
-                "65536",
-                "--max-rooms",
-                "64",
-                "--members-per-room",
-                "256",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("NS_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
-        let mut child = cmd.spawn().expect("start uring-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert!(
-            words.len() >= 4 && words[0] == "listening",
-            "unexpected first line {line:?}"
-        );
-        let addr: SocketAddr = words[2].parse().expect("address");
-        let backend = words[4].to_string();
+        let launch = Launch {
+            inherit_stderr: std::env::var_os("NS_TEST_LOG").is_some(),
+            ..Launch::default()
+        };
+        Self::start_with(tag, extra, &launch)
+    }
+
+    /// [`Server::start`] with its log kept (for [`Server::stop_and_stderr`]) and `env` set.
+    pub fn start_logged(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_named_logged(&unique_name(tag), extra, env)
+    }
+
+    /// [`Server::start_logged`] under a given `--name` (a restart over a stale segment).
+    pub fn start_named_logged(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let launch = Launch {
+            capture_stderr: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Launch::default()
+        };
+        Self::start_named(name.to_string(), extra, &launch)
+    }
+
+    fn start_with(tag: &str, extra: &[&str], launch: &Launch) -> Server {
+        Self::start_named(unique_name(tag), extra, launch)
+    }
+
+    fn start_named(name: String, extra: &[&str], launch: &Launch) -> Server {
+        let mut args = vec![
+            "--max-users",
+            "4096",
+            "--txn-log",
+            "65536",
+            "--max-rooms",
+            "64",
+            "--members-per-room",
+            "256",
+        ];
+        args.extend_from_slice(extra);
+        let inner =
+            SpawnedServer::start_with(&exe(), &name, &args, launch).expect("start uring-server");
         // A test that asks for a backend runs on it: no silent fallback to the other one.
         let asked = extra.windows(2).find(|w| w[0] == "--io").map(|w| w[1]);
         match asked {
-            Some("uring") => assert_eq!(backend, "io_uring", "asked for io_uring: {line}"),
-            Some("epoll") => assert_eq!(backend, "epoll", "asked for epoll: {line}"),
+            Some("uring") => assert_eq!(inner.backend, "io_uring", "asked for io_uring"),
+            Some("epoll") => assert_eq!(inner.backend, "epoll", "asked for epoll"),
             _ => {}
         }
         Server {
-            child,
-            addr,
+            addr: inner.addr,
+            backend: inner.backend.clone(),
             name,
-            backend,
+            inner,
         }
     }
 
-    /// Takes over a server child started by hand with `--port 0` and piped stdout and stderr.
-    pub fn adopt(mut child: Child, name: String) -> Server {
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert!(words.len() >= 5, "unexpected first line {line:?}");
-        Server {
-            addr: words[2].parse().expect("address"),
-            backend: words[4].to_string(),
-            child,
-            name,
-        }
-    }
-
-    /// SIGTERM, wait, and return what the server wrote to stderr (it must have been piped).
+    /// SIGTERM, wait, and return what the server wrote to stderr (it must have been kept).
     pub fn stop_and_stderr(&mut self) -> String {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         let _ = self.wait_exit(Duration::from_secs(10));
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        err
+        self.inner.take_stderr()
     }
 
     /// Connects a client.
@@ -122,7 +117,7 @@ impl Server {
 
     /// Runs a tool subcommand against this server; returns (exit code, stdout).
     pub fn tool(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_uring-server"))
+        let out = std::process::Command::new(exe())
             .args(["--name", &self.name])
             .args(args)
             .output()
@@ -142,20 +137,22 @@ impl Server {
 
     /// Sends `sig` to the master.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
-            .expect("signal the master");
+        self.inner.signal(sig).expect("signal the master");
     }
 
     /// Waits up to `limit` for the master to exit; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        self.inner.wait_exit(limit)
+    }
+
+    /// SIGKILL to the master (its workers die with it), reaped.
+    pub fn kill_master(&mut self) {
+        self.inner.kill();
+    }
+
+    /// The master's pid.
+    pub fn master_pid(&self) -> u32 {
+        self.inner.pid()
     }
 
     /// The shared-memory file.
@@ -163,22 +160,15 @@ impl Server {
         format!("/dev/shm/ns-{}", self.name)
     }
 
-    /// Worker pids by index, read from the shared metrics, once every worker has published
-    /// its own (a worker writes its pid as it starts; a 0 passed to kill(2) would signal the
-    /// whole process group, the test harness included).
+    /// Worker pids by index, once every worker has published its own (a 0 passed to kill(2)
+    /// would signal the whole process group, the test harness included).
     pub fn worker_pids(&self) -> Vec<u32> {
-        let seg = shm::Segment::attach(&self.name, false).expect("attach");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            // The segment has one slot more than the server has workers (for tools).
-            let workers = seg.caps().workers as usize - 1;
-            let pids: Vec<u32> = shm::Metrics::of(&seg)
-                .workers()
-                .iter()
-                .take(workers)
-                .map(|w| w.pid.get() as u32)
-                .collect();
-            if pids.iter().all(|&p| p > 1) {
+            let pids: Vec<u32> = bench_client::server::server_stats(&self.name)
+                .map(|s| s.workers.iter().map(|w| w.pid).collect())
+                .unwrap_or_default();
+            if !pids.is_empty() && pids.iter().all(|&p| p > 1) {
                 return pids;
             }
             assert!(Instant::now() < deadline, "workers never published pids");
@@ -189,14 +179,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(nix::sys::signal::Signal::SIGTERM);
-            if self.wait_exit(Duration::from_secs(10)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        // A test that killed the master leaves the segment; remove it.
+        // The launcher stops the server (SIGTERM, then SIGKILL); a test that killed the master
+        // leaves the segment: remove it.
         let _ = std::fs::remove_file(self.shm_path());
     }
 }
@@ -210,99 +194,84 @@ pub fn secret() -> &'static ClientSecret {
     S.get_or_init(|| ClientSecret::derive(PASSWORD.as_bytes(), &SALT, proto::scram::ITERATIONS_MIN))
 }
 
-/// An owned copy of a received frame. Kept raw: an error response may carry an opcode this
-/// client does not know (the echo of an unknown one, or 0 for a frame the server could not read).
+/// A received frame, with accessors that fail the test on what a test never expects.
 #[derive(Debug, Clone)]
-pub struct Got {
-    pub raw: RawHeader,
-    pub body: Vec<u8>,
-}
+pub struct Got(pub Received);
 
 impl Got {
     pub fn status(&self) -> Status {
-        Status::from_u16(self.raw.status).expect("known status")
+        Status::from_u16(self.0.raw.status).expect("known status")
     }
 
     pub fn opcode(&self) -> Option<proto::Opcode> {
-        proto::Opcode::from_u16(self.raw.opcode)
+        proto::Opcode::from_u16(self.0.raw.opcode)
     }
 
     pub fn req_id(&self) -> u64 {
-        self.raw.req_id
+        self.0.raw.req_id
     }
 
     pub fn is_response(&self) -> bool {
-        self.raw.flags & proto::Flags::IS_RESPONSE != 0
+        self.0.is_response()
     }
 
     pub fn reply(&self) -> Reply<'_> {
-        match self.opcode() {
-            Some(op) => Reply::decode(op, self.status(), &self.body).expect("reply body"),
-            None => {
-                assert_ne!(
-                    self.status(),
-                    Status::Ok,
-                    "OK response with an unknown opcode"
-                );
-                Reply::Err(
-                    self.status(),
-                    ErrorBody {
-                        message: Message::new("").expect("empty"),
-                    },
-                )
-            }
+        if self.opcode().is_none() {
+            assert_ne!(
+                self.status(),
+                Status::Ok,
+                "OK response with an unknown opcode"
+            );
         }
+        self.0.reply().expect("reply body")
     }
 
     pub fn push(&self) -> Push<'_> {
-        Push::decode(self.opcode().expect("push opcode"), &self.body).expect("push body")
+        self.0.push().expect("push body")
     }
 }
 
-/// A blocking client.
+/// bench-client's blocking client, with test-failing errors and small, predictable req_ids.
 pub struct Client {
-    pub stream: TcpStream,
-    dec: FrameDecoder,
-    next_id: u64,
-    /// The high-water mark the last login reported.
-    pub req_id_hw: u64,
+    inner: bench_client::Client,
+    /// Pushes read while waiting for responses.
     pub pushes: Vec<Got>,
     pub user_id: u32,
-    /// Frames read from the socket but not yet handed out.
-    pending: std::collections::VecDeque<Got>,
+    /// The high-water mark the last login reported.
+    pub req_id_hw: u64,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
+        let mut inner =
+            bench_client::Client::connect(addr, Duration::from_secs(10)).expect("connect");
+        // Tests write req_ids by hand: start every connection's count at 1.
+        inner.set_next_req_id(1);
         Client {
-            stream,
-            dec: FrameDecoder::new(BODY_LEN_LIMIT),
-            next_id: 1,
-            req_id_hw: 0,
+            inner,
             pushes: Vec::new(),
             user_id: 0,
-            pending: std::collections::VecDeque::new(),
+            req_id_hw: 0,
         }
     }
 
+    /// The socket itself.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.inner.stream()
+    }
+
     pub fn next_req_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+        self.inner.next_req_id()
     }
 
     /// The last request id handed out.
     pub fn next_id_peek(&self) -> u64 {
-        self.next_id
+        self.inner.last_req_id()
     }
 
     /// Makes later request ids rise above `id` (after sending `id` by hand).
     pub fn next_id_at_least(&mut self, id: u64) {
-        self.next_id = self.next_id.max(id);
+        self.inner.skip_req_ids_to(id);
     }
 
     /// Encodes a request with `req_id`.
@@ -313,47 +282,19 @@ impl Client {
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
+        self.inner.send_raw(bytes).expect("send");
     }
 
-    /// Reads the next frame (response or push); `None` at EOF. Panics on a bad frame, and on a
-    /// close in the middle of one.
+    /// Reads the next frame (response or push); `None` at EOF or reset. Fails the test on a
+    /// bad frame, a close in the middle of one, or a read that times out (10 s).
     pub fn read_frame(&mut self) -> Option<Got> {
-        let mut buf = [0u8; 4096];
-        while self.pending.is_empty() {
-            let n = match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    assert!(self.dec.is_idle(), "connection closed mid-frame");
-                    return None;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read: {e}"),
-            };
-            let mut input = &buf[..n];
-            while !input.is_empty() {
-                let (used, res) = self.dec.decode(input);
-                input = &input[used..];
-                match res {
-                    Ok(Some(f)) => {
-                        let g = owned(&f);
-                        self.pending.push_back(g);
-                    }
-                    Ok(None) => {}
-                    // An error response echoing an opcode we do not know: keep its header.
-                    Err(proto::DecodeError::UnknownOpcode { header })
-                        if header.flags & proto::Flags::IS_RESPONSE != 0 && header.status != 0 =>
-                    {
-                        self.pending.push_back(Got {
-                            raw: header,
-                            body: Vec::new(),
-                        });
-                    }
-                    Err(e) => panic!("server sent a bad frame: {e}"),
-                }
-            }
+        match self.inner.read() {
+            Ok(r) => Some(Got(r)),
+            Err(ClientError::Closed) => None,
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(ClientError::ClosedMidFrame) => panic!("connection closed mid-frame"),
+            Err(e) => panic!("read: {e}"),
         }
-        self.pending.pop_front()
     }
 
     /// Reads until the response to `req_id`, keeping pushes aside.
@@ -368,7 +309,7 @@ impl Client {
         }
     }
 
-    /// The next frame, from the queue or the socket.
+    /// The next frame.
     pub fn next(&mut self) -> Option<Got> {
         self.read_frame()
     }
@@ -392,53 +333,35 @@ impl Client {
         g
     }
 
-    pub fn register(&mut self, user: &str) -> Status {
-        let stored = secret().stored();
-        self.call(&Request::Register(RegisterRequest {
-            username: Name::new(user).expect("name"),
-            salt: Salt::new(&SALT).expect("salt"),
-            iterations: proto::scram::ITERATIONS_MIN,
-            stored_key: stored.stored_key,
-            server_key: stored.server_key,
-        }))
-        .status()
+    fn status_of<T>(r: Result<T, ClientError>) -> Status {
+        match r {
+            Ok(_) => Status::Ok,
+            Err(ClientError::Refused(st, _)) => st,
+            Err(e) => panic!("{e}"),
+        }
     }
 
-    /// SCRAM login with `secret`; returns the LOGIN_PROOF response's status.
-    pub fn login_with(&mut self, user: &str, secret: &ClientSecret) -> Status {
-        let client_nonce = [0x42u8; 16];
-        let g = self.call(&Request::Login(LoginRequest {
-            username: Name::new(user).expect("name"),
-            client_nonce: Nonce::new(&client_nonce).expect("nonce"),
-        }));
-        let (salt, iterations, server_nonce) = match g.reply() {
-            Reply::Ok(Response::Login(l)) => (
-                l.salt.as_bytes().to_vec(),
-                l.iterations,
-                l.server_nonce.as_bytes().to_vec(),
-            ),
-            Reply::Err(st, _) => return st,
-            other => panic!("{other:?}"),
-        };
-        let am = auth_message(user, &client_nonce, &server_nonce, &salt, iterations);
-        let g = self.call(&Request::LoginProof(LoginProofRequest {
-            client_proof: secret.proof(&am),
-        }));
-        match g.reply() {
-            Reply::Ok(Response::LoginProof(p)) => {
-                assert!(
-                    secret.verify_server(&am, &p.server_signature),
-                    "server signature does not verify"
-                );
-                self.user_id = p.user_id;
-                // PROTOCOL.md 8.4, rule 1: continue above the user's high-water mark.
-                self.next_id = self.next_id.max(p.req_id_hw);
-                self.req_id_hw = p.req_id_hw;
-                Status::Ok
-            }
-            Reply::Err(st, _) => st,
-            other => panic!("{other:?}"),
+    fn keep_pushes(&mut self) {
+        while let Some(p) = self.inner.pushes.pop_front() {
+            self.pushes.push(Got(p));
         }
+    }
+
+    pub fn register(&mut self, user: &str) -> Status {
+        let r = self.inner.register_secret(user, &SALT, secret());
+        self.keep_pushes();
+        Self::status_of(r)
+    }
+
+    /// SCRAM login with `secret` (the library checks the server's signature); the status.
+    pub fn login_with(&mut self, user: &str, secret: &ClientSecret) -> Status {
+        let r = self.inner.login_secret(user, secret.clone());
+        self.keep_pushes();
+        if let Ok(id) = r {
+            self.user_id = id;
+            self.req_id_hw = self.inner.req_id_hw;
+        }
+        Self::status_of(r)
     }
 
     /// Registers (if needed) and logs in with the test password.
@@ -453,15 +376,9 @@ impl Client {
 
     /// The worker serving this connection (from HELLO).
     pub fn worker(&mut self) -> u16 {
-        match self
-            .call(&Request::Hello(HelloRequest {
-                client: Label::new("it").expect("label"),
-            }))
-            .reply()
-        {
-            Reply::Ok(Response::Hello(h)) => h.worker_id,
-            other => panic!("{other:?}"),
-        }
+        let w = self.inner.hello("it").expect("HELLO").worker_id;
+        self.keep_pushes();
+        w
     }
 
     /// A ledger call's (balance, txn_id), or its error status.
@@ -485,20 +402,6 @@ impl Client {
             Reply::Ok(Response::Balance(b)) => b.balance,
             other => panic!("{other:?}"),
         }
-    }
-}
-
-fn owned(f: &Frame<'_>) -> Got {
-    let h = f.header;
-    Got {
-        raw: RawHeader::new(
-            h.flags,
-            h.opcode.as_u16(),
-            h.status.as_u16(),
-            h.req_id,
-            h.body_len,
-        ),
-        body: f.body.to_vec(),
     }
 }
 
