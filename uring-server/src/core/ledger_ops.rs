@@ -21,29 +21,22 @@ fn answer(a: Applied) -> LedgerResponse {
 }
 
 impl Ctx<'_> {
-    pub(super) fn deposit(
+    /// DEPOSIT (money in from outside the ledger) or WITHDRAW (out to it).
+    pub(super) fn one_account(
         &mut self,
         st: &mut ConnState,
         user: u32,
         id: u64,
         amount: u64,
+        withdraw: bool,
     ) -> Handled {
         let caller = self.caller(st, user);
-        let done = self.ledger.deposit(caller, id, amount)?;
-        self.respond(st, id, &Response::Deposit(answer(done)));
-        Ok(())
-    }
-
-    pub(super) fn withdraw(
-        &mut self,
-        st: &mut ConnState,
-        user: u32,
-        id: u64,
-        amount: u64,
-    ) -> Handled {
-        let caller = self.caller(st, user);
-        let done = self.ledger.withdraw(caller, id, amount)?;
-        self.respond(st, id, &Response::Withdraw(answer(done)));
+        let resp = if withdraw {
+            Response::Withdraw(answer(self.ledger.withdraw(caller, id, amount)?))
+        } else {
+            Response::Deposit(answer(self.ledger.deposit(caller, id, amount)?))
+        };
+        self.respond(st, id, &resp);
         Ok(())
     }
 

@@ -655,8 +655,8 @@ impl Ctx<'_> {
     /// Requests of a logged-in user, each to the handler of its concern.
     fn operation(&mut self, st: &mut ConnState, user: u32, id: u64, req: Request<'_>) -> Handled {
         match req {
-            Request::Deposit(a) => self.deposit(st, user, id, a.amount),
-            Request::Withdraw(a) => self.withdraw(st, user, id, a.amount),
+            Request::Deposit(a) => self.one_account(st, user, id, a.amount, false),
+            Request::Withdraw(a) => self.one_account(st, user, id, a.amount, true),
             Request::Transfer(t) => self.transfer(st, user, id, &t),
             Request::Balance(_) => self.balance(st, user, id),
             Request::TxnHistory(q) => self.txn_history(st, user, id, &q),
