@@ -60,6 +60,8 @@ fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
 /// `stats --format json`: what programs need, by name; unknown fields are for them to ignore.
 #[derive(serde::Serialize)]
 struct StatsJson {
+    /// Bumped when a field changes meaning or goes away (new fields may appear at any time).
+    format_version: u32,
     segment: String,
     master_pid: u32,
     lock_mode: String,
@@ -91,6 +93,7 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
     // The segment has one slot more than the server has workers (for tools).
     let workers = seg.caps().workers.saturating_sub(1) as usize;
     let out = StatsJson {
+        format_version: 1,
         segment: seg.name().to_string(),
         master_pid: seg.creator_pid(),
         lock_mode: format!("{:?}", seg.lock_mode()).to_lowercase(),

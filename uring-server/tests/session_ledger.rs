@@ -145,6 +145,12 @@ fn the_whole_session_and_ledger_flow() {
         let (code, out) = server.tool(&["stats"]);
         assert_eq!(code, 0);
         assert!(out.contains("TRANSFER"), "{out}");
+        let json = server.stats_json();
+        assert_eq!(json["format_version"], 1);
+        assert!(
+            json["requests_by_opcode"]["TRANSFER"].as_u64() > Some(0),
+            "{json}"
+        );
         // `--name` also works after the tool's name, as people type it.
         let after = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
             .args(["stats", "--name", &server.name])
