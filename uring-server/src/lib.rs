@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod buf_ring;
 pub mod chat;
 pub mod cli;
 pub mod clock;
@@ -17,4 +18,5 @@ pub mod sockets;
 pub mod status;
 pub mod tools;
 pub mod uring;
+pub mod uring_setup;
 pub mod worker;

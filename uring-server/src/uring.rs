@@ -7,19 +7,20 @@
 //! everything queued and waits for at least one completion.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, TimeoutFlags, Timespec};
+use io_uring::types::{Fd, TimeoutFlags, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::buf_ring::{BufRing, BUF_GROUP};
+use crate::uring_setup::CQ_ENTRIES;
+pub use crate::uring_setup::{builder, futex_supported, probe};
 
 use crate::core::Core;
 use crate::event_loop::Backend;
 use crate::sockets::ByKey;
 
 const RING_ENTRIES: u32 = 1024;
-const CQ_ENTRIES: u32 = 8192;
-const BUF_GROUP: u16 = 1;
 /// Buffers in the provided ring (a power of two) and the size of each.
 const BUF_COUNT: u16 = 1024;
 const BUF_SIZE: usize = 4096;
@@ -38,140 +39,6 @@ const CANCEL_ALL: u64 = CANCEL | 1;
 const FUTEX2_SIZE_U32: u32 = 0x02;
 const FUTEX_BITSET_MATCH_ANY: u64 = 0xFFFF_FFFF;
 const KEY_MASK: u64 = (1 << 32) - 1;
-
-/// The ring builder the worker uses; the master's probe builds the same.
-pub fn builder() -> io_uring::Builder {
-    let mut b = IoUring::builder();
-    b.setup_cqsize(CQ_ENTRIES)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_submit_all();
-    b
-}
-
-/// Builds a ring like the workers' and checks every opcode and the buffer ring they use; the
-/// master calls this once and drops it before forking.
-pub fn probe() -> std::io::Result<()> {
-    let ring = builder().build(8)?;
-    let mut p = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut p)?;
-    for (name, code) in [
-        ("ACCEPT", opcode::AcceptMulti::CODE),
-        ("RECV", opcode::RecvMulti::CODE),
-        ("SEND", opcode::Send::CODE),
-        ("TIMEOUT", opcode::Timeout::CODE),
-        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
-    ] {
-        if !p.is_supported(code) {
-            return Err(std::io::Error::other(format!("opcode {name} unsupported")));
-        }
-    }
-    let bufs = BufRing::new(&ring, 8, 64)?;
-    ring.submitter().unregister_buf_ring(BUF_GROUP)?;
-    drop(bufs);
-    Ok(())
-}
-
-/// True when this kernel's io_uring can wait on a futex (6.7+); otherwise workers wait on an
-/// eventfd read instead.
-pub fn futex_supported() -> bool {
-    let Ok(ring) = builder().build(8) else {
-        return false;
-    };
-    let mut p = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut p).is_ok() && p.is_supported(opcode::FutexWait::CODE)
-}
-
-/// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for receives.
-struct BufRing {
-    ring: *mut BufRingEntry,
-    ring_len: usize,
-    mask: u16,
-    tail: u16,
-    bufs: Vec<u8>,
-    size: usize,
-}
-
-impl BufRing {
-    fn new(uring: &IoUring, count: u16, size: usize) -> std::io::Result<BufRing> {
-        debug_assert!(count.is_power_of_two());
-        let ring_len = usize::from(count) * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping, page aligned as the kernel requires; owned by
-        // the returned value, which unmaps it on drop after unregistering it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut br = BufRing {
-            ring: ptr.cast(),
-            ring_len,
-            mask: count - 1,
-            tail: 0,
-            bufs: vec![0u8; usize::from(count) * size],
-            size,
-        };
-        for bid in 0..count {
-            br.push(bid);
-        }
-        br.publish();
-        // SAFETY: the ring memory stays mapped until `drop`, which runs after the ring that
-        // uses it is gone (`UringBackend` declares the ring before the buffers, so it drops
-        // first, and only after `finish` reaped every operation), or unregisters first in
-        // `probe`.
-        unsafe {
-            uring
-                .submitter()
-                .register_buf_ring_with_flags(ptr as u64, count, BUF_GROUP, 0)?;
-        }
-        Ok(br)
-    }
-
-    /// Hands buffer `bid` back to the kernel (visible after `publish`).
-    fn push(&mut self, bid: u16) {
-        let idx = usize::from(self.tail & self.mask);
-        // SAFETY: idx < count, inside the mapping; the kernel reads only entries behind the
-        // published tail, and this one is ahead of it until `publish`.
-        let entry = unsafe { &mut *self.ring.add(idx) };
-        entry.set_addr(self.bufs[usize::from(bid) * self.size..].as_ptr() as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes pushed buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: the tail field lives in the first entry of the mapping; the kernel reads it
-        // concurrently, so it is written through an atomic with release ordering, after the
-        // entries it exposes.
-        unsafe {
-            let tail = BufRingEntry::tail(self.ring) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    fn buf(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * self.size;
-        &self.bufs[start..start + len.min(self.size)]
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this length and is not used after this.
-        unsafe {
-            libc::munmap(self.ring.cast(), self.ring_len);
-        }
-    }
-}
 
 /// A connection's socket and the operations in flight on it.
 #[derive(Debug)]

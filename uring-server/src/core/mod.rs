@@ -4,23 +4,22 @@
 //! bytes to [`Core::on_bytes`] and send what [`Conn::out`] holds.
 
 mod directory;
+mod dispatch;
 mod error;
 mod ledger_ops;
+mod output;
 mod pushes;
 mod rooms;
 mod session;
 mod timers;
 
 pub use error::{Handled, HandlerError};
+pub use output::OutQueue;
 
-use crate::status::opcode_index;
 use proto::body::*;
 use proto::codes::notice;
-use proto::{
-    write_error, write_push, write_response, DecodeError, Frame, FrameDecoder, FrameKind, Push,
-    Request, Response, Status,
-};
-use shm::ledger::{Caller, LedgerError};
+use proto::{write_error, FrameDecoder, Status};
+use shm::ledger::Caller;
 use shm::wake::WakeFds;
 use shm::{Ledger, Rooms, Segment, SessionId, Users, WorkerMetrics};
 
@@ -49,48 +48,6 @@ pub struct Config {
     pub flood_burst: u32,
     /// Flood limit: chat messages per second after the burst.
     pub flood_per_sec: u32,
-}
-
-/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send in flight reads
-/// `sending`, which does not move or grow until the send completes (io_uring holds a pointer).
-#[derive(Debug, Default)]
-pub struct OutQueue {
-    pending: Vec<u8>,
-    sending: Vec<u8>,
-    sent: usize,
-}
-
-impl OutQueue {
-    /// Bytes not yet sent.
-    pub fn len(&self) -> usize {
-        self.pending.len() + self.sending.len() - self.sent
-    }
-
-    /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The next bytes to send: the rest of `sending`, refilled from `pending` when empty.
-    pub fn chunk(&mut self) -> &[u8] {
-        if self.sent == self.sending.len() {
-            self.sending.clear();
-            self.sent = 0;
-            std::mem::swap(&mut self.sending, &mut self.pending);
-        }
-        &self.sending[self.sent..]
-    }
-
-    /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
-    pub fn discard_pending(&mut self) {
-        self.pending = Vec::new();
-    }
-
-    /// Records that `n` bytes of the last chunk were sent.
-    pub fn advance(&mut self, n: usize) {
-        debug_assert!(self.sent + n <= self.sending.len());
-        self.sent = (self.sent + n).min(self.sending.len());
-    }
 }
 
 /// Where a connection's session stands.
@@ -472,202 +429,6 @@ impl Ctx<'_> {
             {
                 self.chat.users.remove(&user_id);
             }
-        }
-    }
-
-    /// Queues bytes written by `write` unless that would pass the connection's bound, in which
-    /// case the connection is closed as a slow consumer.
-    fn queue(&mut self, st: &mut ConnState, frame_len: usize, write: impl FnOnce(&mut Vec<u8>)) {
-        if st.closing {
-            return;
-        }
-        if st.out.len() + frame_len > self.cfg.out_max_bytes {
-            // The peer does not read: waiting to flush could take forever, so its queued output
-            // is dropped and the connection closed at once (Redis's and NATS's policy).
-            tracing::info!(
-                conn = st.id,
-                queued = st.out.len(),
-                "slow consumer: disconnecting"
-            );
-            self.metrics.slow_consumer_disconnects.add(1);
-            st.closing = true;
-            st.abort = true;
-            st.out.discard_pending();
-            return;
-        }
-        let before = st.out.pending.len();
-        write(&mut st.out.pending);
-        self.metrics
-            .bytes_out
-            .add((st.out.pending.len() - before) as u64);
-    }
-
-    fn respond(&mut self, st: &mut ConnState, req_id: u64, resp: &Response<'_>) {
-        self.metrics.statuses[0].add(1);
-        let body_len_max = proto::BODY_LEN_LIMIT;
-        self.queue(st, proto::HEADER_LEN + resp.encoded_len(), |out| {
-            // Bodies the handlers build are bounded well below the limit.
-            let _ = write_response(out, req_id, resp, body_len_max);
-        });
-    }
-
-    fn error(&mut self, st: &mut ConnState, req_id: u64, opcode: u16, status: Status, msg: &str) {
-        self.metrics.statuses[status.as_u16() as usize].add(1);
-        tracing::debug!(
-            conn = st.id,
-            req_id,
-            opcode,
-            status = status.name(),
-            msg,
-            "error response"
-        );
-        self.queue(st, proto::HEADER_LEN + 2 + msg.len().min(256), |out| {
-            write_error(out, req_id, opcode, status, msg)
-        });
-    }
-
-    fn notice(&mut self, st: &mut ConnState, code: u16, text: &str) {
-        let Ok(text) = Message::new(text) else {
-            return;
-        };
-        let push = Push::Notice(NoticePush { code, text });
-        self.queue(st, proto::HEADER_LEN + push.encoded_len(), |out| {
-            let _ = write_push(out, &push, proto::BODY_LEN_LIMIT);
-        });
-    }
-
-    /// A frame the decoder refused: answer it, and close if the stream is lost.
-    fn bad_frame(&mut self, st: &mut ConnState, e: &DecodeError) {
-        self.metrics.bad_frames.add(1);
-        let (req_id, opcode) = e.header().map_or((0, 0), |h| (h.req_id, h.opcode));
-        tracing::debug!(conn = st.id, error = %e, "bad frame");
-        self.error(st, req_id, opcode, e.status(), &e.to_string());
-        if e.is_fatal() {
-            st.closing = true;
-        }
-    }
-
-    /// Answers one verified frame.
-    fn handle(&mut self, st: &mut ConnState, frame: &Frame<'_>) {
-        let h = frame.header;
-        let op = h.opcode;
-        self.metrics.requests[opcode_index(op)].add(1);
-        if h.kind() != FrameKind::Request {
-            return self.error(
-                st,
-                h.req_id,
-                op.as_u16(),
-                Status::ErrBadPacket,
-                "only requests may be sent to the server",
-            );
-        }
-        if h.flags.is_encrypted() || h.flags.is_compressed() {
-            return self.error(
-                st,
-                h.req_id,
-                op.as_u16(),
-                Status::ErrUnsupported,
-                "encrypted and compressed bodies are not supported",
-            );
-        }
-        let req = match frame.request() {
-            Ok(r) => r,
-            Err(e) => {
-                return self.error(
-                    st,
-                    h.req_id,
-                    op.as_u16(),
-                    Status::ErrBadPacket,
-                    &e.to_string(),
-                )
-            }
-        };
-        let logged_in = match st.session {
-            Session::LoggedIn { user_id } => Some(user_id),
-            _ => None,
-        };
-        if logged_in.is_some() && self.superseded(st) {
-            // A newer login took the session: nothing this connection sends is executed any
-            // more, even if its bytes were read before the newer login's worker told us.
-            self.error(
-                st,
-                h.req_id,
-                op.as_u16(),
-                Status::ErrSessionSuperseded,
-                &LedgerError::SessionSuperseded.to_string(),
-            );
-            return self.kick_superseded(st);
-        }
-        if logged_in.is_none() && !op.allowed_before_login() {
-            return self.error(
-                st,
-                h.req_id,
-                op.as_u16(),
-                Status::ErrUnauthorized,
-                "log in first",
-            );
-        }
-        tracing::trace!(
-            conn = st.id,
-            req_id = h.req_id,
-            opcode = op.name(),
-            "request"
-        );
-        let id = h.req_id;
-        let result = match (req, logged_in) {
-            (Request::Hello(_), _) => {
-                let resp = self.hello();
-                self.respond(st, id, &resp);
-                Ok(())
-            }
-            (Request::Heartbeat(hb), _) => {
-                let resp = Response::Heartbeat(HeartbeatResponse {
-                    client_time_ms: hb.client_time_ms,
-                    server_time_ms: self.wall_ms,
-                });
-                self.respond(st, id, &resp);
-                Ok(())
-            }
-            (Request::Register(r), None) => self.register(st, id, &r),
-            (Request::Login(l), None) => self.login(st, id, &l),
-            (Request::LoginProof(p), None) => self.login_proof(st, id, &p),
-            (Request::Register(_) | Request::Login(_) | Request::LoginProof(_), Some(_)) => {
-                Err(HandlerError::new(Status::ErrBadState, "already logged in"))
-            }
-            (Request::Logout(_), Some(_)) => {
-                self.end_session(st);
-                st.session = Session::Connected;
-                self.respond(st, id, &Response::Logout(Empty {}));
-                Ok(())
-            }
-            (req, Some(user)) => self.operation(st, user, id, req),
-            (_, None) => Err(HandlerError::new(Status::ErrUnauthorized, "log in first")),
-        };
-        if let Err(e) = result {
-            let status = e.status();
-            self.error(st, id, op.as_u16(), status, &e.to_string());
-            if status == Status::ErrSessionSuperseded {
-                self.kick_superseded(st);
-            }
-        }
-    }
-
-    /// Requests of a logged-in user, each to the handler of its concern.
-    fn operation(&mut self, st: &mut ConnState, user: u32, id: u64, req: Request<'_>) -> Handled {
-        match req {
-            Request::Deposit(a) => self.one_account(st, user, id, a.amount, false),
-            Request::Withdraw(a) => self.one_account(st, user, id, a.amount, true),
-            Request::Transfer(t) => self.transfer(st, user, id, &t),
-            Request::Balance(_) => self.balance(st, user, id),
-            Request::TxnHistory(q) => self.txn_history(st, user, id, &q),
-            Request::ListUsers(q) => self.list_users(st, id, &q),
-            Request::DirectSend(d) => self.direct_send(st, user, id, &d),
-            Request::JoinRoom(j) => self.join_room(st, user, id, &j),
-            Request::LeaveRoom(l) => self.leave_room(st, user, id, l.room_id),
-            Request::ChatSend(c) => self.chat_send(st, user, id, &c),
-            Request::ListRooms(q) => self.list_rooms(st, id, &q),
-            Request::RoomHistory(q) => self.room_history(st, id, &q),
-            _ => Err(HandlerError::new(Status::ErrBadPacket, "not an operation")),
         }
     }
 
