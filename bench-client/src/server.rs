@@ -163,6 +163,8 @@ impl Drop for SpawnedServer {
 /// What `uring-server stats --format json` says that this crate uses (other fields ignored).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct ServerStats {
+    /// The JSON's format; this crate reads version 1.
+    pub format_version: u32,
     /// The master's pid.
     pub master_pid: u32,
     /// Every worker slot, by index.
@@ -192,8 +194,17 @@ pub fn server_stats(name: &str) -> anyhow::Result<ServerStats> {
         out.status.success(),
         "uring-server stats --name {name} failed: is the server running?"
     );
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let stats: ServerStats = serde_json::from_slice(&out.stdout)?;
+    anyhow::ensure!(
+        stats.format_version == STATS_FORMAT_VERSION,
+        "uring-server stats --format json says format {}, this bench-client reads {STATS_FORMAT_VERSION}: use the uring-server built with it",
+        stats.format_version
+    );
+    Ok(stats)
 }
+
+/// The `stats --format json` format this crate reads.
+pub const STATS_FORMAT_VERSION: u32 = 1;
 
 /// Runs `uring-server audit --name NAME`: `Ok(None)` when every invariant holds, else the
 /// violations it printed.
