@@ -388,16 +388,8 @@ fn settle(
 /// would signal a process group or init: left out.
 fn worker_pids(name: &str) -> Vec<(usize, u32)> {
     crate::server::server_stats(name)
-        .map(|s| {
-            s.workers
-                .iter()
-                .map(|w| (w.index, w.pid))
-                .collect::<Vec<_>>()
-        })
+        .map(|s| s.running_workers())
         .unwrap_or_default()
-        .into_iter()
-        .filter(|&(_, p)| p > 1)
-        .collect()
 }
 
 /// `uring-server audit` against the server; a failure is counted and its violations noted.

@@ -346,49 +346,35 @@ impl Client {
         let mut backoff = retry.backoff;
         let mut attempt = 1;
         loop {
-            // Answers that say the request was not executed: busy, timed out, this connection
-            // is not logged in (its re-login after a reconnect failed), or its session was taken
-            // by a newer login (one of this client's own, given up on and completed late by a
-            // slow worker): log in again and resend.
-            let logged_in = self.login.is_some();
-            let not_executed = |st: Status| {
-                matches!(st, Status::ErrServerBusy | Status::ErrTimeout)
-                    || (logged_in
-                        && matches!(st, Status::ErrUnauthorized | Status::ErrSessionSuperseded))
+            let outcome = self.call_with_id(id, req);
+            // Not executed: the connection was lost before an answer, or the answer says so
+            // (busy, timed out, this connection is not logged in because its re-login after a
+            // reconnect failed, or its session was taken by a newer login, one of this client's
+            // own given up on and completed late by a slow worker): log in again and resend.
+            let again = match &outcome {
+                Ok(r) => match r.status() {
+                    Status::ErrServerBusy | Status::ErrTimeout => true,
+                    Status::ErrUnauthorized | Status::ErrSessionSuperseded => self.login.is_some(),
+                    _ => false,
+                },
+                Err(ClientError::Io(_) | ClientError::Closed | ClientError::ClosedMidFrame) => true,
+                Err(_) => false,
             };
-            let result = match self.call_with_id(id, req) {
-                Ok(r) if not_executed(r.status()) => {
-                    Err(ClientError::Refused(r.status(), String::new()))
-                }
-                other => other,
-            };
-            match result {
-                Ok(r) => return Ok(r),
-                Err(
-                    e @ (ClientError::Io(_)
-                    | ClientError::Closed
-                    | ClientError::Refused(
-                        Status::ErrServerBusy
-                        | Status::ErrTimeout
-                        | Status::ErrUnauthorized
-                        | Status::ErrSessionSuperseded,
-                        _,
-                    )),
-                ) => {
-                    if attempt >= retry.attempts {
-                        return Err(e);
-                    }
-                    let mut jitter = [0u8; 2];
-                    let _ = getrandom::fill(&mut jitter);
-                    let frac = f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX) / 2.0;
-                    std::thread::sleep(backoff.mul_f64(1.0 + frac));
-                    backoff = (backoff * 2).min(retry.backoff_max);
-                    attempt += 1;
-                    // Reconnect and log in again; failures here count as the attempt's.
-                    let _ = self.reconnect();
-                }
-                Err(e) => return Err(e),
+            if !again {
+                return outcome;
             }
+            if attempt >= retry.attempts {
+                // Gave up: the outcome is unknown (or known not executed), never an answer.
+                return outcome.and_then(refused);
+            }
+            let mut jitter = [0u8; 2];
+            let _ = getrandom::fill(&mut jitter);
+            let frac = f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX) / 2.0;
+            std::thread::sleep(backoff.mul_f64(1.0 + frac));
+            backoff = (backoff * 2).min(retry.backoff_max);
+            attempt += 1;
+            // Reconnect and log in again; failures here count as the attempt's.
+            let _ = self.reconnect();
         }
     }
 

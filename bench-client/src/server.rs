@@ -171,6 +171,18 @@ pub struct ServerStats {
     pub workers: Vec<WorkerStats>,
 }
 
+impl ServerStats {
+    /// (index, pid) of every worker running now. A pid of 0 (a worker being restarted) or 1
+    /// would signal a process group or init: left out.
+    pub fn running_workers(&self) -> Vec<(usize, u32)> {
+        self.workers
+            .iter()
+            .map(|w| (w.index, w.pid))
+            .filter(|&(_, p)| p > 1)
+            .collect()
+    }
+}
+
 /// One worker in [`ServerStats`].
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub struct WorkerStats {
@@ -223,12 +235,7 @@ pub fn server_pids(name: &str) -> Vec<u32> {
     let Ok(stats) = server_stats(name) else {
         return Vec::new();
     };
-    let mut pids: Vec<u32> = stats
-        .workers
-        .iter()
-        .map(|w| w.pid)
-        .filter(|&p| p > 1)
-        .collect();
+    let mut pids: Vec<u32> = stats.running_workers().into_iter().map(|w| w.1).collect();
     pids.push(stats.master_pid);
     pids
 }

@@ -64,6 +64,9 @@ pub(crate) struct ResultEntry {
     txn_id: AtomicU64,
 }
 
+// 48 bytes: the layout's outcome table is (users + 1) × results_per_user of these.
+const _: () = assert!(core::mem::size_of::<ResultEntry>() == 48);
+
 const REFUSAL_NONE: u32 = 0;
 const REFUSAL_FUNDS: u32 = 1;
 const REFUSAL_OVERFLOW: u32 = 2;

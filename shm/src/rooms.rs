@@ -258,16 +258,14 @@ impl<'s> Rooms<'s> {
     /// Locks room `id`, recounting its members if the last holder died mid-change.
     fn lock(&self, id: u32) -> Result<RoomGuard<'s>, RoomError> {
         let room = &self.rooms[id as usize];
-        if room.lock.lock()? == Locked::OwnerDied {
+        lock_head(room, || {
             let n = self
                 .members_of(id)
                 .iter()
                 .filter(|m| m.user.load(Ordering::Relaxed) != 0)
                 .count();
             room.member_count.store(n as u32, Ordering::Relaxed);
-            room.lock.mark_consistent()?;
-        }
-        Ok(RoomGuard(&room.lock))
+        })
     }
 
     /// The id of room `name`, without locking.
@@ -471,12 +469,8 @@ impl<'s> Rooms<'s> {
         time_ms: u64,
     ) -> Result<u64, RoomError> {
         let ring = self.inbox_ring(worker)?;
-        let lock = &ring.head.lock;
-        if lock.lock()? == Locked::OwnerDied {
-            // An inbox has no members to recount; an append cut short is overwritten.
-            lock.mark_consistent()?;
-        }
-        let _g = RoomGuard(lock);
+        // An inbox has no members to recount; an append cut short is overwritten.
+        let _g = lock_head(ring.head, || {})?;
         ring.append(sender, target, sender_name, text, time_ms)
     }
 
@@ -517,6 +511,16 @@ impl<'s> Rooms<'s> {
         }
         out
     }
+}
+
+/// Takes the lock of a ring's head (a room's or an inbox's); when its last holder died, runs
+/// `repair` before marking it consistent.
+fn lock_head<'s>(head: &'s Room, repair: impl FnOnce()) -> Result<RoomGuard<'s>, RoomError> {
+    if head.lock.lock()? == Locked::OwnerDied {
+        repair();
+        head.lock.mark_consistent()?;
+    }
+    Ok(RoomGuard(&head.lock))
 }
 
 impl Ring<'_> {

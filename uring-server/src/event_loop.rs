@@ -69,12 +69,11 @@ pub fn run<B: Backend>(
         }
     }
     backend.finish(core)?;
-    for key in core.keys() {
+    for key in core.close_all() {
         debug_assert!(
             !backend.in_flight(key),
             "finish left an operation in flight"
         );
-        core.remove(key);
         backend.close(key);
     }
     Ok(())

@@ -366,12 +366,14 @@ impl<'s> Core<'s> {
             .is_some_and(|d| self.conns.is_empty() || self.ctx.now_ms >= d)
     }
 
-    /// Removes every connection left (the event loop closes their sockets).
-    pub fn close_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for k in keys {
+    /// Removes every connection left; returns their keys, for the event loop to close their
+    /// sockets.
+    pub fn close_all(&mut self) -> Vec<usize> {
+        let keys = self.keys();
+        for &k in &keys {
             self.remove(k);
         }
+        keys
     }
 }
 

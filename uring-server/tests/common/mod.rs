@@ -165,11 +165,11 @@ impl Server {
     pub fn worker_pids(&self) -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let pids: Vec<u32> = bench_client::server::server_stats(&self.name)
-                .map(|s| s.workers.iter().map(|w| w.pid).collect())
-                .unwrap_or_default();
-            if !pids.is_empty() && pids.iter().all(|&p| p > 1) {
-                return pids;
+            if let Ok(stats) = bench_client::server::server_stats(&self.name) {
+                let running = stats.running_workers();
+                if !running.is_empty() && running.len() == stats.workers.len() {
+                    return running.into_iter().map(|w| w.1).collect();
+                }
             }
             assert!(Instant::now() < deadline, "workers never published pids");
             std::thread::sleep(Duration::from_millis(5));
