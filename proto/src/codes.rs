@@ -176,6 +176,9 @@ wire_enum! {
         /// The connection's session was ended by a newer login of the same user: the request
         /// was not executed, and the server closes the connection.
         ErrSessionSuperseded = 0x0017 => "ERR_SESSION_SUPERSEDED",
+        /// The server cannot make the request durable now (its journal's disk is full or
+        /// failing, or behind): nothing was applied; retry later with backoff (the same req_id).
+        ErrStorageUnavailable = 0x0018 => "ERR_STORAGE_UNAVAILABLE",
     }
 }
 

@@ -26,6 +26,7 @@
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::journal::{AccountRec, Journal, OutcomeRec, Record, TotalsRec, TxnRec, Unavailable};
 use crate::lock::{LockError, Locked, RobustMutex};
 use crate::segment::{process_alive, wall_ms, Globals, LockMode, Segment, ShmError};
 use crate::users::{SessionId, Users};
@@ -111,6 +112,8 @@ pub(crate) struct Slot {
     from_prev: AtomicU64,
     to_prev: AtomicU64,
     req_id: AtomicU64,
+    /// The journal LSN the intent's record took (durable mode).
+    lsn: AtomicU64,
     /// Totals after the intent, as (low, high) halves of u128s.
     new_deposits: [AtomicU64; 2],
     new_withdrawals: [AtomicU64; 2],
@@ -163,6 +166,8 @@ pub enum LedgerError {
     },
     /// The caller's session is no longer the user's current one (a newer login ended it).
     SessionSuperseded,
+    /// The journal cannot take the record (disk failing, or behind): nothing was applied.
+    Unavailable(Unavailable),
     /// A lock failed.
     Lock(LockError),
 }
@@ -195,6 +200,7 @@ impl core::fmt::Display for LedgerError {
             LedgerError::SessionSuperseded => {
                 f.write_str("session ended by a newer login: not executed")
             }
+            LedgerError::Unavailable(u) => write!(f, "{u}"),
             LedgerError::Lock(e) => write!(f, "ledger lock: {e}"),
         }
     }
@@ -274,6 +280,7 @@ pub(crate) struct Tables<'s> {
     pub(crate) slots: &'s [Slot],
     results_per_user: usize,
     mode: LockMode,
+    journal: Journal<'s>,
 }
 
 impl<'s> Tables<'s> {
@@ -287,6 +294,7 @@ impl<'s> Tables<'s> {
             slots: seg.slots(),
             results_per_user: caps.results_per_user as usize,
             mode: seg.lock_mode(),
+            journal: Journal::of(seg),
         }
     }
 
@@ -398,6 +406,14 @@ impl<'s> Tables<'s> {
     fn repair(&self, account: Option<u32>) -> Result<(), LedgerError> {
         let rec = &self.globals.recovery_lock;
         let outcome = rec.lock()?;
+        if self.journal.enabled() {
+            // A dead owner that prepared an intent inside the journal lock may not have appended
+            // its record: taking the lock appends it (see journal.rs), before it is applied here.
+            if let Err(e) = self.journal.lock() {
+                let _ = rec.unlock();
+                return Err(e.into());
+            }
+        }
         for s in self.slots {
             if s.state.load(Ordering::Acquire) != INTENT_PREPARED {
                 continue;
@@ -670,6 +686,25 @@ impl<'s> Ledger<'s> {
             LedgerError::UnknownAccount(_) => (REFUSAL_UNKNOWN_ACCOUNT, 0),
             _ => return err,
         };
+        if self.t.journal.enabled() {
+            let j = match self.t.journal.lock() {
+                Ok(j) => j,
+                Err(e) => return e.into(),
+            };
+            if let Err(u) = j.check() {
+                return LedgerError::Unavailable(u);
+            }
+            j.push(&Record::Refusal(OutcomeRec {
+                user: caller,
+                opcode,
+                target,
+                refusal: code,
+                req_id,
+                amount,
+                balance,
+                txn_id: 0,
+            }));
+        }
         self.t
             .store_result(caller, req_id, opcode, target, amount, code, balance, 0);
         err
@@ -689,10 +724,20 @@ impl<'s> Ledger<'s> {
         req_id: u64,
         opcode: u32,
         target: u32,
-    ) -> Applied {
+    ) -> Result<Applied, LedgerError> {
         let t = &self.t;
         let s = self.slot();
         debug_assert_eq!(s.state.load(Ordering::Relaxed), INTENT_IDLE);
+        // Durable mode: the intent's commit point and its journal record are one critical
+        // section of the journal lock (see journal.rs), so the record's LSN is its place in a
+        // serial order and a kill between the two cannot leave a hole.
+        let journal = if t.journal.enabled() {
+            let j = t.journal.lock()?;
+            j.check().map_err(LedgerError::Unavailable)?;
+            Some(j)
+        } else {
+            None
+        };
         let (mut dep, mut wd) = (load_u128(&s.deposits), load_u128(&s.withdrawals));
         match kind {
             TxnKind::Deposit => dep += u128::from(amount),
@@ -725,15 +770,21 @@ impl<'s> Ledger<'s> {
         s.result_target.store(target, Ordering::Relaxed);
         store_u128(&s.new_deposits, dep);
         store_u128(&s.new_withdrawals, wd);
+        if let Some(j) = &journal {
+            s.lsn.store(j.head(), Ordering::Relaxed);
+        }
         s.state.store(INTENT_PREPARED, Ordering::Release);
+        if let Some(j) = journal {
+            j.push(&Record::Txn(intent_txn(s)));
+        }
         t.apply(s);
         s.state.store(INTENT_IDLE, Ordering::Release);
         s.ops.fetch_add(1, Ordering::Relaxed);
-        Applied {
+        Ok(Applied {
             balance: if caller == from { from_new } else { to_new },
             txn_id,
             replayed: false,
-        }
+        })
     }
 
     /// Adds `amount` to the caller's account.
@@ -789,9 +840,9 @@ impl<'s> Ledger<'s> {
             };
             (0, user, 0, new)
         };
-        Ok(self.commit(
+        self.commit(
             kind, user, from, to, amount, from_new, to_new, req_id, op, 0,
-        ))
+        )
     }
 
     /// Moves `amount` from the caller's account to `to`'s: both change or neither does.
@@ -834,7 +885,7 @@ impl<'s> Ledger<'s> {
         let Some(to_new) = dst.balance.load(Ordering::Relaxed).checked_add(amount) else {
             return Err(self.refuse(from, req_id, op, to, amount, LedgerError::Overflow));
         };
-        Ok(self.commit(
+        self.commit(
             TxnKind::Transfer,
             from,
             from,
@@ -845,8 +896,221 @@ impl<'s> Ledger<'s> {
             req_id,
             op,
             to,
-        ))
+        )
     }
+}
+
+/// A slot's intent as its journal record.
+fn intent_txn(s: &Slot) -> TxnRec {
+    TxnRec {
+        kind: s.kind.load(Ordering::Relaxed),
+        opcode: s.result_opcode.load(Ordering::Relaxed),
+        caller: s.caller.load(Ordering::Relaxed),
+        from: s.from.load(Ordering::Relaxed),
+        to: s.to.load(Ordering::Relaxed),
+        target: s.result_target.load(Ordering::Relaxed),
+        txn_id: s.txn_id.load(Ordering::Relaxed),
+        amount: s.amount.load(Ordering::Relaxed),
+        from_new: s.from_new.load(Ordering::Relaxed),
+        to_new: s.to_new.load(Ordering::Relaxed),
+        time_ms: s.time_ms.load(Ordering::Relaxed),
+        from_prev: s.from_prev.load(Ordering::Relaxed),
+        to_prev: s.to_prev.load(Ordering::Relaxed),
+        req_id: s.req_id.load(Ordering::Relaxed),
+    }
+}
+
+/// The record of an intent prepared with LSN `lsn` and (maybe) never appended: only a process
+/// that died inside the journal lock leaves one. Called with the journal lock held.
+pub(crate) fn prepared_intent_at(seg: &Segment, lsn: u64) -> Option<Record> {
+    Tables::of(seg)
+        .slots
+        .iter()
+        .find(|s| {
+            s.state.load(Ordering::Acquire) == INTENT_PREPARED
+                && s.lsn.load(Ordering::Relaxed) == lsn
+        })
+        .map(|s| Record::Txn(intent_txn(s)))
+}
+
+/// Applies one journal or checkpoint record to a segment being rebuilt (recovery, or the
+/// journal writer's private copy). Single-threaded: nothing else uses `seg` meanwhile.
+/// Ledger records store absolute values, so the result is the state after the record.
+pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
+    let t = Tables::of(seg);
+    let account = |id: u32| -> Result<&Account, String> {
+        match t.accounts.get(id as usize) {
+            Some(a) if id != 0 && a.exists.load(Ordering::Relaxed) == 1 => Ok(a),
+            _ => Err(format!("record names account {id}, which is not registered")),
+        }
+    };
+    match rec {
+        Record::Txn(x) => {
+            let s = &t.slots[0];
+            for (id, new) in [(x.from, x.from_new), (x.to, x.to_new)] {
+                if id != 0 {
+                    let a = account(id)?;
+                    a.balance.store(new, Ordering::Relaxed);
+                    a.last_txn_id.store(x.txn_id, Ordering::Relaxed);
+                }
+            }
+            match kind_from(x.kind) {
+                Some(TxnKind::Deposit) => {
+                    store_u128(&s.deposits, load_u128(&s.deposits) + u128::from(x.amount))
+                }
+                Some(TxnKind::Withdraw) => store_u128(
+                    &s.withdrawals,
+                    load_u128(&s.withdrawals) + u128::from(x.amount),
+                ),
+                Some(TxnKind::Transfer) => {}
+                None => return Err(format!("transaction kind {}", x.kind)),
+            }
+            write_log(&t, x);
+            let caller_balance = if x.caller == x.from {
+                x.from_new
+            } else {
+                x.to_new
+            };
+            account(x.caller)?;
+            t.store_result(
+                x.caller,
+                x.req_id,
+                x.opcode,
+                x.target,
+                x.amount,
+                REFUSAL_NONE,
+                caller_balance,
+                x.txn_id,
+            );
+            if t.globals.txn_seq.load(Ordering::Relaxed) < x.txn_id {
+                t.globals.txn_seq.store(x.txn_id, Ordering::Relaxed);
+            }
+        }
+        Record::Log(x) => write_log(&t, x),
+        Record::Refusal(o) | Record::Outcome(o) => {
+            account(o.user)?;
+            t.store_result(
+                o.user, o.req_id, o.opcode, o.target, o.amount, o.refusal, o.balance, o.txn_id,
+            );
+        }
+        Record::Account(a) => {
+            let acct = account(a.id)?;
+            acct.balance.store(a.balance, Ordering::Relaxed);
+            acct.last_txn_id.store(a.last_txn_id, Ordering::Relaxed);
+            acct.req_id_hw.store(a.req_id_hw, Ordering::Relaxed);
+        }
+        Record::Totals(x) => {
+            for (i, s) in t.slots.iter().enumerate() {
+                let (d, w) = if i == 0 {
+                    (x.deposits, x.withdrawals)
+                } else {
+                    (0, 0)
+                };
+                store_u128(&s.deposits, d);
+                store_u128(&s.withdrawals, w);
+            }
+            t.globals.txn_seq.store(x.txn_seq, Ordering::Relaxed);
+        }
+        Record::User(u) => {
+            let users = Users::of(seg);
+            let name = core::str::from_utf8(&u.name).map_err(|_| "user name not UTF-8")?;
+            let id = users
+                .register(name, &u.creds)
+                .map_err(|e| format!("user {name}: {e}"))?;
+            if id != u.id {
+                return Err(format!("user {name} got id {id}, the journal says {}", u.id));
+            }
+        }
+        Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
+    }
+    Ok(())
+}
+
+fn write_log(t: &Tables<'_>, x: &TxnRec) {
+    let e = t.log_entry(x.txn_id);
+    if e.txn_id.load(Ordering::Relaxed) > x.txn_id {
+        return;
+    }
+    e.kind.store(x.kind, Ordering::Relaxed);
+    e.from.store(x.from, Ordering::Relaxed);
+    e.to.store(x.to, Ordering::Relaxed);
+    e.amount.store(x.amount, Ordering::Relaxed);
+    e.from_balance.store(x.from_new, Ordering::Relaxed);
+    e.to_balance.store(x.to_new, Ordering::Relaxed);
+    e.time_ms.store(x.time_ms, Ordering::Relaxed);
+    e.from_prev.store(x.from_prev, Ordering::Relaxed);
+    e.to_prev.store(x.to_prev, Ordering::Relaxed);
+    e.txn_id.store(x.txn_id, Ordering::Release);
+}
+
+/// Every record a checkpoint of `seg` holds, in the order [`replay`] takes them: users, then
+/// accounts, outcomes, the log ring's transactions (oldest first) and the totals. For a segment
+/// nothing else changes meanwhile (the writer's private copy, or a forked snapshot of it).
+pub fn checkpoint_records(seg: &Segment, mut emit: impl FnMut(&Record)) {
+    let t = Tables::of(seg);
+    let users = Users::of(seg);
+    let count = users.count();
+    for id in 1..=count {
+        if let Some(u) = users.journal_record(id) {
+            emit(&Record::User(u));
+        }
+    }
+    for id in 1..=count {
+        let a = &t.accounts[id as usize];
+        emit(&Record::Account(AccountRec {
+            id,
+            balance: a.balance.load(Ordering::Relaxed),
+            last_txn_id: a.last_txn_id.load(Ordering::Relaxed),
+            req_id_hw: a.req_id_hw.load(Ordering::Relaxed),
+        }));
+        let k = t.results_per_user;
+        for e in &t.results[id as usize * k..(id as usize + 1) * k] {
+            let opcode = e.opcode.load(Ordering::Relaxed);
+            if opcode == 0 {
+                continue;
+            }
+            emit(&Record::Outcome(OutcomeRec {
+                user: id,
+                opcode,
+                target: e.target.load(Ordering::Relaxed),
+                refusal: e.refusal.load(Ordering::Relaxed),
+                req_id: e.req_id.load(Ordering::Relaxed),
+                amount: e.amount.load(Ordering::Relaxed),
+                balance: e.balance.load(Ordering::Relaxed),
+                txn_id: e.txn_id.load(Ordering::Relaxed),
+            }));
+        }
+    }
+    let seq = t.globals.txn_seq.load(Ordering::Relaxed);
+    let first = seq.saturating_sub(t.log.len() as u64) + 1;
+    for id in first..=seq {
+        let e = t.log_entry(id);
+        if let Some((r, from_prev, to_prev)) = read_entry_with_prev(e, id) {
+            emit(&Record::Log(TxnRec {
+                kind: kind_code(r.kind),
+                from: r.from,
+                to: r.to,
+                txn_id: id,
+                amount: r.amount,
+                from_new: r.from_balance,
+                to_new: r.to_balance,
+                time_ms: r.time_ms,
+                from_prev,
+                to_prev,
+                ..TxnRec::default()
+            }));
+        }
+    }
+    let (mut deposits, mut withdrawals) = (0u128, 0u128);
+    for s in t.slots {
+        deposits += load_u128(&s.deposits);
+        withdrawals += load_u128(&s.withdrawals);
+    }
+    emit(&Record::Totals(TotalsRec {
+        deposits,
+        withdrawals,
+        txn_seq: seq,
+    }));
 }
 
 /// The highest req_id of `user`'s ledger requests decided so far (0 for none): a client that

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod journal;
 pub mod ledger;
 pub mod limits;
 pub mod lock;

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use crate::journal::{JournalCtl, RingEntry};
 use crate::ledger::{Account, LogEntry, ResultEntry, Slot};
 use crate::lock::RobustMutex;
 use crate::metrics::WorkerMetrics;
@@ -23,7 +24,7 @@ use crate::users::UserRecord;
 /// `"NSSHM\0"` and the layout version in the low bytes.
 pub const MAGIC: u64 = 0x4E53_5348_4D00_0000;
 /// Bumped whenever any shared struct changes; a tool built for another layout refuses to attach.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// How the ledger serialises operations. Fixed when the segment is created: every process must
 /// use the same one, or they would not exclude each other.
@@ -203,6 +204,8 @@ pub struct Layout {
     pub(crate) events: usize,
     pub(crate) inboxes: usize,
     pub(crate) inbox_events: usize,
+    pub(crate) journal: usize,
+    pub(crate) journal_ring: usize,
     /// Total bytes.
     pub size: usize,
 }
@@ -242,6 +245,8 @@ impl Layout {
         // One inbox ring per worker slot (direct messages), sized like a room's.
         let inboxes = c.take::<Room>(caps.workers as usize);
         let inbox_events = c.take::<RoomEvent>(caps.workers as usize * caps.room_ring as usize);
+        let journal = c.take::<JournalCtl>(1);
+        let journal_ring = c.take::<RingEntry>(crate::journal::RING);
         let size = c.0.next_multiple_of(4096);
         Layout {
             caps,
@@ -261,6 +266,8 @@ impl Layout {
             events,
             inboxes,
             inbox_events,
+            journal,
+            journal_ring,
             size,
         }
     }
@@ -716,6 +723,16 @@ impl Segment {
         unsafe { self.table(l.inbox_events, n) }
     }
 
+    pub(crate) fn journal_ctl(&self) -> &JournalCtl {
+        // SAFETY: the layout places one JournalCtl at `journal`, its lock initialised by `init`.
+        unsafe { &self.table::<JournalCtl>(self.layout.journal, 1)[0] }
+    }
+
+    pub(crate) fn journal_ring(&self) -> &[RingEntry] {
+        // SAFETY: the layout's journal ring: RING `RingEntry`s.
+        unsafe { self.table(self.layout.journal_ring, crate::journal::RING) }
+    }
+
     /// The global words.
     pub fn globals(&self) -> &Globals {
         // SAFETY: the layout places one Globals at `globals`, initialised by `init`.
@@ -842,6 +859,8 @@ unsafe fn init(
             RobustMutex::init(core::ptr::addr_of_mut!((*inboxes.add(i)).lock))
                 .map_err(ShmError::Lock)?;
         }
+        let j = base.add(layout.journal) as *mut JournalCtl;
+        RobustMutex::init(core::ptr::addr_of_mut!((*j).lock)).map_err(ShmError::Lock)?;
         let h = &*(base as *const Header);
         h.magic.store(MAGIC, Ordering::Relaxed);
         h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);

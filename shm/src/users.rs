@@ -92,6 +92,8 @@ pub enum UserError {
     Invalid(&'static str),
     /// No such user.
     NotFound,
+    /// The journal cannot take the record (disk failing, or behind): nothing was done.
+    Unavailable(crate::journal::Unavailable),
     /// A lock failed.
     Lock(LockError),
 }
@@ -103,6 +105,7 @@ impl core::fmt::Display for UserError {
             UserError::Full => f.write_str("user table full"),
             UserError::Invalid(what) => write!(f, "invalid {what}"),
             UserError::NotFound => f.write_str("no such user"),
+            UserError::Unavailable(u) => write!(f, "{u}"),
             UserError::Lock(e) => write!(f, "users lock: {e}"),
         }
     }
@@ -123,6 +126,7 @@ pub struct Users<'s> {
     records: &'s [UserRecord],
     index: &'s [AtomicU32],
     accounts: &'s [Account],
+    seg: &'s Segment,
 }
 
 impl core::fmt::Debug for Users<'_> {
@@ -141,6 +145,7 @@ impl<'s> Users<'s> {
             records: seg.user_records(),
             index: seg.user_index(),
             accounts: seg.accounts(),
+            seg,
         }
     }
 
@@ -184,14 +189,44 @@ impl<'s> Users<'s> {
         if !(ITERATIONS_MIN..=ITERATIONS_MAX).contains(&creds.iterations) {
             return Err(UserError::Invalid("iterations"));
         }
+        let journal = crate::journal::Journal::of(self.seg);
+        if journal.enabled() {
+            if let Some(u) = journal.unavailable() {
+                return Err(UserError::Unavailable(u));
+            }
+        }
         let lock = &self.globals.users_lock;
         if lock.lock()? == Locked::OwnerDied {
             self.repair();
             lock.mark_consistent()?;
         }
         let result = self.register_locked(name, creds);
+        if result.is_ok() && journal.enabled() {
+            // Journaled by the lock itself: it appends every user not journaled yet (so a
+            // registrant killed right here is journaled by the next appender, whoever it is).
+            if let Err(e) = journal.lock() {
+                let _ = lock.unlock();
+                return Err(e.into());
+            }
+        }
         lock.unlock()?;
         result
+    }
+
+    /// User `id` as the journal records it.
+    pub(crate) fn journal_record(&self, id: u32) -> Option<crate::journal::UserRec> {
+        let r = self.record(id)?;
+        let mut name = [0u8; NAME_LEN_MAX];
+        let len = load_bytes(
+            &r.name,
+            r.name_len.load(Ordering::Relaxed) as usize,
+            &mut name,
+        );
+        Some(crate::journal::UserRec {
+            id,
+            name: name[..len].to_vec(),
+            creds: self.credentials(id)?,
+        })
     }
 
     fn register_locked(&self, name: &str, creds: &Credentials) -> Result<u32, UserError> {

@@ -17,6 +17,18 @@ pub fn epoch(seg: &Segment) -> &AtomicU32 {
 pub fn notify(seg: &Segment) {
     let word = epoch(seg);
     word.fetch_add(1, Ordering::Release);
+    wake_word(word);
+}
+
+/// Sleeps while the epoch equals `seen`, at most `timeout`; returns the epoch now.
+pub fn wait(seg: &Segment, seen: u32, timeout: Duration) -> u32 {
+    let word = epoch(seg);
+    wait_word(word, seen, timeout);
+    word.load(Ordering::Acquire)
+}
+
+/// Wakes every process sleeping on `word` (a futex word in shared memory).
+pub(crate) fn wake_word(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned u32 in shared memory; the call reads nothing else.
     // Not FUTEX_PRIVATE: the waiters are in other processes.
     unsafe {
@@ -30,9 +42,9 @@ pub fn notify(seg: &Segment) {
     }
 }
 
-/// Sleeps while the epoch equals `seen`, at most `timeout`; returns the epoch now.
-pub fn wait(seg: &Segment, seen: u32, timeout: Duration) -> u32 {
-    let word = epoch(seg);
+/// Sleeps while `word` holds `seen`, at most `timeout` (spurious returns are possible: the
+/// caller re-reads the word).
+pub(crate) fn wait_word(word: &AtomicU32, seen: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -48,7 +60,6 @@ pub fn wait(seg: &Segment, seen: u32, timeout: Duration) -> u32 {
             &ts as *const libc::timespec,
         );
     }
-    word.load(Ordering::Acquire)
 }
 
 /// One eventfd per worker, created by the master before forking, so that every worker (and every

@@ -63,6 +63,7 @@ pub fn run<B: Backend>(
         }
         backend.turn(core, &mut touched)?;
         touched.extend(core.deliver());
+        touched.extend(core.release_durable());
         if core.now_ms().saturating_sub(last_sweep_ms) >= SWEEP_EVERY_MS {
             last_sweep_ms = core.now_ms();
             touched.extend(core.sweep());
@@ -103,7 +104,7 @@ fn settle<B: Backend>(core: &mut Core<'_>, backend: &mut B, key: usize) {
     };
     if step.closing {
         backend.stop_reading(key);
-        if !step.has_output && !backend.in_flight(key) {
+        if !step.has_output && !step.holding && !backend.in_flight(key) {
             core.remove(key);
             backend.close(key);
         }

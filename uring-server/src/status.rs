@@ -36,6 +36,7 @@ impl HasStatus for LedgerError {
             LedgerError::SelfTransfer | LedgerError::ReqIdReused => Status::ErrInvalidArgument,
             LedgerError::Stale { .. } => Status::ErrStaleRequest,
             LedgerError::SessionSuperseded => Status::ErrSessionSuperseded,
+            LedgerError::Unavailable(_) => Status::ErrStorageUnavailable,
             LedgerError::Lock(LockError::TimedOut) => Status::ErrTimeout,
             _ => Status::ErrInternal,
         }
@@ -49,6 +50,7 @@ impl HasStatus for UserError {
             UserError::Full => Status::ErrCapacity,
             UserError::Invalid(_) => Status::ErrInvalidArgument,
             UserError::NotFound => Status::ErrNotFound,
+            UserError::Unavailable(_) => Status::ErrStorageUnavailable,
             _ => Status::ErrInternal,
         }
     }

@@ -78,6 +78,17 @@ impl Ctx<'_> {
             "request"
         );
         let id = h.req_id;
+        let waits_for_journal = self.journal_on
+            && matches!(
+                req,
+                Request::Register(_)
+                    | Request::Deposit(_)
+                    | Request::Withdraw(_)
+                    | Request::Transfer(_)
+                    | Request::Balance(_)
+                    | Request::TxnHistory(_)
+            );
+        let mark = st.out.mark();
         let result = match (req, logged_in) {
             (Request::Hello(_), _) => {
                 let resp = self.hello();
@@ -112,6 +123,17 @@ impl Ctx<'_> {
             self.error(st, id, op.as_u16(), status, &e.to_string());
             if status == Status::ErrSessionSuperseded {
                 self.kick_superseded(st);
+            }
+        }
+        if waits_for_journal {
+            // Whatever this answer says (applied, refused, a balance) may rest on records not
+            // yet on disk: it goes out once the journal is durable up to where it stands now.
+            let need = shm::journal::head(self.seg);
+            if need > shm::journal::durable(self.seg) {
+                st.out.hold_since(mark, need);
+                if !self.holding.contains(&st.key) {
+                    self.holding.push(st.key);
+                }
             }
         }
     }

@@ -108,6 +108,8 @@ pub struct Step {
     pub closing: bool,
     /// Close now without flushing, resetting the connection (a slow consumer).
     pub abort: bool,
+    /// Answers wait for the journal: not closed until they went out.
+    pub holding: bool,
 }
 
 /// Everything a handler may touch besides the connection.
@@ -120,6 +122,10 @@ pub struct Ctx<'s> {
     rooms: Rooms<'s>,
     chat: ChatLocal,
     wake_fds: Option<&'s WakeFds>,
+    /// Durable mode: ledger answers wait for the journal.
+    journal_on: bool,
+    /// Connections with answers waiting for the journal.
+    holding: Vec<usize>,
     /// This worker's counters.
     pub metrics: &'s WorkerMetrics,
     /// Monotonic milliseconds at the current loop turn: for every timeout.
@@ -177,6 +183,8 @@ impl<'s> Core<'s> {
                     ..ChatLocal::default()
                 },
                 wake_fds,
+                journal_on: shm::journal::mode(seg) == shm::journal::Mode::Sync,
+                holding: Vec::new(),
                 seg,
                 ledger,
                 metrics,
@@ -235,9 +243,10 @@ impl<'s> Core<'s> {
     /// What the event loop must do for `key` next; `None` for a key not open.
     pub fn step(&self, key: usize) -> Option<Step> {
         self.conns.get(key).map(|c| Step {
-            has_output: !c.st.out.is_empty(),
+            has_output: c.st.out.ready() > 0,
             closing: c.st.closing,
             abort: c.st.abort,
+            holding: c.st.out.holding(),
         })
     }
 
@@ -272,6 +281,27 @@ impl<'s> Core<'s> {
         if let Some(c) = self.conns.get_mut(key) {
             c.st.closing = true;
         }
+    }
+
+    /// Releases answers the journal has made durable since the last call; returns the
+    /// connections that have output to send now.
+    pub fn release_durable(&mut self) -> Vec<usize> {
+        if self.ctx.holding.is_empty() {
+            return Vec::new();
+        }
+        let durable = shm::journal::durable(self.ctx.seg);
+        let mut ready = Vec::new();
+        let conns = &mut self.conns;
+        self.ctx.holding.retain(|&key| {
+            let Some(c) = conns.get_mut(key) else {
+                return false;
+            };
+            if c.st.out.release(durable) {
+                ready.push(key);
+            }
+            c.st.out.holding()
+        });
+        ready
     }
 
     /// The keys of every open connection.

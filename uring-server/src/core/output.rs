@@ -9,17 +9,104 @@ use super::{ConnState, Ctx};
 
 /// Bytes waiting to be sent on one connection. Appends go to `pending`; a send in flight reads
 /// `sending`, which does not move or grow until the send completes (io_uring holds a pointer).
+///
+/// Answers that must wait for the journal (durable mode) are `held`: each mark says up to which
+/// byte the held output may go once the journal is durable up to its LSN. Once anything is held,
+/// everything queued after it is held too, so the connection's frames keep their order.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     pending: Vec<u8>,
     sending: Vec<u8>,
     sent: usize,
+    held: Vec<u8>,
+    /// (LSN the journal must reach, end of the held bytes it covers), in order.
+    marks: std::collections::VecDeque<(u64, usize)>,
+}
+
+/// Where a queue stood before a handler wrote into it (see [`OutQueue::hold_since`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    pending: usize,
+    held: usize,
 }
 
 impl OutQueue {
-    /// Bytes not yet sent.
+    /// Bytes not yet sent, held ones included.
     pub fn len(&self) -> usize {
+        self.pending.len() + self.sending.len() - self.sent + self.held.len()
+    }
+
+    /// True when bytes wait for the journal.
+    pub fn holding(&self) -> bool {
+        !self.marks.is_empty()
+    }
+
+    /// Bytes that may be sent now (not held).
+    pub fn ready(&self) -> usize {
         self.pending.len() + self.sending.len() - self.sent
+    }
+
+    /// Where appends go: held output once anything is held, else the pending bytes.
+    fn buf(&mut self) -> &mut Vec<u8> {
+        if self.marks.is_empty() {
+            &mut self.pending
+        } else {
+            &mut self.held
+        }
+    }
+
+    /// The queue's end now.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            pending: self.pending.len(),
+            held: self.held.len(),
+        }
+    }
+
+    /// Holds what was queued since `m` until the journal is durable up to `lsn`.
+    pub fn hold_since(&mut self, m: Mark, lsn: u64) {
+        if self.marks.is_empty() {
+            if self.pending.len() == m.pending {
+                return;
+            }
+            self.held.extend_from_slice(&self.pending[m.pending..]);
+            self.pending.truncate(m.pending);
+        } else if self.held.len() == m.held {
+            return;
+        }
+        let end = self.held.len();
+        match self.marks.back_mut() {
+            // Same LSN as the last mark: one mark covers both.
+            Some((l, e)) if *l == lsn => *e = end,
+            _ => self.marks.push_back((lsn, end)),
+        }
+    }
+
+    /// Releases what the journal has made durable (below `durable`); true if any was.
+    pub fn release(&mut self, durable: u64) -> bool {
+        let mut upto = 0;
+        while let Some(&(lsn, end)) = self.marks.front() {
+            if lsn > durable {
+                break;
+            }
+            upto = end;
+            self.marks.pop_front();
+        }
+        if upto == 0 {
+            return false;
+        }
+        self.pending.extend_from_slice(&self.held[..upto]);
+        if self.marks.is_empty() {
+            // Bytes after the last mark (a push queued behind held answers) go too.
+            self.pending.extend_from_slice(&self.held[upto..]);
+            self.held.clear();
+        } else {
+            self.held.drain(..upto);
+            for (_, e) in self.marks.iter_mut() {
+                *e -= upto;
+            }
+        }
+        true
     }
 
     /// True when nothing waits.
@@ -40,6 +127,8 @@ impl OutQueue {
     /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
     pub fn discard_pending(&mut self) {
         self.pending = Vec::new();
+        self.held = Vec::new();
+        self.marks.clear();
     }
 
     /// Records that `n` bytes of the last chunk were sent.
@@ -75,11 +164,11 @@ impl Ctx<'_> {
             st.out.discard_pending();
             return;
         }
-        let before = st.out.pending.len();
-        write(&mut st.out.pending);
-        self.metrics
-            .bytes_out
-            .add((st.out.pending.len() - before) as u64);
+        let buf = st.out.buf();
+        let before = buf.len();
+        write(buf);
+        let added = buf.len() - before;
+        self.metrics.bytes_out.add(added as u64);
     }
 
     pub(super) fn respond(&mut self, st: &mut ConnState, req_id: u64, resp: &Response<'_>) {
