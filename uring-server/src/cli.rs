@@ -86,6 +86,26 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     pub results_per_user: u32,
 
+    /// Where the journal and checkpoints live (created 0700). Users, their SCRAM records,
+    /// balances, transactions and what retries need survive a full restart from it.
+    #[arg(long, default_value = "./ns-data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// sync: REGISTER and every ledger answer wait until their journal record is on stable
+    /// storage (group commit). none: no journal at all; nothing survives a restart.
+    #[arg(long, value_enum, default_value_t = Durability::Sync)]
+    pub durability: Durability,
+
+    /// Journal bytes after which a checkpoint is written and the journal before it removed.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub checkpoint_bytes: u64,
+
+    /// Start even though the journal is corrupt in the middle: every record from the corrupt
+    /// one on is DROPPED (money acknowledged after it is lost). For an operator who has no
+    /// better copy; the default refuses to start and names the file and offset.
+    #[arg(long)]
+    pub journal_truncate_corrupt: bool,
+
     /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same,
     /// given before or after the tool's name (`uring-server stats --name X`).
     #[arg(long, default_value = "ns", global = true)]
@@ -142,6 +162,15 @@ pub enum LockModeArg {
     Account,
     /// One lock for the ledger.
     Global,
+}
+
+/// `--durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// Acknowledge only what is on stable storage.
+    Sync,
+    /// No journal (the behaviour before it, for comparison).
+    None,
 }
 
 /// `--registration`.

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod cli;
 pub mod clock;
 pub mod core;
+pub mod durable;
 pub mod epoll;
 pub mod event_loop;
 pub mod master;

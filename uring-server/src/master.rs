@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::cli::{Args, IoMode, LockModeArg, Registration};
+use crate::cli::{Args, Durability, IoMode, LockModeArg, Registration};
 use crate::core::Config;
 
 /// The I/O backend the workers run.
@@ -97,14 +97,31 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         LockModeArg::Account => shm::LockMode::Account,
         LockModeArg::Global => shm::LockMode::Global,
     };
-    let (mut seg, previous) =
-        shm::Segment::create(&args.name, args.capacities(workers), lock_mode)?;
-    // The shm crate has logged the replacement of a stale segment, if there was one.
-    let _ = previous;
     let host: IpAddr = args
         .host
         .parse()
         .map_err(|e| anyhow::anyhow!("--host {}: {e}", args.host))?;
+    refuse_taken_port(SocketAddr::new(host, args.port))?;
+    let durable = args.durability == Durability::Sync;
+    // Held for the server's life (every forked child shares it): one server per data dir.
+    let _dir_lock = if durable {
+        crate::durable::file::ensure_dir(&args.data_dir)?;
+        Some(crate::durable::DirLock::take(&args.data_dir)?)
+    } else {
+        None
+    };
+    let (mut seg, previous) =
+        shm::Segment::create(&args.name, args.capacities(workers), lock_mode)?;
+    // The shm crate has logged the replacement of a stale segment, if there was one.
+    let _ = previous;
+    if durable {
+        recover_into(&seg, args)?;
+    } else {
+        tracing::warn!(
+            "--durability none: no journal; users, balances and transactions are lost when the \
+             server stops (the behaviour before the journal, for comparison)"
+        );
+    }
     // Reserve the port: a bound, non-listening SO_REUSEPORT socket kept by the master, so that
     // port 0 resolves once and restarted workers can always bind it again.
     let reserve = crate::worker::reuseport_socket(SocketAddr::new(host, args.port), false)?;
@@ -121,8 +138,21 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let master = std::process::id();
     tracing::info!(
         %addr, workers, backend = backend.name(), lock_mode = ?lock_mode, segment = seg.name(),
+        durability = if durable { "sync" } else { "none" },
+        data_dir = %args.data_dir.display(),
         "uring-server starting"
     );
+    let writer_cfg = crate::durable::writer::WriterConfig {
+        dir: args.data_dir.clone(),
+        checkpoint_bytes: args.checkpoint_bytes.max(1 << 16),
+        name: args.name.clone(),
+    };
+    let mut writer = WorkerSlot {
+        pid: None,
+        started: Instant::now(),
+        backoff: Duration::ZERO,
+        restart_at: durable.then(Instant::now),
+    };
 
     let base = |worker: u16| Config {
         worker,
@@ -144,6 +174,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         })
         .collect();
     let mut stopping: Option<Instant> = None;
+    let mut writer_told = false;
     let mut announced = false;
     let mut code = 0;
     loop {
@@ -174,7 +205,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
             } else {
                 tracing::warn!("workers did not stop in time: killing them");
             }
-            for s in &slots {
+            for s in slots.iter().chain([&writer]) {
                 if let Some(pid) = s.pid {
                     let _ = kill(pid, Signal::SIGKILL);
                 }
@@ -186,6 +217,24 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { break };
+                    if writer.pid == Some(pid) {
+                        writer.pid = None;
+                        let clean = matches!(status, WaitStatus::Exited(_, 0));
+                        if stopping.is_some() && clean {
+                            tracing::info!(pid = pid.as_raw(), "journal writer exited");
+                        } else {
+                            tracing::warn!(
+                                pid = pid.as_raw(), status = ?status,
+                                "journal writer died: ledger answers wait until its successor \
+                                 has synced the journal"
+                            );
+                            if stopping.is_none() {
+                                writer.backoff = restart_backoff(writer.started, writer.backoff);
+                                writer.restart_at = Some(Instant::now() + writer.backoff);
+                            }
+                        }
+                        continue;
+                    }
                     let Some(i) = slots.iter().position(|s| s.pid == Some(pid)) else {
                         continue;
                     };
@@ -198,13 +247,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
                     clean_up_after(&seg, i as u32, pid, &how, stopping.is_some());
                     if stopping.is_none() {
                         let s = &mut slots[i];
-                        // A worker that died young is restarted with growing delays.
-                        s.backoff = if s.started.elapsed() < Duration::from_secs(2) {
-                            (s.backoff * 2)
-                                .clamp(Duration::from_millis(100), Duration::from_secs(5))
-                        } else {
-                            Duration::ZERO
-                        };
+                        s.backoff = restart_backoff(s.started, s.backoff);
                         s.restart_at = Some(Instant::now() + s.backoff);
                         if let Some(m) = shm::Metrics::of(&seg).worker(i) {
                             m.restarts.add(1);
@@ -215,9 +258,35 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         }
         if stopping.is_some() {
             if slots.iter().all(|s| s.pid.is_none()) {
-                break;
+                // The workers are gone, their answers flushed: now the writer writes what is
+                // left and a final checkpoint.
+                match writer.pid {
+                    None => break,
+                    Some(pid) if !writer_told => {
+                        writer_told = true;
+                        let _ = kill(pid, Signal::SIGTERM);
+                    }
+                    Some(_) => {}
+                }
             }
         } else {
+            if writer.pid.is_none() && writer.restart_at.is_some_and(|t| Instant::now() >= t) {
+                writer.restart_at = None;
+                writer.started = Instant::now();
+                // SAFETY: the master is single-threaded, as for the workers below.
+                match unsafe { fork() }? {
+                    ForkResult::Child => crate::durable::writer::run(
+                        &seg,
+                        writer_cfg.clone(),
+                        wake_fds.as_ref(),
+                        master,
+                    ),
+                    ForkResult::Parent { child } => {
+                        tracing::info!(pid = child.as_raw(), "journal writer started");
+                        writer.pid = Some(child);
+                    }
+                }
+            }
             for (i, s) in slots.iter_mut().enumerate() {
                 if s.pid.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
                     s.restart_at = None;
@@ -246,6 +315,73 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         "all workers stopped; shared memory unlinked"
     );
     Ok(code)
+}
+
+/// A process that died young is restarted with growing delays.
+fn restart_backoff(started: Instant, backoff: Duration) -> Duration {
+    if started.elapsed() < Duration::from_secs(2) {
+        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Refuses a port another process holds. Workers bind with SO_REUSEPORT, which would let a
+/// second server join a running one's group on the port and split its connections between two
+/// ledgers; a bind without it fails while anyone holds the port.
+fn refuse_taken_port(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "port {} on {} is already in use by another process (another uring-server?): \
+             refusing to share it",
+            addr.port(),
+            addr.ip()
+        ),
+        Err(e) => anyhow::bail!("port {}: {e}", addr.port()),
+    }
+}
+
+/// Rebuilds the fresh segment from the data directory (checkpoint + journal), audits it, and
+/// turns the journal on from the next LSN.
+fn recover_into(seg: &shm::Segment, args: &Args) -> anyhow::Result<()> {
+    use crate::durable::recover::{recover, OnCorruption};
+    let on_corruption = if args.journal_truncate_corrupt {
+        OnCorruption::Truncate
+    } else {
+        OnCorruption::Stop
+    };
+    let r = recover(&args.data_dir, seg, on_corruption)?;
+    let t = Instant::now();
+    let audit = shm::ledger::audit(seg, Duration::from_secs(5))?;
+    anyhow::ensure!(
+        audit.ok(),
+        "the ledger recovered from {} fails its audit: {}",
+        args.data_dir.display(),
+        audit.violations.join("; ")
+    );
+    shm::journal::start_at(seg, r.next_lsn);
+    shm::journal::set_mode(seg, shm::journal::Mode::Sync);
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        checkpoint = ?r.checkpoint.as_ref().map(|c| c.0.display().to_string()),
+        checkpoint_records = r.checkpoint_records,
+        journal_segments = r.segments,
+        records_replayed = r.replayed,
+        torn_tail_dropped = r.torn.is_some(),
+        users = shm::Users::of(seg).count(),
+        txn_seq = audit.txn_seq,
+        recovery_ms = r.elapsed.as_secs_f64() * 1e3,
+        audit_ms = t.elapsed().as_secs_f64() * 1e3,
+        "recovered: checkpoint + journal replayed, audit clean"
+    );
+    Ok(())
 }
 
 /// True when every worker has published its pid, which it does once its listener is open.

@@ -1,0 +1,393 @@
+//! The journal writer: a process the master forks (and restarts, like a worker) that copies the
+//! shared ring's records to the journal on disk through its own io_uring, one write linked to
+//! one fdatasync per batch, and then tells the workers how far the disk has them.
+//!
+//! Group commit without a timer: while one write+fdatasync is in flight, appenders keep filling
+//! the ring; the next batch is everything appended meanwhile. When the disk is idle the first
+//! record goes out at once (the writer sleeps on a futex the appender wakes).
+//!
+//! The writer keeps a private copy of the ledger (a segment of its own, fed every record it
+//! writes), exact at the last LSN written. A checkpoint forks: the child writes the copy out
+//! while the writer goes on (the copy-on-write snapshot Redis's BGSAVE uses), and the segments
+//! it covers are removed once it is in place.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use shm::journal::Record;
+
+use super::file;
+use super::recover::{recover, OnCorruption};
+
+/// The writer's settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Journal bytes after which a checkpoint is written and older segments removed.
+    pub checkpoint_bytes: u64,
+    /// Instance name (for the private segment's name).
+    pub name: String,
+}
+
+/// Most records written by one write+fdatasync.
+const BATCH_MAX: usize = 8192;
+/// How long the writer sleeps when nothing is appended (it is woken at once by an append).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it waits before retrying a failed write.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// The writer's life after the fork. Never returns.
+pub fn run(
+    seg: &shm::Segment,
+    cfg: WriterConfig,
+    wake_fds: Option<&shm::wake::WakeFds>,
+    master: u32,
+) -> ! {
+    let code = match run_inner(seg, &cfg, wake_fds, master) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "journal writer failed");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+struct Writer<'a> {
+    seg: &'a shm::Segment,
+    private: shm::Segment,
+    cfg: &'a WriterConfig,
+    ring: IoUring,
+    file: std::fs::File,
+    offset: u64,
+    /// Records below this are written and synced.
+    written: u64,
+    /// A checkpoint being written by a child: its pid and LSN.
+    child: Option<(Pid, u64)>,
+    /// The newest checkpoint in place.
+    checkpoint_lsn: u64,
+    bytes_since_checkpoint: u64,
+    failing: Option<i32>,
+}
+
+fn run_inner(
+    seg: &shm::Segment,
+    cfg: &WriterConfig,
+    wake_fds: Option<&shm::wake::WakeFds>,
+    master: u32,
+) -> anyhow::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number reads nothing else.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid().as_raw() as u32 != master {
+        anyhow::bail!("the master died before the journal writer started");
+    }
+    crate::worker::install_stop_handler()?;
+    // A file-size limit must fail the write with EFBIG (a status the workers report), not kill
+    // the writer.
+    // SAFETY: setting SIGXFSZ's disposition to ignore installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let span = tracing::info_span!("journal", pid = std::process::id());
+    let _enter = span.enter();
+    let started = Instant::now();
+    let (mut private, _) = shm::Segment::create(
+        &format!("{}.journal-{}", cfg.name, std::process::id()),
+        *seg.caps(),
+        seg.lock_mode(),
+    )?;
+    // Only this process maps it: no name in /dev/shm to leave behind.
+    private.unlink()?;
+    let rec = recover(&cfg.dir, &private, OnCorruption::Stop)?;
+    let (path, offset) = match &rec.tail {
+        Some((p, len)) => (p.clone(), *len),
+        None => (cfg.dir.join(file::journal_name(rec.next_lsn)), 0),
+    };
+    let file = file::open_rw(&path)?;
+    file.sync_data()?;
+    file::sync_dir(&cfg.dir)?;
+    let mut w = Writer {
+        seg,
+        private,
+        cfg,
+        ring: IoUring::new(8)?,
+        file,
+        offset,
+        written: rec.next_lsn,
+        child: None,
+        checkpoint_lsn: rec.checkpoint.as_ref().map_or(0, |c| c.1),
+        bytes_since_checkpoint: 0,
+        failing: None,
+    };
+    // What a predecessor wrote (perhaps not yet synced) is synced now.
+    if shm::journal::durable(seg) < w.written {
+        shm::journal::set_durable(seg, w.written);
+        shm::wake::notify_all(seg, wake_fds);
+    }
+    shm::journal::set_writer_pid(seg, std::process::id());
+    tracing::info!(
+        next_lsn = w.written,
+        file = %path.display(),
+        ms = started.elapsed().as_millis() as u64,
+        "journal writer ready"
+    );
+    let shutdown = crate::worker::Shutdown {
+        grace: Duration::ZERO,
+    };
+    let mut batch: Vec<(u64, Record)> = Vec::with_capacity(BATCH_MAX);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    loop {
+        w.reap_child(false);
+        batch.clear();
+        let end = shm::journal::read_pending(seg, w.written, BATCH_MAX, &mut batch);
+        if batch.is_empty() {
+            if shutdown.requested() {
+                w.final_checkpoint()?;
+                shm::journal::set_writer_pid(seg, 0);
+                tracing::info!(lsn = w.written, "journal writer stopped");
+                return Ok(());
+            }
+            shm::journal::writer_wait(seg, w.written, IDLE_WAIT);
+            continue;
+        }
+        buf.clear();
+        for (lsn, r) in &batch {
+            file::encode(&mut buf, *lsn, r);
+        }
+        let took = w.write_durably(&buf);
+        w.offset += buf.len() as u64;
+        w.written = end;
+        shm::journal::set_durable(seg, end);
+        shm::journal::note_sync(seg, batch.len() as u64, buf.len() as u64, took);
+        shm::wake::notify_all(seg, wake_fds);
+        for (lsn, r) in &batch {
+            shm::ledger::replay(&w.private, r)
+                .map_err(|e| anyhow::anyhow!("record {lsn} does not apply to the copy: {e}"))?;
+        }
+        w.bytes_since_checkpoint += buf.len() as u64;
+        if w.bytes_since_checkpoint >= cfg.checkpoint_bytes && w.child.is_none() {
+            w.start_checkpoint()?;
+        }
+    }
+}
+
+impl Writer<'_> {
+    /// Writes `buf` at the end of the segment and fdatasyncs it, retrying (every
+    /// [`RETRY_AFTER`]) until both succeed; reports failures to the workers meanwhile. Returns
+    /// the nanoseconds of the successful write+sync.
+    fn write_durably(&mut self, buf: &[u8]) -> u64 {
+        let mut done = 0usize;
+        loop {
+            let t = Instant::now();
+            match self.write_and_sync(buf, &mut done) {
+                Ok(()) => {
+                    if let Some(e) = self.failing.take() {
+                        shm::journal::set_error(self.seg, 0);
+                        tracing::warn!(
+                            was = %std::io::Error::from_raw_os_error(e),
+                            "journal writes succeed again: ledger requests are served"
+                        );
+                    }
+                    return t.elapsed().as_nanos() as u64;
+                }
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    if self.failing != Some(errno) {
+                        tracing::error!(
+                            error = %e,
+                            offset = self.offset + done as u64,
+                            "journal write failed: ledger requests and REGISTER are refused \
+                             (ERR_STORAGE_UNAVAILABLE) until it succeeds; retrying"
+                        );
+                        self.failing = Some(errno);
+                        shm::journal::set_error(self.seg, errno as u32);
+                    }
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        }
+    }
+
+    /// One write of `buf[done..]` linked to an fdatasync. A short write advances `done` and
+    /// is continued; a failed sync starts the batch over (after a failed fsync the kernel may
+    /// have dropped the dirty pages: PostgreSQL's "fsyncgate").
+    fn write_and_sync(&mut self, buf: &[u8], done: &mut usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = types::Fd(self.file.as_raw_fd());
+        loop {
+            let rest = &buf[*done..];
+            let len = rest.len().min(1 << 30) as u32;
+            let write = opcode::Write::new(fd, rest.as_ptr(), len)
+                .offset(self.offset + *done as u64)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(1);
+            let sync = opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(2);
+            // SAFETY: `rest` stays borrowed and unmoved until both completions are reaped
+            // below (submit_and_wait(2) then draining the queue); the fd outlives the call.
+            unsafe {
+                let mut sq = self.ring.submission();
+                sq.push(&write).map_err(|_| std::io::Error::other("sq full"))?;
+                sq.push(&sync).map_err(|_| std::io::Error::other("sq full"))?;
+            }
+            let mut got = 0;
+            let (mut wres, mut sres) = (0i32, 0i32);
+            while got < 2 {
+                match self.ring.submit_and_wait(2 - got) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+                for cqe in self.ring.completion() {
+                    got += 1;
+                    if cqe.user_data() == 1 {
+                        wres = cqe.result();
+                    } else {
+                        sres = cqe.result();
+                    }
+                }
+            }
+            if wres < 0 {
+                return Err(std::io::Error::from_raw_os_error(-wres));
+            }
+            *done += wres as usize;
+            if (wres as u32) < len {
+                continue; // Short write: the linked sync was cancelled; write the rest.
+            }
+            if sres < 0 {
+                *done = 0;
+                return Err(std::io::Error::from_raw_os_error(-sres));
+            }
+            if *done >= buf.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Starts a new segment at `written` and forks a child that writes the checkpoint of the
+    /// private copy (exact at `written`).
+    fn start_checkpoint(&mut self) -> anyhow::Result<()> {
+        let lsn = self.written;
+        self.rotate(lsn)?;
+        self.bytes_since_checkpoint = 0;
+        // SAFETY: the writer is single-threaded; the child only writes a file from its copy of
+        // the private segment and exits without returning into the writer's code.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                let code = match self.write_checkpoint(lsn) {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checkpoint failed");
+                        1
+                    }
+                };
+                // SAFETY: _exit ends the child at once, running nothing of the parent's.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                tracing::debug!(lsn, pid = child.as_raw(), "checkpoint started");
+                self.child = Some((child, lsn));
+            }
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self, lsn: u64) -> anyhow::Result<()> {
+        if self.offset == 0 {
+            return Ok(()); // The current segment is empty and already starts here.
+        }
+        let path = self.cfg.dir.join(file::journal_name(lsn));
+        self.file = file::open_rw(&path)?;
+        self.file.set_len(0)?;
+        file::sync_dir(&self.cfg.dir)?;
+        self.offset = 0;
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, lsn: u64) -> std::io::Result<(PathBuf, u64)> {
+        file::write_checkpoint(&self.cfg.dir, lsn, |emit| {
+            shm::ledger::checkpoint_records(&self.private, |r| emit(r))
+        })
+    }
+
+    /// Reaps a finished checkpoint child (waiting for it if `block`); once one is in place,
+    /// removes what it covers.
+    fn reap_child(&mut self, block: bool) {
+        let Some((pid, lsn)) = self.child else {
+            return;
+        };
+        let flags = if block {
+            None
+        } else {
+            Some(WaitPidFlag::WNOHANG)
+        };
+        match waitpid(pid, flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(WaitStatus::Exited(_, 0)) => {
+                self.child = None;
+                self.checkpoint_done(lsn);
+            }
+            Ok(other) => {
+                self.child = None;
+                tracing::error!(status = ?other, "checkpoint child failed; the journal is kept");
+            }
+            Err(e) => {
+                self.child = None;
+                tracing::error!(error = %e, "waiting for the checkpoint child");
+            }
+        }
+    }
+
+    /// A checkpoint covering records below `lsn` is in place: older segments and checkpoints go.
+    fn checkpoint_done(&mut self, lsn: u64) {
+        self.checkpoint_lsn = lsn;
+        let removed = remove_covered(&self.cfg.dir, lsn);
+        shm::journal::note_checkpoint(self.seg, lsn, crate::clock::wall_ms());
+        tracing::info!(lsn, files_removed = removed, "checkpoint in place");
+    }
+
+    /// At a graceful stop: everything is written; one checkpoint makes the next start fast.
+    fn final_checkpoint(&mut self) -> anyhow::Result<()> {
+        self.reap_child(true);
+        if self.written == self.checkpoint_lsn {
+            return Ok(());
+        }
+        let t = Instant::now();
+        self.rotate(self.written)?;
+        let (path, bytes) = self.write_checkpoint(self.written)?;
+        self.checkpoint_done(self.written);
+        tracing::info!(
+            file = %path.display(), bytes, ms = t.elapsed().as_millis() as u64,
+            "final checkpoint written"
+        );
+        Ok(())
+    }
+}
+
+/// Removes the journal segments and checkpoints wholly below `lsn`; returns how many.
+fn remove_covered(dir: &Path, lsn: u64) -> usize {
+    let Ok((journals, checkpoints)) = file::list(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    // A segment is covered when the next one starts at or below `lsn`.
+    for pair in journals.windows(2) {
+        if pair[1].0 <= lsn && std::fs::remove_file(&pair[0].1).is_ok() {
+            removed += 1;
+        }
+    }
+    for (l, p) in &checkpoints {
+        if *l < lsn && std::fs::remove_file(p).is_ok() {
+            removed += 1;
+        }
+    }
+    let _ = file::sync_dir(dir);
+    removed
+}
