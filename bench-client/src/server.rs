@@ -18,6 +18,9 @@ pub struct SpawnedServer {
     /// Its `--name`.
     pub name: String,
     exe: PathBuf,
+    /// The data directory this launcher made for it (removed once it exited), when the
+    /// arguments named none.
+    owned_data_dir: Option<PathBuf>,
 }
 
 /// The `uring-server` binary beside the running program (or one directory up, for examples).
@@ -68,8 +71,21 @@ impl SpawnedServer {
         } else {
             Stdio::null()
         };
-        let mut child = Command::new(exe)
-            .args(["--port", "0", "--name", name])
+        // Every server gets a journal of its own: a temporary data directory unless the
+        // arguments name one (a restart test reuses its directory on purpose).
+        let owned_data_dir = if args.contains(&"--data-dir") {
+            None
+        } else {
+            let d = std::env::temp_dir().join(format!("ns-data-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            Some(d)
+        };
+        let mut cmd = Command::new(exe);
+        cmd.args(["--port", "0", "--name", name]);
+        if let Some(d) = &owned_data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let mut child = cmd
             .args(args)
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -90,6 +106,7 @@ impl SpawnedServer {
             child,
             name: name.to_string(),
             exe: exe.to_path_buf(),
+            owned_data_dir,
         })
     }
 
@@ -157,6 +174,11 @@ impl Drop for SpawnedServer {
             }
         }
         let _ = self.child.wait();
+        if let Some(d) = &self.owned_data_dir {
+            // The master has exited; a child it forked may still hold the directory's lock for
+            // a moment, which does not stop the removal.
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

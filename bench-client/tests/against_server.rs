@@ -2,16 +2,19 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bench_client::load::{self, Mix};
+use bench_client::server::SpawnedServer;
 use bench_client::{Client, ClientError};
 use proto::body::*;
 use proto::{Request, Status};
 
+/// The real server on a free port, with its own shared memory and data directory, through the
+/// crate's launcher (stopped by pid and cleaned up on drop).
 struct Server {
-    child: Child,
+    inner: SpawnedServer,
     addr: SocketAddr,
     name: String,
 }
@@ -27,44 +30,14 @@ impl Server {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("bc-{}-{n}", std::process::id());
-        let mut child = Command::new(exe)
-            .args([
-                "--port",
-                "0",
-                "-w",
-                "2",
-                "--name",
-                &name,
-                "--max-users",
-                "2000",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        let addr = line
-            .split_whitespace()
-            .nth(2)
-            .expect("addr")
-            .parse()
-            .expect("addr");
-        Server { child, addr, name }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(format!("/dev/shm/ns-{}", self.name));
+        let mut args = vec!["-w", "2", "--max-users", "2000"];
+        args.extend_from_slice(extra);
+        let inner = SpawnedServer::start(&exe, &name, &args).expect("start server");
+        Server {
+            addr: inner.addr,
+            name,
+            inner,
+        }
     }
 }
 
@@ -221,7 +194,7 @@ fn stall_server_later(
         .map(|p| p as i32)
         .collect();
     assert!(pids.len() >= 2, "master and workers: {pids:?}");
-    assert!(pids.contains(&(server.child.id() as i32)));
+    assert!(pids.contains(&(server.inner.pid() as i32)));
     std::thread::spawn(move || {
         use nix::sys::signal::{kill, Signal};
         std::thread::sleep(after);

@@ -594,10 +594,8 @@ pub fn start_at(seg: &Segment, next_lsn: u64) {
     let c = seg.journal_ctl();
     c.head.store(next_lsn, Ordering::Release);
     c.durable.store(next_lsn, Ordering::Release);
-    c.journaled_users.store(
-        crate::users::Users::of(seg).count(),
-        Ordering::Release,
-    );
+    c.journaled_users
+        .store(crate::users::Users::of(seg).count(), Ordering::Release);
 }
 
 /// The next LSN to be handed out: a request decided now is durable once `durable` reaches it.
@@ -677,7 +675,10 @@ pub fn note_sync(seg: &Segment, records: u64, bytes: u64, sync_ns: u64) {
     c.syncs.fetch_add(1, Ordering::Relaxed);
     c.sync_ns.fetch_add(sync_ns, Ordering::Relaxed);
     let i = c.sync_sample_next.fetch_add(1, Ordering::Relaxed) as usize % SYNC_SAMPLES;
-    c.sync_us[i].store((sync_ns / 1000).min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
+    c.sync_us[i].store(
+        (sync_ns / 1000).min(u64::from(u32::MAX)) as u32,
+        Ordering::Relaxed,
+    );
 }
 
 /// The writer: a checkpoint covering records below `lsn` is in place.
@@ -813,8 +814,11 @@ mod tests {
         ] {
             let mut w = [0u64; WORDS];
             let n = rec.to_words(&mut w);
-            assert_eq!(Record::from_words(&w[..n]).unwrap(), rec);
-            assert!(Record::from_words(&w[..n - 1]).is_err(), "{rec:?} cut short");
+            assert_eq!(Record::from_words(&w[..n]).expect("decodes"), rec);
+            assert!(
+                Record::from_words(&w[..n - 1]).is_err(),
+                "{rec:?} cut short"
+            );
         }
         let mut w = [0u64; WORDS];
         w[0] = 99;

@@ -941,7 +941,9 @@ pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
     let account = |id: u32| -> Result<&Account, String> {
         match t.accounts.get(id as usize) {
             Some(a) if id != 0 && a.exists.load(Ordering::Relaxed) == 1 => Ok(a),
-            _ => Err(format!("record names account {id}, which is not registered")),
+            _ => Err(format!(
+                "record names account {id}, which is not registered"
+            )),
         }
     };
     match rec {
@@ -1018,7 +1020,10 @@ pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
                 .register(name, &u.creds)
                 .map_err(|e| format!("user {name}: {e}"))?;
             if id != u.id {
-                return Err(format!("user {name} got id {id}, the journal says {}", u.id));
+                return Err(format!(
+                    "user {name} got id {id}, the journal says {}",
+                    u.id
+                ));
             }
         }
         Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}

@@ -388,6 +388,19 @@ pub fn adduser(name: &str, user: &str, password: Option<String>, slot: u32) -> a
             server_key: stored.server_key,
         },
     )?;
+    // As for REGISTER over the wire: reported only once its journal record is on disk.
+    if shm::journal::mode(&seg) == shm::journal::Mode::Sync {
+        let need = shm::journal::head(&seg);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while shm::journal::durable(&seg) < need {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "user {user} is registered (id {id}) but its journal record is not on disk \
+                 after 10 s: is the journal writer failing? (see `uring-server stats`)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     println!("user {user} registered with id {id}");
     Ok(0)
 }

@@ -129,8 +129,11 @@ pub fn checkpoint_name(lsn: u64) -> String {
     format!("checkpoint-{lsn:020}.ckpt")
 }
 
+/// Files named by an LSN, sorted by it.
+pub type ByLsn = Vec<(u64, PathBuf)>;
+
 /// The journal segments and checkpoints in `dir`, each sorted by LSN.
-pub fn list(dir: &Path) -> std::io::Result<(Vec<(u64, PathBuf)>, Vec<(u64, PathBuf)>)> {
+pub fn list(dir: &Path) -> std::io::Result<(ByLsn, ByLsn)> {
     let mut journals = Vec::new();
     let mut checkpoints = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -259,10 +262,17 @@ mod tests {
     fn a_record_decodes_whole_and_every_cut_is_truncated() {
         let mut b = Vec::new();
         encode(&mut b, 7, &Record::CheckpointEnd { count: 3 });
-        let (lsn, rec, len) = decode(&b).unwrap();
-        assert_eq!((lsn, rec, len), (7, Record::CheckpointEnd { count: 3 }, b.len()));
+        let (lsn, rec, len) = decode(&b).expect("a whole record decodes");
+        assert_eq!(
+            (lsn, rec, len),
+            (7, Record::CheckpointEnd { count: 3 }, b.len())
+        );
         for cut in 0..b.len() {
-            assert_eq!(decode(&b[..cut]).unwrap_err(), Bad::Truncated, "cut at {cut}");
+            assert_eq!(
+                decode(&b[..cut]).expect_err("a cut record"),
+                Bad::Truncated,
+                "cut at {cut}"
+            );
         }
         for bit in 0..b.len() * 8 {
             let mut c = b.clone();

@@ -22,8 +22,8 @@ impl DirLock {
     pub fn take(dir: &Path) -> anyhow::Result<DirLock> {
         use std::io::{Read, Seek, Write};
         let path = dir.join("LOCK");
-        let mut f = file::open_rw(&path)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        let mut f =
+            file::open_rw(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
         // SAFETY: flock on an fd this function owns; it reads no memory.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

@@ -234,8 +234,10 @@ impl Writer<'_> {
             // below (submit_and_wait(2) then draining the queue); the fd outlives the call.
             unsafe {
                 let mut sq = self.ring.submission();
-                sq.push(&write).map_err(|_| std::io::Error::other("sq full"))?;
-                sq.push(&sync).map_err(|_| std::io::Error::other("sq full"))?;
+                sq.push(&write)
+                    .map_err(|_| std::io::Error::other("sq full"))?;
+                sq.push(&sync)
+                    .map_err(|_| std::io::Error::other("sq full"))?;
             }
             let mut got = 0;
             let (mut wres, mut sres) = (0i32, 0i32);
