@@ -12,6 +12,13 @@
 //! longer than its timeout (a stalled worker): then the stalled worker reads the first copy after
 //! the retry was answered and after many later requests, which is issue 10's sequence.
 //!
+//! With a [`Restarter`] (`bench-client chaos --restart`), each fault is a full crash instead:
+//! SIGKILL to the master, every worker and the journal writer at a random instant, the
+//! shared-memory segment removed as after a reboot, and the server started again on the same
+//! port and data directory. Clients retry through the outage with the same `req_id`s, so an
+//! operation in flight at the crash is either found applied (and answered with its original
+//! outcome) or applied once after the restart; the reconciliation checks both.
+//!
 //! The model: each account's balance when the run began plus the effect of every operation
 //! acknowledged `OK`; refusals change nothing. An operation whose outcome stayed unknown (retries
 //! gave up) makes the run fail, since the model cannot be checked without it. The reconciliation
@@ -55,9 +62,73 @@ pub struct ChaosConfig {
     pub seed: u64,
 }
 
+/// What a full-restart chaos run needs: the server it started, and how to start it again.
+#[derive(Debug)]
+pub struct Restarter {
+    /// The server running now.
+    pub server: crate::server::SpawnedServer,
+    /// Its binary.
+    pub exe: std::path::PathBuf,
+    /// Its arguments (a fixed `--port` and `--data-dir`, so the restart serves the same ones).
+    pub args: Vec<String>,
+}
+
+impl Restarter {
+    /// Starts the server the first time.
+    pub fn start(
+        exe: std::path::PathBuf,
+        name: &str,
+        args: Vec<String>,
+    ) -> anyhow::Result<Restarter> {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = crate::server::SpawnedServer::start(&exe, name, &a)?;
+        Ok(Restarter { server, exe, args })
+    }
+
+    /// Kills every process of the server with SIGKILL, removes its segment and starts it again;
+    /// returns how long it was down.
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<Duration> {
+        use nix::sys::signal::{kill, Signal};
+        let down = Instant::now();
+        let name = self.server.name.clone();
+        let pids = crate::server::server_stats(&name)?.all_pids();
+        for &p in &pids {
+            let _ = kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        self.server.kill();
+        // Gone means gone: the data directory's lock is free once no process holds it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids.iter().any(|&p| process_running(p)) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "server processes outlived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // As after a reboot: nothing in shared memory.
+        let _ = std::fs::remove_file(format!("/dev/shm/ns-{name}"));
+        let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = crate::server::SpawnedServer::start(&self.exe, &name, &a)?;
+        Ok(down.elapsed())
+    }
+}
+
+/// True while `pid` runs (a zombie, dead but not yet reaped, counts as gone).
+fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// What a chaos run found.
 #[derive(Debug, Default)]
 pub struct ChaosReport {
+    /// Full crashes (every process killed, shared memory removed) and restarts.
+    pub restarts: u64,
+    /// Longest time from the kill to the restarted server listening, ms.
+    pub restart_ms_max: u64,
     /// Workers killed.
     pub kills: u64,
     /// Workers stalled (stopped, then continued).
@@ -106,7 +177,7 @@ impl ChaosReport {
             && self.retries_exhausted == 0
             && self.thread_panics == 0
             && self.reconciled > 0
-            && (!expect_kills || self.kills + self.stalls > 0)
+            && (!expect_kills || self.kills + self.stalls + self.restarts > 0)
     }
 
     fn note(&mut self, what: String) {
@@ -139,7 +210,7 @@ struct ThreadOutcome {
 }
 
 /// Runs the chaos and reconciles.
-pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
+pub fn run(cfg: &ChaosConfig, mut restart: Option<&mut Restarter>) -> anyhow::Result<ChaosReport> {
     // Fail early, before any traffic, if the server to kill cannot be asked for its workers.
     if let Some(name) = &cfg.server_name {
         crate::server::server_stats(name)?;
@@ -211,6 +282,13 @@ pub fn run(cfg: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         };
         if Instant::now() >= end {
             break;
+        }
+        if let Some(r) = restart.as_deref_mut() {
+            let took = r.crash_and_restart()?;
+            report.restarts += 1;
+            report.restart_ms_max = report.restart_ms_max.max(took.as_millis() as u64);
+            audit(name, &mut report)?;
+            continue;
         }
         let pids = worker_pids(name);
         let Some(&(index, pid)) = pids.get((rng.next_u64() >> 11) as usize % pids.len().max(1))

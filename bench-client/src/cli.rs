@@ -73,6 +73,21 @@ pub struct ChaosArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Full crashes instead of worker faults: bench-client starts its own server (the
+    /// uring-server beside it, on a free port, with a data directory) and, at random instants,
+    /// kills every one of its processes with SIGKILL, removes its shared memory and starts it
+    /// again from the same data directory. --port and --server-name are ignored.
+    #[arg(long)]
+    pub restart: bool,
+    /// With --restart: the data directory (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With --restart: the server's worker count.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// With --restart: the server's I/O backend (auto, uring or epoll).
+    #[arg(long, default_value = "auto")]
+    pub io: String,
 }
 
 /// `bench-client chat`.

@@ -174,6 +174,15 @@ impl Client {
 
     fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        // With nothing listening on a port in the ephemeral range, a loopback connect can be
+        // given that very port as its own and connect to itself (TCP simultaneous open): it
+        // then holds the port the server wants back. Refused like a connection refused.
+        if stream.local_addr()? == addr {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connected to itself: nothing listens there",
+            )));
+        }
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;

@@ -109,13 +109,35 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
 
 /// `bench-client chaos`: faults, abandoned requests, and the check over the wire.
 pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
-    let addr: SocketAddr = (a.host.as_str(), a.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let mut restarter = None;
+    let mut temp_dir = None;
+    let (addr, server_name) = if a.restart {
+        let data_dir = match &a.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = std::env::temp_dir().join(format!("ns-chaos-{}", std::process::id()));
+                temp_dir = Some(d.clone());
+                d
+            }
+        };
+        let r = crate::chaos::Restarter::start(
+            crate::server::locate()?,
+            &format!("chaos-{}", std::process::id()),
+            restart_args(&a, &data_dir)?,
+        )?;
+        let out = (r.server.addr, Some(r.server.name.clone()));
+        restarter = Some(r);
+        out
+    } else {
+        let addr: SocketAddr = (a.host.as_str(), a.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+        (addr, a.server_name.clone())
+    };
     let cfg = crate::chaos::ChaosConfig {
         addr,
-        server_name: a.server_name,
+        server_name,
         connections: a.connections,
         threads: a.threads,
         duration: Duration::from_secs_f64(a.duration),
@@ -134,15 +156,28 @@ pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
         cfg.connections,
         a.duration,
         cfg.abandon_per_mille,
-        match &cfg.server_name {
-            Some(n) => format!("killing workers of server {n:?}"),
-            None => "no kills (no --server-name)".to_string(),
+        match (&cfg.server_name, a.restart) {
+            (Some(_), true) => format!(
+                "full crashes and restarts of its own server ({} workers, --io {}, data dir {})",
+                a.workers,
+                a.io,
+                a.data_dir
+                    .as_ref()
+                    .map_or("temporary".into(), |d| d.display().to_string())
+            ),
+            (Some(n), false) => format!("killing workers of server {n:?}"),
+            (None, _) => "no kills (no --server-name)".to_string(),
         }
     );
-    let r = crate::chaos::run(&cfg)?;
+    let result = crate::chaos::run(&cfg, restarter.as_mut());
+    drop(restarter);
+    if let Some(d) = temp_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let r = result?;
     println!(
-        "workers killed {}, stalled {}; audits {} ({} failed)",
-        r.kills, r.stalls, r.audits, r.audit_failures
+        "workers killed {}, stalled {}; full crashes and restarts {} (longest down {} ms); audits {} ({} failed)",
+        r.kills, r.stalls, r.restarts, r.restart_ms_max, r.audits, r.audit_failures
     );
     println!(
         "operations acknowledged {}; abandoned and retried elsewhere {} (of them left unread in a stalled worker, then {} more requests: {}); gave up after retries {}; client threads panicked {}",
@@ -170,6 +205,49 @@ pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The server's arguments for `chaos --restart`: a free port and the data directory, fixed so
+/// that every restart serves the same ones.
+pub fn restart_args(a: &ChaosArgs, data_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let port = port_below_ephemeral()?;
+    Ok([
+        "--port",
+        &port.to_string(),
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "-w",
+        &a.workers.to_string(),
+        "--io",
+        &a.io,
+        "--txn-log",
+        "1048576",
+        "--flood-burst",
+        "1000000",
+        "--flood-per-sec",
+        "1000000",
+    ]
+    .map(String::from)
+    .to_vec())
+}
+
+/// A free port below the kernel's ephemeral range: a server that is down for a moment cannot
+/// have its port taken by an outgoing connection's local end meanwhile.
+fn port_below_ephemeral() -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let span = low.saturating_sub(10_000).max(1);
+    for i in 0..span {
+        let port = 10_000 + (u16::from_le_bytes(b).wrapping_add(i)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port below {low}")
 }
 
 /// `bench-client chat`: the client for people.

@@ -53,8 +53,14 @@ pub struct Launch {
 
 impl SpawnedServer {
     /// Starts `exe --port 0 --name NAME ARGS...` and waits until it listens.
+    /// The server's log is discarded unless `NS_SERVER_LOG` is set (then it goes to this
+    /// process's stderr).
     pub fn start(exe: &Path, name: &str, args: &[&str]) -> anyhow::Result<SpawnedServer> {
-        Self::start_with(exe, name, args, &Launch::default())
+        let launch = Launch {
+            inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
+            ..Launch::default()
+        };
+        Self::start_with(exe, name, args, &launch)
     }
 
     /// [`SpawnedServer::start`], with stderr and environment as `launch` says.
@@ -81,7 +87,10 @@ impl SpawnedServer {
             Some(d)
         };
         let mut cmd = Command::new(exe);
-        cmd.args(["--port", "0", "--name", name]);
+        cmd.args(["--name", name]);
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
         if let Some(d) = &owned_data_dir {
             cmd.arg("--data-dir").arg(d);
         }
@@ -99,7 +108,17 @@ impl SpawnedServer {
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         let words: Vec<&str> = line.split_whitespace().collect();
-        anyhow::ensure!(words.len() >= 5, "the server did not start: {line:?}");
+        if words.len() < 5 {
+            let status = child
+                .wait()
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            if let Some(d) = &owned_data_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            anyhow::bail!(
+                "the server did not start ({status}; set NS_SERVER_LOG=1 to see its log): {line:?}"
+            );
+        }
         Ok(SpawnedServer {
             addr: words[2].parse()?,
             backend: words[4].to_string(),
@@ -191,6 +210,34 @@ pub struct ServerStats {
     pub master_pid: u32,
     /// Every worker slot, by index.
     pub workers: Vec<WorkerStats>,
+    /// The journal (absent from servers before it).
+    #[serde(default)]
+    pub journal: Option<JournalStats>,
+}
+
+/// The part of the journal's figures this crate uses.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct JournalStats {
+    /// The journal writer process (0: none running).
+    pub writer_pid: u32,
+}
+
+impl ServerStats {
+    /// Every process of the server: the master, the workers and the journal writer (pids
+    /// above 1 only).
+    pub fn all_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.running_workers().into_iter().map(|w| w.1).collect();
+        pids.extend(
+            self.journal
+                .as_ref()
+                .map(|j| j.writer_pid)
+                .filter(|&p| p > 1),
+        );
+        if self.master_pid > 1 {
+            pids.push(self.master_pid);
+        }
+        pids
+    }
 }
 
 impl ServerStats {
@@ -257,7 +304,6 @@ pub fn server_pids(name: &str) -> Vec<u32> {
     let Ok(stats) = server_stats(name) else {
         return Vec::new();
     };
-    let mut pids: Vec<u32> = stats.running_workers().into_iter().map(|w| w.1).collect();
-    pids.push(stats.master_pid);
-    pids
+    // The journal writer's CPU is part of what a request costs in durable mode.
+    stats.all_pids()
 }

@@ -19,14 +19,18 @@ struct Server {
     name: String,
 }
 
+/// The server binary: beside this test's directory in the same target dir.
+fn server_exe() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.parent()).map(|d| d.join("uring-server")))
+        .filter(|p| p.exists())
+        .expect("uring-server is not built: run `cargo build -p uring-server` (cargo test --workspace does)")
+}
+
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        // The server binary sits beside this test's directory in the same target dir.
-        let exe = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().and_then(|d| d.parent()).map(|d| d.join("uring-server")))
-            .filter(|p| p.exists())
-            .expect("uring-server is not built: run `cargo build -p uring-server` (cargo test --workspace does)");
+        let exe = server_exe();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("bc-{}-{n}", std::process::id());
@@ -275,7 +279,7 @@ fn chaos_in_brief_kills_workers_abandons_requests_and_the_wire_shows_each_ack_ex
         abandon_per_mille: 50,
         seed: 3,
     };
-    let r = bench_client::chaos::run(&cfg).expect("chaos run");
+    let r = bench_client::chaos::run(&cfg, None).expect("chaos run");
     eprintln!("{r:?}");
     assert!(
         r.kills >= 1 && r.stalls >= 1,
@@ -359,4 +363,86 @@ fn a_person_who_logs_in_again_can_still_deposit() {
     let second = chat_session(&server, "carol", &["/deposit 50", "/balance"]);
     assert!(second.contains("* done (txn"), "{second}");
     assert!(second.contains("* balance 150"), "{second}");
+}
+
+/// The bounded CI form of `bench-client chaos --restart`: trade traffic with abandoned
+/// requests while the whole server (master, workers, journal writer) is killed with SIGKILL at
+/// random instants, its shared memory removed and the server restarted from its data directory;
+/// then every account is read back over the wire.
+#[test]
+fn chaos_with_full_crashes_recovers_from_the_journal_and_the_wire_shows_each_ack_exactly_once() {
+    for (i, io) in ["uring", "epoll"].into_iter().enumerate() {
+        let exe = server_exe();
+        let dir = std::env::temp_dir().join(format!("ns-chaos-test-{}-{io}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let args = bench_client::cli::ChaosArgs {
+            workers: 2,
+            io: io.to_string(),
+            ..chaos_defaults()
+        };
+        let mut r = bench_client::chaos::Restarter::start(
+            exe,
+            &format!("bcr-{}-{io}", std::process::id()),
+            bench_client::commands::restart_args(&args, &dir).expect("args"),
+        )
+        .expect("start the server");
+        let cfg = bench_client::chaos::ChaosConfig {
+            addr: r.server.addr,
+            server_name: Some(r.server.name.clone()),
+            connections: 16,
+            threads: 4,
+            duration: Duration::from_secs(4),
+            kill_every: (Duration::from_millis(600), Duration::from_millis(1100)),
+            timeout: Duration::from_millis(500),
+            hot_accounts: 4,
+            abandon_per_mille: 30,
+            seed: 11 + i as u64,
+        };
+        let report = bench_client::chaos::run(&cfg, Some(&mut r)).expect("chaos run");
+        drop(r);
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("{io}: {report:?}");
+        assert!(
+            report.restarts >= 2,
+            "{io}: full restarts: {}",
+            report.restarts
+        );
+        assert!(
+            report.abandoned > 10,
+            "{io}: abandoned {}",
+            report.abandoned
+        );
+        assert_eq!(report.audit_failures, 0, "{io}: {:?}", report.violations);
+        assert_eq!(report.accounts_checked, 16);
+        assert_eq!(
+            report.retries_exhausted, 0,
+            "{io}: every request got an answer"
+        );
+        assert_eq!(
+            report.balance_mismatches, 0,
+            "{io}: {:?}",
+            report.violations
+        );
+        assert_eq!(
+            report.missing, 0,
+            "{io}: acked and lost: {:?}",
+            report.violations
+        );
+        assert_eq!(
+            report.unexplained, 0,
+            "{io}: applied twice: {:?}",
+            report.violations
+        );
+        assert!(report.ok(true), "{io}: {report:?}");
+    }
+}
+
+fn chaos_defaults() -> bench_client::cli::ChaosArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: bench_client::cli::ChaosArgs,
+    }
+    Wrap::parse_from(["chaos"]).a
 }

@@ -326,26 +326,43 @@ fn restart_backoff(started: Instant, backoff: Duration) -> Duration {
     }
 }
 
-/// Refuses a port another process holds. Workers bind with SO_REUSEPORT, which would let a
-/// second server join a running one's group on the port and split its connections between two
-/// ledgers; a bind without it fails while anyone holds the port.
+/// Refuses a port another process listens on. Workers bind with SO_REUSEPORT, which would let
+/// a second server join a running one's group on the port and split its connections between two
+/// ledgers. The kernel's table of TCP sockets says whether anyone listens there (a test bind
+/// would also trip over the closing connections a crashed predecessor left behind).
+///
+/// A listener of a process that just died can outlive it for a moment: its io_uring, which holds
+/// the socket through a multishot accept, is torn down by the kernel after the process is gone.
+/// So a listener is waited on for up to two seconds before the port is refused.
 fn refuse_taken_port(addr: SocketAddr) -> anyhow::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
-            "port {} on {} is already in use by another process (another uring-server?): \
-             refusing to share it",
-            addr.port(),
-            addr.ip()
-        ),
-        Err(e) => anyhow::bail!("port {}: {e}", addr.port()),
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while someone_listens(addr.port()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "port {} is already in use: another process listens on it (another \
+             uring-server?); refusing to share it",
+            addr.port()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
+}
+
+/// True when a TCP socket listens on `port` (any address), per /proc/net/tcp and tcp6.
+fn someone_listens(port: u16) -> bool {
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            // "sl local_address rem_address st ...": state 0A is LISTEN.
+            text.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&port) && f[3] == "0A"
+            })
+        })
+    })
 }
 
 /// Rebuilds the fresh segment from the data directory (checkpoint + journal), audits it, and

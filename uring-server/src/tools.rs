@@ -75,6 +75,80 @@ struct StatsJson {
     bad_frames: u64,
     txn_seq: u64,
     ledger_ops: u64,
+    journal: JournalJson,
+}
+
+/// The journal's figures (`stats`): counters since the server started, and the latency of the
+/// last syncs.
+#[derive(serde::Serialize, Debug, Clone)]
+pub struct JournalJson {
+    /// `sync` or `none`.
+    pub mode: &'static str,
+    /// The writer process (0: none running).
+    pub writer_pid: u32,
+    /// errno of the failing write (0: healthy), and its text.
+    pub error: u32,
+    /// The error in words, empty when healthy.
+    pub error_text: String,
+    /// Records appended but not yet durable.
+    pub backlog: u64,
+    /// Records written.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// write+fdatasync rounds.
+    pub syncs: u64,
+    /// Records per sync, on average.
+    pub records_per_sync: f64,
+    /// write+fdatasync latency over the last syncs (up to 1024), µs.
+    pub sync_p50_us: u32,
+    /// Same, 99th percentile.
+    pub sync_p99_us: u32,
+    /// Appends refused (journal failing or behind).
+    pub refused: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Seconds since the last checkpoint (None: none yet).
+    pub checkpoint_age_s: Option<f64>,
+}
+
+/// Reads the journal's figures.
+pub fn journal_json(seg: &Segment) -> JournalJson {
+    let j = shm::journal::stats(seg);
+    let mut lat = j.sync_us.clone();
+    lat.sort_unstable();
+    let pct = |q: f64| {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    JournalJson {
+        mode: j.mode,
+        writer_pid: j.writer_pid,
+        error: j.error,
+        error_text: if j.error == 0 {
+            String::new()
+        } else {
+            std::io::Error::from_raw_os_error(j.error as i32).to_string()
+        },
+        backlog: j.head.saturating_sub(j.durable),
+        records: j.records,
+        bytes: j.bytes,
+        syncs: j.syncs,
+        records_per_sync: if j.syncs == 0 {
+            0.0
+        } else {
+            j.records as f64 / j.syncs as f64
+        },
+        sync_p50_us: pct(0.5),
+        sync_p99_us: pct(0.99),
+        refused: j.refused,
+        checkpoints: j.checkpoints,
+        checkpoint_age_s: (j.checkpoint_ms > 0)
+            .then(|| crate::clock::wall_ms().saturating_sub(j.checkpoint_ms) as f64 / 1e3),
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -126,6 +200,7 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
         bad_frames: now.bad_frames,
         txn_seq: ledger.txn_seq,
         ledger_ops: ledger.ops,
+        journal: journal_json(seg),
     };
     serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
 }
@@ -138,7 +213,15 @@ fn backend_name(code: u64) -> &'static str {
     }
 }
 
-fn text(seg: &Segment, now: &Snapshot, rate: Option<f64>) -> String {
+/// Journal syncs per second over the last interval, when the caller measured one.
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    requests: Option<f64>,
+    syncs: Option<f64>,
+}
+
+fn text(seg: &Segment, now: &Snapshot, rates: Rates) -> String {
+    let rate = rates.requests;
     let metrics = Metrics::of(seg);
     let ledger = shm::ledger::stats(seg);
     let mut o = String::new();
@@ -173,6 +256,40 @@ fn text(seg: &Segment, now: &Snapshot, rate: Option<f64>) -> String {
         ledger.locks_recovered,
         ledger.intents_recovered
     );
+    let j = journal_json(seg);
+    if j.mode == "none" {
+        let _ = writeln!(
+            o,
+            "journal: none (--durability none): nothing survives a restart"
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "journal: {} writer pid {}{}; {} records, {} bytes, {} syncs{}, {:.1} records/sync, \
+             sync p50 {} us p99 {} us; backlog {}; {} refused; {} checkpoints{}",
+            j.mode,
+            j.writer_pid,
+            if j.error == 0 {
+                String::new()
+            } else {
+                format!(" FAILING: {}", j.error_text)
+            },
+            j.records,
+            j.bytes,
+            j.syncs,
+            rates
+                .syncs
+                .map_or(String::new(), |r| format!(" ({r:.0}/s)")),
+            j.records_per_sync,
+            j.sync_p50_us,
+            j.sync_p99_us,
+            j.backlog,
+            j.refused,
+            j.checkpoints,
+            j.checkpoint_age_s
+                .map_or(String::new(), |a| format!(", last {a:.0} s ago")),
+        );
+    }
     let _ = writeln!(o, "by opcode:");
     for op in Opcode::ALL {
         let n = now.by_opcode[opcode_index(*op)];
@@ -296,6 +413,7 @@ fn prometheus(seg: &Segment) -> String {
         }
     }
     let ledger = shm::ledger::stats(seg);
+    let j = journal_json(seg);
     for (name, help, v) in [
         ("ledger_txn_seq", "Last transaction id.", ledger.txn_seq),
         (
@@ -303,12 +421,34 @@ fn prometheus(seg: &Segment) -> String {
             "Times a ledger lock was busy.",
             ledger.lock_waits,
         ),
+        (
+            "journal_records_total",
+            "Journal records written.",
+            j.records,
+        ),
+        ("journal_bytes_total", "Journal bytes written.", j.bytes),
+        (
+            "journal_syncs_total",
+            "Journal write+fdatasync rounds.",
+            j.syncs,
+        ),
+        (
+            "journal_refused_total",
+            "Ledger requests refused because the journal could not write.",
+            j.refused,
+        ),
     ] {
         let _ = writeln!(
             o,
             "# HELP ns_{name} {help}\n# TYPE ns_{name} counter\nns_{name} {v}"
         );
     }
+    let _ = writeln!(
+        o,
+        "# HELP ns_journal_error errno of the journal's failing write, 0 when healthy.\n\
+         # TYPE ns_journal_error gauge\nns_journal_error {}",
+        j.error
+    );
     o
 }
 
@@ -316,14 +456,23 @@ fn prometheus(seg: &Segment) -> String {
 pub fn stats(name: &str, watch: bool, format: StatsFormat) -> anyhow::Result<i32> {
     let seg = Segment::attach(name, false)?;
     let workers = Metrics::of(&seg).workers();
-    let mut prev = (Instant::now(), snapshot(workers));
+    let syncs = || shm::journal::stats(&seg).syncs;
+    let mut prev = (Instant::now(), snapshot(workers), syncs());
+    if format == StatsFormat::Text && !watch {
+        // One short interval, for the rates a single look cannot give.
+        std::thread::sleep(Duration::from_millis(500));
+    }
     loop {
         let now = snapshot(workers);
+        let now_syncs = syncs();
         let elapsed = prev.0.elapsed().as_secs_f64();
-        let rate = (watch && elapsed > 0.1)
-            .then(|| now.requests.saturating_sub(prev.1.requests) as f64 / elapsed);
+        let rates = Rates {
+            requests: (watch && elapsed > 0.1)
+                .then(|| now.requests.saturating_sub(prev.1.requests) as f64 / elapsed),
+            syncs: (elapsed > 0.1).then(|| now_syncs.saturating_sub(prev.2) as f64 / elapsed),
+        };
         let out = match format {
-            StatsFormat::Text => text(&seg, &now, rate),
+            StatsFormat::Text => text(&seg, &now, rates),
             StatsFormat::Prometheus => prometheus(&seg),
             StatsFormat::Json => json(&seg, &now),
         };
@@ -336,7 +485,7 @@ pub fn stats(name: &str, watch: bool, format: StatsFormat) -> anyhow::Result<i32
         if !watch {
             return Ok(0);
         }
-        prev = (Instant::now(), now);
+        prev = (Instant::now(), now, now_syncs);
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -118,8 +118,11 @@ impl Ctx<'_> {
             (req, Some(user)) => self.operation(st, user, id, req),
             (_, None) => Err(HandlerError::new(Status::ErrUnauthorized, "log in first")),
         };
+        let mut waits_for_journal = waits_for_journal;
         if let Err(e) = result {
             let status = e.status();
+            // "Not applied: the journal cannot write" rests on nothing the disk must hold.
+            waits_for_journal &= status != Status::ErrStorageUnavailable;
             self.error(st, id, op.as_u16(), status, &e.to_string());
             if status == Status::ErrSessionSuperseded {
                 self.kick_superseded(st);

@@ -60,7 +60,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Reads answer with what may not be on disk yet: while the journal cannot write they are
+    /// refused, rather than held until it can.
+    fn journal_readable(&self) -> Handled {
+        match shm::journal::unavailable(self.seg) {
+            Some(u) => Err(HandlerError::new(
+                Status::ErrStorageUnavailable,
+                u.to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn balance(&mut self, st: &mut ConnState, user: u32, id: u64) -> Handled {
+        self.journal_readable()?;
         let balance = ledger::balance(self.seg, user)?;
         self.respond(st, id, &Response::Balance(BalanceResponse { balance }));
         Ok(())
@@ -73,6 +86,7 @@ impl Ctx<'_> {
         id: u64,
         q: &TxnHistoryRequest,
     ) -> Handled {
+        self.journal_readable()?;
         let limit = usize::from(q.limit).min(self.list_limit(TXN_ENTRY_LEN));
         let txns = ledger::history(self.seg, user, q.before_txn_id, limit)?
             .into_iter()
