@@ -222,6 +222,9 @@ pub fn restart_args(a: &ChaosArgs, data_dir: &std::path::Path) -> anyhow::Result
         &a.io,
         "--txn-log",
         "1048576",
+        // Checkpoints every 4 MiB of journal, so crashes also land during and after them.
+        "--checkpoint-bytes",
+        "4194304",
         "--flood-burst",
         "1000000",
         "--flood-per-sec",

@@ -112,11 +112,16 @@ impl SpawnedServer {
             let status = child
                 .wait()
                 .map_or_else(|e| e.to_string(), |s| s.to_string());
+            let mut log = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut log);
+            }
             if let Some(d) = &owned_data_dir {
                 let _ = std::fs::remove_dir_all(d);
             }
             anyhow::bail!(
-                "the server did not start ({status}; set NS_SERVER_LOG=1 to see its log): {line:?}"
+                "the server did not start ({status}; set NS_SERVER_LOG=1 to see its log): \
+                 {line:?} {log}"
             );
         }
         Ok(SpawnedServer {

@@ -506,6 +506,31 @@ impl Segment {
         ))
     }
 
+    /// A segment in this process's private memory (anonymous, MAP_PRIVATE), with no name in
+    /// /dev/shm: for a copy of the state only one process keeps, such as the journal writer's.
+    /// A child forked from the owner gets a copy-on-write snapshot of it, frozen at the fork
+    /// (a shared mapping would go on changing under the child).
+    pub fn private(caps: Capacities, lock_mode: LockMode) -> Result<Segment, ShmError> {
+        caps.validate()?;
+        let layout = Layout::new(caps);
+        let mut map = MmapOptions::new()
+            .len(layout.size)
+            .map_anon()
+            .map_err(|e| os("mmap")(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        let creator_pid = std::process::id();
+        // SAFETY: a fresh anonymous mapping: writable, zeroed, sized by `layout`, and seen by
+        // this process only.
+        unsafe { init(map.as_mut_ptr(), &layout, lock_mode, creator_pid)? };
+        Ok(Segment {
+            map: Map::ReadWrite(map),
+            name: String::from("(private)"),
+            layout,
+            lock_mode,
+            creator_pid,
+            unlink_on_drop: false,
+        })
+    }
+
     /// Reads the creator pid from an existing segment's header, 0 if unreadable.
     fn creator_of(name: &str) -> u32 {
         let Ok(fd) = nix::sys::mman::shm_open(name, OFlag::O_RDONLY, Mode::empty()) else {

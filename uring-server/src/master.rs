@@ -145,7 +145,6 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let writer_cfg = crate::durable::writer::WriterConfig {
         dir: args.data_dir.clone(),
         checkpoint_bytes: args.checkpoint_bytes.max(1 << 16),
-        name: args.name.clone(),
     };
     let mut writer = WorkerSlot {
         pid: None,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use proto::body::{TxnHistoryRequest, TxnKind};
-use proto::{Reply, Request, Response, Status};
+use proto::body::TxnKind;
+use proto::Status;
 
 /// A connection (not logged in) served by worker `w`.
 fn client_on(server: &Server, w: u16) -> Client {
@@ -34,23 +34,6 @@ fn client_on(server: &Server, w: u16) -> Client {
 fn signal(pid: u32, sig: Signal) {
     assert!(pid > 1, "not a worker pid: {pid}");
     kill(Pid::from_raw(pid as i32), sig).expect("signal a worker");
-}
-
-/// The caller's transactions, newest first: (txn_id, kind, amount).
-fn history(c: &mut Client) -> Vec<(u64, TxnKind, u64)> {
-    let g = c.call(&Request::TxnHistory(TxnHistoryRequest {
-        before_txn_id: 0,
-        limit: 1000,
-    }));
-    match g.reply() {
-        Reply::Ok(Response::TxnHistory(h)) => h
-            .txns
-            .items()
-            .iter()
-            .map(|t| (t.txn_id, t.kind, t.amount))
-            .collect(),
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Waits for the worker at `index` to be a running process other than `old`.

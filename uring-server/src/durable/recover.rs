@@ -60,6 +60,7 @@ pub fn recover(
 ) -> anyhow::Result<Recovered> {
     let start = Instant::now();
     let mut out = Recovered::default();
+    remove_temporaries(dir);
     let (journals, checkpoints) = file::list(dir)
         .map_err(|e| anyhow::anyhow!("listing the data directory {}: {e}", dir.display()))?;
     if let Some((lsn, path)) = checkpoints.last() {
@@ -192,5 +193,21 @@ fn load_checkpoint(path: &Path, lsn: u64, seg: &shm::Segment) -> anyhow::Result<
         }
         n += 1;
         off += len;
+    }
+}
+
+/// Removes checkpoint temporaries a crash left (a checkpoint counts only once renamed).
+fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".ckpt.tmp"))
+        {
+            tracing::info!(file = %e.path().display(), "removing an unfinished checkpoint");
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }

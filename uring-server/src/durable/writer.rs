@@ -29,8 +29,6 @@ pub struct WriterConfig {
     pub dir: PathBuf,
     /// Journal bytes after which a checkpoint is written and older segments removed.
     pub checkpoint_bytes: u64,
-    /// Instance name (for the private segment's name).
-    pub name: String,
 }
 
 /// Most records written by one write+fdatasync.
@@ -72,6 +70,8 @@ struct Writer<'a> {
     checkpoint_lsn: u64,
     bytes_since_checkpoint: u64,
     failing: Option<i32>,
+    /// This process's pid (a checkpoint child checks its parent is still it).
+    pid: u32,
 }
 
 fn run_inner(
@@ -95,13 +95,8 @@ fn run_inner(
     let span = tracing::info_span!("journal", pid = std::process::id());
     let _enter = span.enter();
     let started = Instant::now();
-    let (mut private, _) = shm::Segment::create(
-        &format!("{}.journal-{}", cfg.name, std::process::id()),
-        *seg.caps(),
-        seg.lock_mode(),
-    )?;
-    // Only this process maps it: no name in /dev/shm to leave behind.
-    private.unlink()?;
+    // Private memory, so that a checkpoint child forked from here sees it frozen.
+    let private = shm::Segment::private(*seg.caps(), seg.lock_mode())?;
     let rec = recover(&cfg.dir, &private, OnCorruption::Stop)?;
     let (path, offset) = match &rec.tail {
         Some((p, len)) => (p.clone(), *len),
@@ -122,6 +117,7 @@ fn run_inner(
         checkpoint_lsn: rec.checkpoint.as_ref().map_or(0, |c| c.1),
         bytes_since_checkpoint: 0,
         failing: None,
+        pid: std::process::id(),
     };
     // What a predecessor wrote (perhaps not yet synced) is synced now.
     if shm::journal::durable(seg) < w.written {
@@ -283,6 +279,15 @@ impl Writer<'_> {
         // the private segment and exits without returning into the writer's code.
         match unsafe { fork() }? {
             ForkResult::Child => {
+                // Dies with the writer: a checkpoint outliving it would hold the data
+                // directory's lock against the next server. Its temporary file is removed at
+                // the next start.
+                // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number reads nothing else.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                if nix::unistd::getppid().as_raw() as u32 != self.pid {
+                    // SAFETY: as below.
+                    unsafe { libc::_exit(1) }
+                }
                 let code = match self.write_checkpoint(lsn) {
                     Ok(_) => 0,
                     Err(e) => {

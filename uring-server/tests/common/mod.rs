@@ -477,3 +477,20 @@ pub fn online_users(c: &mut Client) -> usize {
         other => panic!("{other:?}"),
     }
 }
+
+/// The caller's transactions, newest first: (txn_id, kind, amount).
+pub fn history(c: &mut Client) -> Vec<(u64, TxnKind, u64)> {
+    let g = c.call(&Request::TxnHistory(TxnHistoryRequest {
+        before_txn_id: 0,
+        limit: 1000,
+    }));
+    match g.reply() {
+        Reply::Ok(Response::TxnHistory(h)) => h
+            .txns
+            .items()
+            .iter()
+            .map(|t| (t.txn_id, t.kind, t.amount))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
