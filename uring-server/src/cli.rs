@@ -100,6 +100,11 @@ pub struct Args {
     #[arg(long, default_value_t = 64 << 20)]
     pub checkpoint_bytes: u64,
 
+    /// How the journal writer makes a batch durable: a write linked to an fdatasync, or one
+    /// write flagged RWF_DSYNC (results/durability.txt compares them).
+    #[arg(long, value_enum, default_value_t = crate::durable::writer::SyncMethod::Dsync)]
+    pub journal_sync: crate::durable::writer::SyncMethod,
+
     /// Start even though the journal is corrupt in the middle: every record from the corrupt
     /// one on is DROPPED (money acknowledged after it is lost). For an operator who has no
     /// better copy; the default refuses to start and names the file and offset.

@@ -145,6 +145,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let writer_cfg = crate::durable::writer::WriterConfig {
         dir: args.data_dir.clone(),
         checkpoint_bytes: args.checkpoint_bytes.max(1 << 16),
+        sync: args.journal_sync,
     };
     let mut writer = WorkerSlot {
         pid: None,

@@ -29,6 +29,17 @@ pub struct WriterConfig {
     pub dir: PathBuf,
     /// Journal bytes after which a checkpoint is written and older segments removed.
     pub checkpoint_bytes: u64,
+    /// How a batch is made durable.
+    pub sync: SyncMethod,
+}
+
+/// How the writer makes a batch durable (`--journal-sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMethod {
+    /// A write linked to an fdatasync (two operations in the ring, one submission).
+    Fdatasync,
+    /// One write flagged RWF_DSYNC (durable when it completes).
+    Dsync,
 }
 
 /// Most records written by one write+fdatasync.
@@ -208,37 +219,46 @@ impl Writer<'_> {
         }
     }
 
-    /// One write of `buf[done..]` linked to an fdatasync. A short write advances `done` and
-    /// is continued; a failed sync starts the batch over (after a failed fsync the kernel may
-    /// have dropped the dirty pages: PostgreSQL's "fsyncgate").
+    /// One write of `buf[done..]` made durable: with [`SyncMethod::Fdatasync`] linked to an
+    /// fdatasync, with [`SyncMethod::Dsync`] a single write flagged RWF_DSYNC. A short write
+    /// advances `done` and is continued; a failure starts the batch over (after a failed sync
+    /// the kernel may have dropped the dirty pages: PostgreSQL's "fsyncgate").
     fn write_and_sync(&mut self, buf: &[u8], done: &mut usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let fd = types::Fd(self.file.as_raw_fd());
+        let linked = self.cfg.sync == SyncMethod::Fdatasync;
         loop {
             let rest = &buf[*done..];
             let len = rest.len().min(1 << 30) as u32;
             let write = opcode::Write::new(fd, rest.as_ptr(), len)
                 .offset(self.offset + *done as u64)
-                .build()
-                .flags(squeue::Flags::IO_LINK)
-                .user_data(1);
+                .rw_flags(if linked { 0 } else { libc::RWF_DSYNC });
+            let write = if linked {
+                write.build().flags(squeue::Flags::IO_LINK)
+            } else {
+                write.build()
+            }
+            .user_data(1);
             let sync = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .user_data(2);
-            // SAFETY: `rest` stays borrowed and unmoved until both completions are reaped
-            // below (submit_and_wait(2) then draining the queue); the fd outlives the call.
+            let want = if linked { 2 } else { 1 };
+            // SAFETY: `rest` stays borrowed and unmoved until every completion is reaped below
+            // (submit_and_wait, then draining the queue); the fd outlives the call.
             unsafe {
                 let mut sq = self.ring.submission();
                 sq.push(&write)
                     .map_err(|_| std::io::Error::other("sq full"))?;
-                sq.push(&sync)
-                    .map_err(|_| std::io::Error::other("sq full"))?;
+                if linked {
+                    sq.push(&sync)
+                        .map_err(|_| std::io::Error::other("sq full"))?;
+                }
             }
             let mut got = 0;
             let (mut wres, mut sres) = (0i32, 0i32);
-            while got < 2 {
-                match self.ring.submit_and_wait(2 - got) {
+            while got < want {
+                match self.ring.submit_and_wait(want - got) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) => return Err(e),
@@ -253,6 +273,7 @@ impl Writer<'_> {
                 }
             }
             if wres < 0 {
+                *done = 0;
                 return Err(std::io::Error::from_raw_os_error(-wres));
             }
             *done += wres as usize;
