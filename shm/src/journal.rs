@@ -85,6 +85,8 @@ pub(crate) struct JournalCtl {
     /// Appends refused because the journal was failing or full.
     refused: AtomicU64,
     checkpoints: AtomicU64,
+    /// Times the journal lock came back owner-died (a process killed inside it).
+    repairs: AtomicU64,
     /// Wall ms of the last checkpoint, and the LSN it covers.
     checkpoint_ms: AtomicU64,
     checkpoint_lsn: AtomicU64,
@@ -490,6 +492,7 @@ impl<'s> Journal<'s> {
         let outcome = self.ctl.lock.lock()?;
         let a = Appender { j: *self };
         if outcome == Locked::OwnerDied {
+            self.ctl.repairs.fetch_add(1, Ordering::Relaxed);
             // The dead owner may have marked an intent prepared with LSN `head` and not bumped
             // `head`: append it now, before anything else gets that LSN.
             let head = self.ctl.head.load(Ordering::Relaxed);
@@ -563,7 +566,10 @@ impl Appender<'_> {
 impl Drop for Appender<'_> {
     fn drop(&mut self) {
         let _ = self.j.ctl.lock.unlock();
-        // Wake the writer if it sleeps. SeqCst pairs with its store-then-check of the flag.
+        // Wake the writer if it sleeps. The writer stores its flag, then reads `head`; this
+        // side stored `head`, then reads the flag: the fence keeps that store before this load
+        // (a store followed by a load may otherwise pass it), so one of the two sees the other.
+        core::sync::atomic::fence(Ordering::SeqCst);
         let ctl = self.j.ctl;
         if ctl.writer_sleeping.load(Ordering::SeqCst) == 1
             && ctl.writer_sleeping.swap(0, Ordering::SeqCst) == 1
@@ -714,6 +720,8 @@ pub struct JournalStats {
     pub refused: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Times the journal lock was taken over from a process killed inside it.
+    pub repairs: u64,
     /// Wall ms of the last one (0: none yet).
     pub checkpoint_ms: u64,
     /// LSN it covers.
@@ -741,6 +749,7 @@ pub fn stats(seg: &Segment) -> JournalStats {
         sync_ns: c.sync_ns.load(Ordering::Relaxed),
         refused: c.refused.load(Ordering::Relaxed),
         checkpoints: c.checkpoints.load(Ordering::Relaxed),
+        repairs: c.repairs.load(Ordering::Relaxed),
         checkpoint_ms: c.checkpoint_ms.load(Ordering::Relaxed),
         checkpoint_lsn: c.checkpoint_lsn.load(Ordering::Relaxed),
         sync_us: c.sync_us[..n]
