@@ -145,8 +145,26 @@ fn the_whole_session_and_ledger_flow() {
         let (code, out) = server.tool(&["stats"]);
         assert_eq!(code, 0);
         assert!(out.contains("TRANSFER"), "{out}");
+        assert!(out.contains("journal: sync writer pid"), "{out}");
+        assert!(out.contains("records/sync"), "{out}");
         let json = server.stats_json();
         assert_eq!(json["format_version"], 1);
+        // The journal's figures: the ledger requests above were written and synced.
+        let j = &json["journal"];
+        assert_eq!(j["mode"], "sync", "{json}");
+        assert!(j["records"].as_u64() > Some(0), "{json}");
+        assert!(j["syncs"].as_u64() > Some(0), "{json}");
+        assert!(
+            j["bytes"].as_u64() >= j["records"].as_u64().map(|r| r * 50),
+            "{json}"
+        );
+        assert!(j["records_per_sync"].as_f64() >= Some(1.0), "{json}");
+        assert!(
+            j["sync_p99_us"].as_u64() >= j["sync_p50_us"].as_u64(),
+            "{json}"
+        );
+        assert!(j["sync_p50_us"].as_u64() > Some(0), "{json}");
+        assert_eq!(j["backlog"], 0, "{json}");
         assert!(
             json["requests_by_opcode"]["TRANSFER"].as_u64() > Some(0),
             "{json}"
@@ -162,6 +180,7 @@ fn the_whole_session_and_ledger_flow() {
         assert_eq!(code, 0);
         assert!(prom.contains("ns_requests_total{worker="), "{prom}");
         assert!(prom.contains("opcode=\"DEPOSIT\""), "{prom}");
+        assert!(prom.contains("ns_journal_syncs_total "), "{prom}");
         // Every sample sits under its own family's TYPE line: families are contiguous.
         let mut family = "";
         for line in prom.lines() {
