@@ -1,0 +1,191 @@
+//! The C client (`clients/c/ns_client.c`), built with `make` against libnsproto.a and against
+//! libnsproto.so.1 (and with AddressSanitizer), run against the real server: it registers, logs
+//! in with SCRAM, deposits, transfers, reads its balance and history, chats and heartbeats.
+//! Needs `cc` and `make` (CI installs them); the sanitizer run needs a compiler with
+//! `-fsanitize=address` and fails without one unless `NS_NO_ASAN=1` says to skip it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bench_client::server::SpawnedServer;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The target directory's profile directory this test runs from (target/debug).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// `make -C clients/c TARGET` into a build directory of this test's own; returns it.
+fn make(target: &str, build: &Path) {
+    let profile = profile_dir();
+    let name = profile
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile");
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(root().join("clients/c"))
+        .arg(target)
+        .arg(format!("PROFILE={name}"))
+        .arg(format!(
+            "TARGET_DIR={}",
+            profile.parent().expect("target").display()
+        ))
+        .arg(format!("BUILD={}", build.display()))
+        .arg("NO_CARGO=1")
+        .output()
+        .expect("make is installed (CI installs it)");
+    assert!(
+        out.status.success(),
+        "make {target} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn server() -> SpawnedServer {
+    let exe = bench_client::server::locate()
+        .expect("uring-server is built beside the tests (cargo test --workspace builds it)");
+    let name = format!("cc-{}-{}", std::process::id(), rand_tag());
+    SpawnedServer::start(&exe, &name, &["-w", "2", "--max-users", "1000"]).expect("start server")
+}
+
+fn rand_tag() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs a client binary; returns its stdout after checking it passed every step.
+fn run_client(bin: &Path, server: &SpawnedServer, user: &str) -> (String, String) {
+    run_client_env(bin, server, user, &[])
+}
+
+fn run_client_env(
+    bin: &Path,
+    server: &SpawnedServer,
+    user: &str,
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let out = Command::new(bin)
+        .args([
+            "127.0.0.1",
+            &server.addr.port().to_string(),
+            user,
+            "c-secret",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the C client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed: {}\n{stdout}\n{stderr}",
+        bin.display(),
+        out.status
+    );
+    for line in [
+        format!("registered {user} id="),
+        format!("logged in {user} id="),
+        format!("logged in {user}-peer id="),
+        "deposit 1000 balance=1000 txn=".to_string(),
+        format!("transfer 250 to {user}-peer balance=750 txn="),
+        "balance=750".to_string(),
+        "history entries=2".to_string(),
+        "joined c-lobby id=".to_string(),
+        format!("push to {user}-peer: room="),
+        format!("from={user} text=hello from C"),
+        "heartbeats 3".to_string(),
+        "OK".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&line),
+            "missing {line:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("Sanitizer"), "{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn c_client_static_and_shared_register_log_in_trade_and_chat_against_the_server() {
+    let build = std::env::temp_dir().join(format!("ns-c-client-{}", std::process::id()));
+    make("all", &build);
+    let server = server();
+    // With the logging hook on: a structured line for every frame.
+    let (out, log) = run_client_env(
+        &build.join("ns_client_static"),
+        &server,
+        "c-static",
+        &[("NS_CLIENT_LOG", "1")],
+    );
+    assert!(out.contains("(server signature checked)"));
+    for needle in [
+        "nsproto pid=",
+        "event=send",
+        "event=recv",
+        "event=push",
+        "opcode=DEPOSIT status=OK",
+        "opcode=REGISTER status=OK",
+        "opcode=CHAT_BROADCAST",
+    ] {
+        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+    }
+    run_client(&build.join("ns_client_shared"), &server, "c-shared");
+    // The shared build loads libnsproto.so.1 by its soname.
+    let ldd = Command::new("ldd")
+        .arg(build.join("ns_client_shared"))
+        .output()
+        .expect("ldd");
+    assert!(
+        String::from_utf8_lossy(&ldd.stdout).contains("libnsproto.so.1 =>"),
+        "{}",
+        String::from_utf8_lossy(&ldd.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&build);
+}
+
+/// True when `cc -fsanitize=address` builds and runs a program here.
+fn asan_works(dir: &Path) -> bool {
+    let src = dir.join("probe.c");
+    let bin = dir.join("probe");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(&src, "int main(void) { return 0; }\n").expect("write probe");
+    Command::new("cc")
+        .arg("-fsanitize=address")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(&bin).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn c_client_built_with_address_sanitizer_runs_clean_and_leaks_nothing() {
+    let build = std::env::temp_dir().join(format!("ns-c-asan-{}", std::process::id()));
+    if !asan_works(&build) {
+        assert!(
+            std::env::var_os("NS_NO_ASAN").is_some(),
+            "this compiler cannot build with -fsanitize=address; set NS_NO_ASAN=1 to skip"
+        );
+        eprintln!("skipped: no AddressSanitizer here (NS_NO_ASAN set)");
+        return;
+    }
+    make("asan", &build);
+    let server = server();
+    // LeakSanitizer runs at exit: every response, push and handle must have been freed.
+    run_client(&build.join("ns_client_asan"), &server, "c-asan");
+    let _ = std::fs::remove_dir_all(&build);
+}
