@@ -150,12 +150,27 @@ pub struct SweepArgs {
     /// Seed (each cell derives its own from it).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// CSV to append to.
-    #[arg(long, default_value = "results/sweep.csv")]
+    /// CSV to append to (required: a sweep writes only where it is told, and never into the
+    /// repository's published results unless they are named here).
+    #[arg(long)]
     pub out: PathBuf,
-    /// Directory for one HdrHistogram percentile file (.hgrm) of latencies per cell.
-    #[arg(long, default_value = "results/hgrm")]
-    pub hist_dir: PathBuf,
+    /// Directory for one HdrHistogram percentile file (.hgrm) of latencies per cell (default:
+    /// beside `--out`, named after it: `results/x.csv` → `results/x-hgrm/`).
+    #[arg(long)]
+    pub hist_dir: Option<PathBuf>,
+}
+
+impl SweepArgs {
+    /// Where the .hgrm files go: `--hist-dir`, else beside `--out`.
+    pub fn hist_dir(&self) -> PathBuf {
+        self.hist_dir.clone().unwrap_or_else(|| {
+            let stem = self
+                .out
+                .file_stem()
+                .map_or_else(|| "sweep".into(), |s| s.to_string_lossy().into_owned());
+            self.out.with_file_name(format!("{stem}-hgrm"))
+        })
+    }
 }
 
 /// `bench-client run`.

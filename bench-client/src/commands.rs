@@ -13,7 +13,7 @@ use crate::server::{server_pids, SpawnedServer};
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     // Asked once for the whole sweep, not per row.
     let commit = git_commit();
-    let exe = match a.server {
+    let exe = match a.server.clone() {
         Some(p) => p,
         None => crate::server::locate()?,
     };
@@ -24,6 +24,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     println!("{header}");
     let mut table = Vec::new();
     let mut cell = 0u64;
+    let hist_dir = a.hist_dir();
     for &workers in &a.workers {
         let name = format!("sweep-{}-{workers}", std::process::id());
         let w = workers.to_string();
@@ -78,7 +79,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     };
                     CsvRow::new(&cfg, &server.backend, &r, audit, &commit).append(&a.out)?;
                     load::write_hgrm(
-                        &a.hist_dir.join(format!(
+                        &hist_dir.join(format!(
                             "w{workers}-{}-p{payload}-c{connections}.hgrm",
                             mix.name()
                         )),

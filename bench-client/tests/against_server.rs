@@ -446,3 +446,83 @@ fn chaos_defaults() -> bench_client::cli::ChaosArgs {
     }
     Wrap::parse_from(["chaos"]).a
 }
+
+/// Every file under the repository's results/ with its length and modification time.
+fn results_snapshot() -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    fn walk(
+        dir: &std::path::Path,
+        out: &mut Vec<(std::path::PathBuf, u64, std::time::SystemTime)>,
+    ) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if let Ok(m) = e.metadata() {
+                out.push((p, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results"),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+#[test]
+fn a_sweep_writes_only_where_it_is_told() {
+    let before = results_snapshot();
+    let dir = std::env::temp_dir().join(format!("ns-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join("quick.csv");
+    // Run from the repository root, where the old defaults (results/hgrm) would have landed.
+    let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "sweep",
+            "--workers",
+            "1",
+            "--mix",
+            "heartbeat",
+            "--payload",
+            "32",
+            "--connections",
+            "4",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+        ])
+        .arg("--server")
+        .arg(server_exe())
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run the sweep");
+    assert!(status.success());
+    let csv = std::fs::read_to_string(&out).expect("the CSV is where --out says");
+    assert_eq!(csv.lines().count(), 2, "header and one row: {csv}");
+    let hgrm: Vec<_> = std::fs::read_dir(dir.join("quick-hgrm"))
+        .expect("histograms beside --out")
+        .flatten()
+        .collect();
+    assert_eq!(hgrm.len(), 1, "one .hgrm per cell");
+    assert_eq!(results_snapshot(), before, "nothing under results/ changed");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Without --out the sweep refuses to start rather than pick a place.
+    let st = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["sweep", "--workers", "1"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(!st.success());
+}

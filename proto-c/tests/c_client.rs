@@ -25,22 +25,19 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// `make -C clients/c TARGET` into a build directory of this test's own; returns it.
+/// Where this build put libnsproto.a and libnsproto.so: `cargo test` leaves them in `deps/`
+/// (built with the rlib these tests link, so never stale); `cargo build` also copies them up.
+fn lib_dir() -> PathBuf {
+    profile_dir().join("deps")
+}
+
+/// `make -C clients/c TARGET` into a build directory of this test's own.
 fn make(target: &str, build: &Path) {
-    let profile = profile_dir();
-    let name = profile
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile");
     let out = Command::new("make")
         .arg("-C")
         .arg(root().join("clients/c"))
         .arg(target)
-        .arg(format!("PROFILE={name}"))
-        .arg(format!(
-            "TARGET_DIR={}",
-            profile.parent().expect("target").display()
-        ))
+        .arg(format!("LIBDIR={}", lib_dir().display()))
         .arg(format!("BUILD={}", build.display()))
         .arg("NO_CARGO=1")
         .output()
@@ -188,4 +185,33 @@ fn c_client_built_with_address_sanitizer_runs_clean_and_leaks_nothing() {
     // LeakSanitizer runs at exit: every response, push and handle must have been freed.
     run_client(&build.join("ns_client_asan"), &server, "c-asan");
     let _ = std::fs::remove_dir_all(&build);
+}
+
+#[test]
+fn the_shared_library_exports_the_c_api_and_nothing_of_rust() {
+    let so = lib_dir().join("libnsproto.so");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&so)
+        .output()
+        .expect("nm (binutils) is installed");
+    assert!(out.status.success(), "nm {}", so.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let symbols: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert!(
+        symbols.contains(&"ns_call") && symbols.contains(&"ns_decoder_decode"),
+        "{text}"
+    );
+    let foreign: Vec<&&str> = symbols.iter().filter(|s| !s.starts_with("ns_")).collect();
+    assert!(foreign.is_empty(), "exported beyond the C API: {foreign:?}");
+    // The soname carries the ABI version.
+    let elf = Command::new("readelf")
+        .arg("-d")
+        .arg(&so)
+        .output()
+        .expect("readelf");
+    assert!(String::from_utf8_lossy(&elf.stdout).contains("Library soname: [libnsproto.so.1]"));
 }
