@@ -158,6 +158,13 @@ pub struct SweepArgs {
     /// beside `--out`, named after it: `results/x.csv` → `results/x-hgrm/`).
     #[arg(long)]
     pub hist_dir: Option<PathBuf>,
+    /// CPUs the spawned server's processes may run on (`taskset -c` syntax: `0`, `0-1`, `0,2`);
+    /// default: any.
+    #[arg(long)]
+    pub server_cpus: Option<crate::cpus::CpuList>,
+    /// CPUs the client's threads may run on; default: any.
+    #[arg(long)]
+    pub client_cpus: Option<crate::cpus::CpuList>,
 }
 
 impl SweepArgs {
@@ -228,4 +235,11 @@ pub struct RunArgs {
     /// Write HdrHistogram percentile files (.hgrm) per operation into this directory.
     #[arg(long)]
     pub hist_dir: Option<PathBuf>,
+    /// CPUs the client's threads may run on (`taskset -c` syntax); default: any. Pin the
+    /// server yourself (`taskset -c 0 uring-server ...`) and say so with `--server-cpus`.
+    #[arg(long)]
+    pub client_cpus: Option<crate::cpus::CpuList>,
+    /// The CPUs the server was pinned to, recorded in the CSV (this command does not pin it).
+    #[arg(long)]
+    pub server_cpus: Option<crate::cpus::CpuList>,
 }

@@ -25,10 +25,17 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let mut table = Vec::new();
     let mut cell = 0u64;
     let hist_dir = a.hist_dir();
+    let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
+    let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
     for &workers in &a.workers {
         let name = format!("sweep-{}-{workers}", std::process::id());
         let w = workers.to_string();
-        let server = SpawnedServer::start(
+        let launch = crate::server::Launch {
+            inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
+            cpus: server_cpus.clone(),
+            ..crate::server::Launch::default()
+        };
+        let server = SpawnedServer::start_with(
             &exe,
             &name,
             &[
@@ -41,6 +48,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                 "--flood-per-sec",
                 "1000000",
             ],
+            &launch,
         )?;
         let addr = server.addr;
         for &mix in &a.mix {
@@ -66,6 +74,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         rooms: 10,
                         seed: a.seed.wrapping_mul(1000) + cell,
                         server_pids: server.pids(),
+                        client_cpus: client_cpus.clone(),
                     };
                     let r = load::run(&cfg)?;
                     let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
@@ -77,7 +86,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     } else {
                         ""
                     };
-                    CsvRow::new(&cfg, &server.backend, &r, audit, &commit).append(&a.out)?;
+                    CsvRow::new(&cfg, &server.backend, &r, audit, &commit, &server_cpus)
+                        .append(&a.out)?;
                     load::write_hgrm(
                         &hist_dir.join(format!(
                             "w{workers}-{}-p{payload}-c{connections}.hgrm",
@@ -297,6 +307,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(server_pids)
             .unwrap_or_default(),
+        client_cpus: a.client_cpus.clone().unwrap_or_default().0,
     };
     println!(
         "bench-client: {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
@@ -380,7 +391,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         println!("  percentile files in {}", dir.display());
     }
     if let Some(path) = a.out {
-        CsvRow::new(&cfg, &a.backend, &r, "", &git_commit()).append(&path)?;
+        let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
+        CsvRow::new(&cfg, &a.backend, &r, "", &git_commit(), &server_cpus).append(&path)?;
         println!("  appended to {}", path.display());
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod cpus;
 pub mod interactive;
 pub mod load;
 pub mod report;

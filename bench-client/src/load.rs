@@ -79,6 +79,8 @@ pub struct Config {
     pub seed: u64,
     /// The server's processes, to report its CPU time per request (empty: not reported).
     pub server_pids: Vec<u32>,
+    /// CPUs the client's threads run on (empty: wherever the scheduler puts them).
+    pub client_cpus: Vec<usize>,
 }
 
 /// The operations the mixes send, in report order.
@@ -325,6 +327,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         .map(|conns| {
             let (cfg, hot) = (cfg.clone(), hot.clone());
             std::thread::spawn(move || {
+                crate::cpus::pin_current(&cfg.client_cpus)
+                    .map_err(|e| anyhow::anyhow!("--client-cpus: {e}"))?;
                 drive(conns, &cfg, &hot, base, warm_end, end, per_conn_interval_ns)
             })
         })

@@ -65,6 +65,10 @@ pub struct CsvRow {
     pub server_cpu_us_per_req: Option<f64>,
     /// The ledger audit after the run: `pass`, `FAIL`, or empty.
     pub audit: String,
+    /// CPUs the server was pinned to (`0,1`), empty when not pinned.
+    pub server_cpus: String,
+    /// CPUs the client's threads were pinned to, empty when not pinned.
+    pub client_cpus: String,
 }
 
 /// Rounds to `places` decimals, for columns people read.
@@ -75,7 +79,14 @@ fn round(v: f64, places: i32) -> f64 {
 
 impl CsvRow {
     /// The row for one run.
-    pub fn new(cfg: &Config, backend: &str, r: &Results, audit: &str, git_commit: &str) -> Self {
+    pub fn new(
+        cfg: &Config,
+        backend: &str,
+        r: &Results,
+        audit: &str,
+        git_commit: &str,
+        server_cpus: &[usize],
+    ) -> Self {
         let t = &r.total;
         let per_req = |s: f64| round(s * 1e6 / t.requests.max(1) as f64, 2);
         CsvRow {
@@ -111,6 +122,8 @@ impl CsvRow {
             client_cpu_us_per_req: per_req(r.client_cpu_s),
             server_cpu_us_per_req: r.server_cpu_s.map(per_req),
             audit: audit.to_string(),
+            server_cpus: crate::cpus::format(server_cpus),
+            client_cpus: crate::cpus::format(&cfg.client_cpus),
         }
     }
 
@@ -181,6 +194,8 @@ mod tests {
             client_cpu_us_per_req: 6.81,
             server_cpu_us_per_req: Some(5.25),
             audit: String::new(),
+            server_cpus: "0".into(),
+            client_cpus: "1 2".into(),
         };
         row.append(&path).expect("first");
         row.append(&path).expect("second");
@@ -189,11 +204,13 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("timestamp,cores,kernel,git_commit,backend,"));
-        assert!(lines[0].ends_with("client_cpu_us_per_req,server_cpu_us_per_req,audit"));
-        assert_eq!(lines[0].split(',').count(), 28);
+        assert!(lines[0].ends_with(
+            "client_cpu_us_per_req,server_cpu_us_per_req,audit,server_cpus,client_cpus"
+        ));
+        assert_eq!(lines[0].split(',').count(), 30);
         assert_eq!(
             lines[1],
-            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,"
+            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2"
         );
     }
 }

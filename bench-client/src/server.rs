@@ -49,6 +49,8 @@ pub struct Launch {
     pub inherit_stderr: bool,
     /// Extra environment variables (`RUST_LOG`, ...).
     pub env: Vec<(String, String)>,
+    /// CPUs the server (master, and so every process it forks) may run on; empty: any.
+    pub cpus: Vec<usize>,
 }
 
 impl SpawnedServer {
@@ -94,6 +96,10 @@ impl SpawnedServer {
         if let Some(d) = &owned_data_dir {
             cmd.arg("--data-dir").arg(d);
         }
+        // A child inherits the affinity of the thread that spawns it: this thread takes the
+        // server's CPUs for the spawn and gets its own back after.
+        let _placed = crate::cpus::Scoped::pin(&launch.cpus)
+            .map_err(|e| anyhow::anyhow!("--server-cpus: {e}"))?;
         let mut child = cmd
             .args(args)
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

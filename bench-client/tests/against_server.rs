@@ -114,6 +114,7 @@ fn a_short_closed_loop_run_measures_every_request() {
             rooms: 3,
             seed: 42 + mix as u64,
             server_pids: Vec::new(),
+            client_cpus: Vec::new(),
         };
         let r = load::run(&cfg).expect("run");
         assert!(
@@ -229,6 +230,7 @@ fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
         rooms: 1,
         seed: 77,
         server_pids: Vec::new(),
+        client_cpus: Vec::new(),
     };
     // Closed loop: during a 1 s stall each connection waits once, so only ~10 of many thousand
     // requests are slow and p99 does not move.
@@ -525,4 +527,71 @@ fn a_sweep_writes_only_where_it_is_told() {
         .status()
         .expect("run");
     assert!(!st.success());
+}
+
+/// The CPUs listed as allowed in /proc/<pid>/status.
+fn allowed_cpus(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
+    let mine = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| mine.is_set(c).unwrap_or(false))
+        .collect();
+    let (server_cpu, client_cpu) = (cpus[0], *cpus.last().expect("a CPU"));
+    let launch = bench_client::server::Launch {
+        cpus: vec![server_cpu],
+        ..Default::default()
+    };
+    let name = format!("pin-{}", std::process::id());
+    let server = SpawnedServer::start_with(&server_exe(), &name, &["-w", "2"], &launch)
+        .expect("start the server");
+    let pids = bench_client::server::server_pids(&name);
+    assert!(pids.len() >= 3, "master, workers, writer: {pids:?}");
+    for pid in &pids {
+        assert_eq!(allowed_cpus(*pid), server_cpu.to_string(), "pid {pid}");
+    }
+    assert_ne!(
+        allowed_cpus(std::process::id()),
+        server_cpu.to_string(),
+        "the test's own thread got its CPUs back"
+    );
+    let dir = std::env::temp_dir().join(format!("ns-pin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join("pinned.csv");
+    let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args([
+            "run",
+            "--mix",
+            "heartbeat",
+            "--connections",
+            "4",
+            "--duration",
+            "0.3",
+        ])
+        .args(["--warmup", "0", "--port", &server.addr.port().to_string()])
+        .args(["--client-cpus", &client_cpu.to_string()])
+        .args(["--server-cpus", &server_cpu.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let csv = std::fs::read_to_string(&out).expect("csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let row: Vec<&str> = lines.next().expect("row").split(',').collect();
+    let col = |n: &str| row[header.iter().position(|h| *h == n).expect(n)];
+    assert_eq!(col("server_cpus"), server_cpu.to_string());
+    assert_eq!(col("client_cpus"), client_cpu.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
 }

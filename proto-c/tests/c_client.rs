@@ -50,6 +50,23 @@ fn make(target: &str, build: &Path) {
     );
 }
 
+/// A build directory of this test's own, removed when the test ends, passed or not.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("ns-c-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn server() -> SpawnedServer {
     let exe = bench_client::server::locate()
         .expect("uring-server is built beside the tests (cargo test --workspace builds it)");
@@ -117,7 +134,8 @@ fn run_client_env(
 
 #[test]
 fn c_client_static_and_shared_register_log_in_trade_and_chat_against_the_server() {
-    let build = std::env::temp_dir().join(format!("ns-c-client-{}", std::process::id()));
+    let dir = TempDir::new("client");
+    let build = dir.0.clone();
     make("all", &build);
     let server = server();
     // With the logging hook on: a structured line for every frame.
@@ -150,7 +168,6 @@ fn c_client_static_and_shared_register_log_in_trade_and_chat_against_the_server(
         "{}",
         String::from_utf8_lossy(&ldd.stdout)
     );
-    let _ = std::fs::remove_dir_all(&build);
 }
 
 /// True when `cc -fsanitize=address` builds and runs a program here.
@@ -171,7 +188,8 @@ fn asan_works(dir: &Path) -> bool {
 
 #[test]
 fn c_client_built_with_address_sanitizer_runs_clean_and_leaks_nothing() {
-    let build = std::env::temp_dir().join(format!("ns-c-asan-{}", std::process::id()));
+    let dir = TempDir::new("asan");
+    let build = dir.0.clone();
     if !asan_works(&build) {
         assert!(
             std::env::var_os("NS_NO_ASAN").is_some(),
@@ -184,7 +202,6 @@ fn c_client_built_with_address_sanitizer_runs_clean_and_leaks_nothing() {
     let server = server();
     // LeakSanitizer runs at exit: every response, push and handle must have been freed.
     run_client(&build.join("ns_client_asan"), &server, "c-asan");
-    let _ = std::fs::remove_dir_all(&build);
 }
 
 #[test]
