@@ -516,3 +516,57 @@ fn checkpoints_bound_the_journal_and_a_clean_stop_leaves_nothing_to_replay() {
     let log = server.stop_and_stderr();
     assert!(log.contains("records_replayed=0"), "{log}");
 }
+
+#[test]
+fn a_killed_journal_writer_is_restarted_and_nothing_acknowledged_is_lost() {
+    let dir = DataDir::new("writer-kill");
+    let name = unique_name("writer-kill");
+    let args = ["-w", "2", "--data-dir", dir.path()];
+    let mut server = Server::start_named_logged(&name, &args, &[]);
+    let mut a = server.client();
+    a.join_as("alice");
+    let writer = |s: &Server| {
+        s.stats_json()["journal"]["writer_pid"]
+            .as_u64()
+            .unwrap_or(0) as u32
+    };
+    let mut total = 0u64;
+    for round in 0..3 {
+        for i in 1..=50u64 {
+            a.ledger(&deposit(i)).expect("deposit");
+            total += i;
+        }
+        let old = writer(&server);
+        assert!(old > 1, "a writer runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the writer");
+        // A deposit sent while no writer runs is answered once its successor has synced it.
+        a.ledger(&deposit(1000))
+            .expect("deposit across the writer's restart");
+        total += 1000;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = writer(&server);
+            if now > 1 && now != old {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the writer was not restarted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(a.balance(), total);
+    crash_everything(&mut server);
+    drop(server);
+    let mut server = Server::start_named_logged(&name, &args, &[]);
+    let mut a = server.client();
+    assert_eq!(a.login_with("alice", secret()), Status::Ok);
+    assert_eq!(a.balance(), total, "every acknowledged deposit survived");
+    let log = server.stop_and_stderr();
+    assert!(log.contains("recovered"), "{log}");
+}
