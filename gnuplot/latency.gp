@@ -1,11 +1,11 @@
 # Latency percentile distributions from the .hgrm files `bench-client sweep` writes into
-# results/hgrm/, drawn into results/latency_distribution_*.png.
+# results/sweep-hgrm/ (beside results/sweep.csv; one file per cell, merged over its repeats), drawn into results/latency_distribution_*.png.
 # Run from the repository root: gnuplot gnuplot/latency.gp
 #
 # An .hgrm row is: value (us), percentile, total count, 1/(1-percentile). Plotting column 1
 # against column 4 on a log x axis spreads the tail: 10 = p90, 100 = p99, 1000 = p99.9.
 
-if (!exists('hgrm')) hgrm = 'results/hgrm'
+if (!exists('hgrm')) hgrm = 'results/sweep-hgrm'
 if (!exists('out')) out = 'results/'
 
 set terminal pngcairo size 900,560 font 'DejaVu Sans,11'

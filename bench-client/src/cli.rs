@@ -150,6 +150,10 @@ pub struct SweepArgs {
     /// Seed (each cell derives its own from it).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Runs of every cell, interleaved (every cell once, then every cell again, ...): the
+    /// table and `<out>-summary.csv` give the median and the min-max of each cell.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// CSV to append to (required: a sweep writes only where it is told, and never into the
     /// repository's published results unless they are named here).
     #[arg(long)]

@@ -17,104 +17,146 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => crate::server::locate()?,
     };
-    let header = format!(
-        "{:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
-        "workers", "mix", "payload", "conns", "req/s", "p50_us", "p99_us", "pushes/s", "audit"
-    );
-    println!("{header}");
-    let mut table = Vec::new();
+    let mut summary = crate::summary::Summary::default();
+    let mut hists: std::collections::BTreeMap<String, hdrhistogram::Histogram<u64>> =
+        std::collections::BTreeMap::new();
+    let mut rows = 0usize;
     let mut cell = 0u64;
     let hist_dir = a.hist_dir();
     let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
     let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
-    for &workers in &a.workers {
-        let name = format!("sweep-{}-{workers}", std::process::id());
-        let w = workers.to_string();
-        let launch = crate::server::Launch {
-            inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
-            cpus: server_cpus.clone(),
-            ..crate::server::Launch::default()
-        };
-        let server = SpawnedServer::start_with(
-            &exe,
-            &name,
-            &[
-                "-w",
-                &w,
-                "--io",
-                &a.io,
-                "--flood-burst",
-                "1000000",
-                "--flood-per-sec",
-                "1000000",
-            ],
-            &launch,
-        )?;
-        let addr = server.addr;
-        for &mix in &a.mix {
-            let payloads: Vec<usize> = if matches!(mix, Mix::ChatHeavy | Mix::Mixed) {
-                a.payload.clone()
-            } else {
-                a.payload.iter().take(1).copied().collect()
+    println!(
+        "{:>6} {:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
+        "repeat",
+        "workers",
+        "mix",
+        "payload",
+        "conns",
+        "req/s",
+        "p50_us",
+        "p99_us",
+        "pushes/s",
+        "audit"
+    );
+    // Interleaved: every cell once, then every cell again, so that a slow minute of the machine
+    // lands on all cells alike rather than on the repeats of one.
+    for repeat in 0..a.repeat {
+        for &workers in &a.workers {
+            let name = format!("sweep-{}-{workers}-{repeat}", std::process::id());
+            let w = workers.to_string();
+            let launch = crate::server::Launch {
+                inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
+                cpus: server_cpus.clone(),
+                ..crate::server::Launch::default()
             };
-            for &payload in &payloads {
-                for &connections in &a.connections {
-                    cell += 1;
-                    let cfg = load::Config {
-                        addr,
-                        connections,
-                        threads: a.threads,
-                        duration: Duration::from_secs_f64(a.duration),
-                        warmup: Duration::from_secs_f64(a.warmup),
-                        mix,
-                        payload,
-                        pipeline: a.pipeline,
-                        rate: None,
-                        hot_accounts: 8,
-                        rooms: 10,
-                        seed: a.seed.wrapping_mul(1000) + cell,
-                        server_pids: server.pids(),
-                        client_cpus: client_cpus.clone(),
-                    };
-                    let r = load::run(&cfg)?;
-                    let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
-                        if server.audit() {
-                            "pass"
+            let server = SpawnedServer::start_with(
+                &exe,
+                &name,
+                &[
+                    "-w",
+                    &w,
+                    "--io",
+                    &a.io,
+                    "--flood-burst",
+                    "1000000",
+                    "--flood-per-sec",
+                    "1000000",
+                ],
+                &launch,
+            )?;
+            let addr = server.addr;
+            for &mix in &a.mix {
+                let payloads: Vec<usize> = if matches!(mix, Mix::ChatHeavy | Mix::Mixed) {
+                    a.payload.clone()
+                } else {
+                    a.payload.iter().take(1).copied().collect()
+                };
+                for &payload in &payloads {
+                    for &connections in &a.connections {
+                        cell += 1;
+                        let cfg = load::Config {
+                            addr,
+                            connections,
+                            threads: a.threads,
+                            duration: Duration::from_secs_f64(a.duration),
+                            warmup: Duration::from_secs_f64(a.warmup),
+                            mix,
+                            payload,
+                            pipeline: a.pipeline,
+                            rate: None,
+                            hot_accounts: 8,
+                            rooms: 10,
+                            seed: a.seed.wrapping_mul(1000) + cell,
+                            server_pids: server.pids(),
+                            client_cpus: client_cpus.clone(),
+                        };
+                        let r = load::run(&cfg)?;
+                        let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
+                            if server.audit() {
+                                "pass"
+                            } else {
+                                "FAIL"
+                            }
                         } else {
-                            "FAIL"
+                            ""
+                        };
+                        let mut row =
+                            CsvRow::new(&cfg, &server.backend, &r, audit, &commit, &server_cpus);
+                        row.server_workers = Some(workers);
+                        row.repeat = Some(repeat);
+                        row.append(&a.out)?;
+                        rows += 1;
+                        // One .hgrm per cell, merged over its runs.
+                        let key = format!("w{workers}-{}-p{payload}-c{connections}", mix.name());
+                        match hists.get_mut(&key) {
+                            Some(h) => h.add(&r.total.latency_us)?,
+                            None => {
+                                hists.insert(key, r.total.latency_us.clone());
+                            }
                         }
-                    } else {
-                        ""
-                    };
-                    CsvRow::new(&cfg, &server.backend, &r, audit, &commit, &server_cpus)
-                        .append(&a.out)?;
-                    load::write_hgrm(
-                        &hist_dir.join(format!(
-                            "w{workers}-{}-p{payload}-c{connections}.hgrm",
-                            mix.name()
-                        )),
-                        &r.total.latency_us,
-                    )?;
-                    let line = format!(
-                        "{workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
-                        mix.name(),
-                        r.total.requests as f64 / r.seconds,
-                        r.total.latency_us.value_at_quantile(0.5),
-                        r.total.latency_us.value_at_quantile(0.99),
-                        r.pushes as f64 / r.seconds,
-                        audit
-                    );
-                    println!("{line}");
-                    table.push(line);
+                        let run = crate::summary::Run {
+                            req_s: r.total.requests as f64 / r.seconds,
+                            p50_us: r.total.latency_us.value_at_quantile(0.5),
+                            p99_us: r.total.latency_us.value_at_quantile(0.99),
+                            pushes_s: r.pushes as f64 / r.seconds,
+                            audit_ok: audit != "FAIL",
+                        };
+                        println!(
+                            "{repeat:>6} {workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
+                            mix.name(),
+                            run.req_s,
+                            run.p50_us,
+                            run.p99_us,
+                            run.pushes_s,
+                            audit
+                        );
+                        let cell_key = crate::summary::Cell {
+                            workers,
+                            mix: mix.name().to_string(),
+                            payload,
+                            connections,
+                        };
+                        summary.add(cell_key, run);
+                    }
                 }
             }
         }
     }
-    println!("\n{header}");
-    for l in &table {
-        println!("{l}");
+    for (key, h) in &hists {
+        load::write_hgrm(&hist_dir.join(format!("{key}.hgrm")), h)?;
     }
-    println!("appended {} rows to {}", table.len(), a.out.display());
+    let summary_path = crate::summary::summary_path(&a.out);
+    summary.write_csv(&summary_path)?;
+    println!();
+    for line in summary.table() {
+        println!("{line}");
+    }
+    println!(
+        "appended {rows} rows to {}; summary (median, min, max per cell) in {}; histograms in {}",
+        a.out.display(),
+        summary_path.display(),
+        hist_dir.display()
+    );
     Ok(())
 }
 

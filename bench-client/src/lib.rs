@@ -16,5 +16,6 @@ pub mod load;
 pub mod report;
 pub mod rng;
 pub mod server;
+pub mod summary;
 
 pub use client::{Client, ClientError, Received, Retry};

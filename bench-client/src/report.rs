@@ -69,6 +69,10 @@ pub struct CsvRow {
     pub server_cpus: String,
     /// CPUs the client's threads were pinned to, empty when not pinned.
     pub client_cpus: String,
+    /// The server's worker count when the sweep started it (empty for `run`).
+    pub server_workers: Option<u32>,
+    /// Which run of its cell this is, from 0 (a sweep's `--repeat`; empty for `run`).
+    pub repeat: Option<u32>,
 }
 
 /// Rounds to `places` decimals, for columns people read.
@@ -124,12 +128,31 @@ impl CsvRow {
             audit: audit.to_string(),
             server_cpus: crate::cpus::format(server_cpus),
             client_cpus: crate::cpus::format(&cfg.client_cpus),
+            server_workers: None,
+            repeat: None,
         }
     }
 
     /// Appends the row to `path`, writing the header first when the file is new.
     pub fn append(&self, path: &Path) -> anyhow::Result<()> {
         let new = !path.exists();
+        if !new {
+            // Rows of another layout would make the file unreadable: refuse instead.
+            let mut header = csv::WriterBuilder::new().from_writer(Vec::new());
+            header.serialize(self)?;
+            let ours = String::from_utf8(header.into_inner()?)?;
+            let ours = ours.lines().next().unwrap_or_default().to_string();
+            let theirs = std::fs::read_to_string(path)?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            anyhow::ensure!(
+                theirs.is_empty() || theirs == ours,
+                "{} has other columns (written by another version): give a new --out",
+                path.display()
+            );
+        }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -196,6 +219,8 @@ mod tests {
             audit: String::new(),
             server_cpus: "0".into(),
             client_cpus: "1 2".into(),
+            server_workers: Some(2),
+            repeat: Some(1),
         };
         row.append(&path).expect("first");
         row.append(&path).expect("second");
@@ -205,12 +230,12 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("timestamp,cores,kernel,git_commit,backend,"));
         assert!(lines[0].ends_with(
-            "client_cpu_us_per_req,server_cpu_us_per_req,audit,server_cpus,client_cpus"
+            "server_cpu_us_per_req,audit,server_cpus,client_cpus,server_workers,repeat"
         ));
-        assert_eq!(lines[0].split(',').count(), 30);
+        assert_eq!(lines[0].split(',').count(), 32);
         assert_eq!(
             lines[1],
-            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2"
+            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2,2,1"
         );
     }
 }

@@ -477,7 +477,7 @@ fn results_snapshot() -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
 }
 
 #[test]
-fn a_sweep_writes_only_where_it_is_told() {
+fn a_sweep_repeats_its_cells_and_writes_only_where_it_is_told() {
     let before = results_snapshot();
     let dir = std::env::temp_dir().join(format!("ns-sweep-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -502,6 +502,8 @@ fn a_sweep_writes_only_where_it_is_told() {
             "0",
             "--threads",
             "1",
+            "--repeat",
+            "2",
         ])
         .arg("--server")
         .arg(server_exe())
@@ -512,12 +514,53 @@ fn a_sweep_writes_only_where_it_is_told() {
         .expect("run the sweep");
     assert!(status.success());
     let csv = std::fs::read_to_string(&out).expect("the CSV is where --out says");
-    assert_eq!(csv.lines().count(), 2, "header and one row: {csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "header and one row per run: {csv}");
+    assert!(lines[0].ends_with(",server_workers,repeat"), "{csv}");
+    assert!(
+        lines[1].ends_with(",1,0") && lines[2].ends_with(",1,1"),
+        "repeat index: {csv}"
+    );
+    let summary = std::fs::read_to_string(dir.join("quick-summary.csv")).expect("summary");
+    let cells: Vec<&str> = summary.lines().collect();
+    assert_eq!(cells.len(), 2, "header and one cell: {summary}");
+    assert!(cells[1].starts_with("1,heartbeat,32,4,2,"), "{summary}");
+    // median, min, max of req/s: min <= median <= max.
+    let f: Vec<f64> = cells[1]
+        .split(',')
+        .skip(5)
+        .take(3)
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    assert!(f[1] <= f[0] && f[0] <= f[2] && f[1] > 0.0, "{summary}");
     let hgrm: Vec<_> = std::fs::read_dir(dir.join("quick-hgrm"))
         .expect("histograms beside --out")
         .flatten()
         .collect();
-    assert_eq!(hgrm.len(), 1, "one .hgrm per cell");
+    assert_eq!(hgrm.len(), 1, "one .hgrm per cell, merged over its runs");
+    // A CSV of other columns is refused, not corrupted.
+    std::fs::write(&out, "a,b\n1,2\n").expect("write");
+    let st = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args([
+            "sweep",
+            "--workers",
+            "1",
+            "--mix",
+            "heartbeat",
+            "--connections",
+            "2",
+        ])
+        .args(["--duration", "0.2", "--warmup", "0", "--repeat", "1"])
+        .arg("--server")
+        .arg(server_exe())
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(!st.success());
+    assert_eq!(std::fs::read_to_string(&out).expect("read"), "a,b\n1,2\n");
     assert_eq!(results_snapshot(), before, "nothing under results/ changed");
     let _ = std::fs::remove_dir_all(&dir);
     // Without --out the sweep refuses to start rather than pick a place.
