@@ -570,3 +570,30 @@ fn a_killed_journal_writer_is_restarted_and_nothing_acknowledged_is_lost() {
     let log = server.stop_and_stderr();
     assert!(log.contains("recovered"), "{log}");
 }
+
+#[test]
+fn durability_none_keeps_no_journal_and_says_so() {
+    let dir = DataDir::new("none");
+    let name = unique_name("none");
+    let args = ["-w", "1", "--durability", "none", "--data-dir", dir.path()];
+    let mut server = Server::start_named_logged(&name, &args, &[]);
+    let mut a = server.client();
+    a.join_as("alice");
+    assert_eq!(a.ledger(&deposit(5)).map(|r| r.0), Ok(5));
+    let json = server.stats_json();
+    assert_eq!(json["journal"]["mode"], "none", "{json}");
+    assert_eq!(json["journal"]["records"], 0, "{json}");
+    assert_eq!(
+        json["journal"]["writer_pid"], 0,
+        "no writer process: {json}"
+    );
+    assert!(!dir.0.exists(), "no data directory is made");
+    let (_, text) = server.tool(&["stats"]);
+    assert!(text.contains("journal: none"), "{text}");
+    let log = server.stop_and_stderr();
+    assert!(log.contains("--durability none: no journal"), "{log}");
+    // Nothing survives: the next start knows no alice.
+    let server = Server::start_named_logged(&name, &args, &[]);
+    let mut a = server.client();
+    assert_eq!(a.login_with("alice", secret()), Status::ErrNotFound);
+}
