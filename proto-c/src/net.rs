@@ -245,6 +245,7 @@ enum Got {
 impl ns_conn {
     /// Reads until one frame is decoded: a response is returned, a push queued.
     fn read_one(&mut self, deadline: Instant) -> Result<Got, i32> {
+        let mut tried = false;
         loop {
             if self.inpos > 0 {
                 let (used, r) = self.decoder.decode(&self.inbuf[..self.inpos]);
@@ -285,11 +286,16 @@ impl ns_conn {
                     return Ok(g);
                 }
             }
+            // At least one read is tried, so a timeout of 0 still takes what has arrived.
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline && tried {
                 return Err(NS_ERR_TIMEOUT);
             }
-            let _ = self.stream.set_read_timeout(Some(deadline - now));
+            tried = true;
+            let left = deadline.saturating_duration_since(now);
+            let _ = self
+                .stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             match self.stream.read(&mut self.inbuf[self.inpos..]) {
                 Ok(0) => return Err(NS_ERR_CLOSED),
                 Ok(n) => self.inpos += n,
@@ -417,17 +423,16 @@ pub unsafe extern "C" fn ns_next_push(
     })
 }
 
+/// Waits until `fd` is ready for `events`; polls at least once, so a timeout of 0 still finds
+/// an fd that is ready now.
 fn wait_fd(fd: c_int, events: i16, deadline: Option<Instant>) -> i32 {
     loop {
         let ms = match deadline {
             None => -1,
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return NS_ERR_TIMEOUT;
-                }
-                (d - now).as_millis().min(i32::MAX as u128) as c_int
-            }
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as c_int,
         };
         let mut p = libc::pollfd {
             fd,

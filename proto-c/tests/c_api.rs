@@ -835,6 +835,12 @@ fn read_full_and_write_full_move_every_byte_through_partial_io_and_signals() {
     // SAFETY: `buf` writable.
     let rc = unsafe { ns_read_full(d.as_raw_fd(), buf.as_mut_ptr(), 8, 1000, &mut done) };
     assert_eq!((rc, done, &buf[..3]), (NS_ERR_CLOSED, 3, &[1u8, 2, 3][..]));
+    // A timeout of 0 still takes bytes that are already there.
+    let (g, h) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    std::io::Write::write_all(&mut &g, &[4, 5]).expect("write");
+    // SAFETY: `buf` writable.
+    let rc = unsafe { ns_read_full(h.as_raw_fd(), buf.as_mut_ptr(), 2, 0, &mut done) };
+    assert_eq!((rc, done, &buf[..2]), (NS_OK, 2, &[4u8, 5][..]));
     let (_e, f) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     // SAFETY: as above.
     let rc = unsafe { ns_read_full(f.as_raw_fd(), buf.as_mut_ptr(), 8, 50, &mut done) };
