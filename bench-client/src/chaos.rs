@@ -88,38 +88,13 @@ impl Restarter {
     /// Kills every process of the server with SIGKILL, removes its segment and starts it again;
     /// returns how long it was down.
     pub fn crash_and_restart(&mut self) -> anyhow::Result<Duration> {
-        use nix::sys::signal::{kill, Signal};
         let down = Instant::now();
-        let name = self.server.name.clone();
-        let pids = crate::server::server_stats(&name)?.all_pids();
-        for &p in &pids {
-            let _ = kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
-        }
-        self.server.kill();
-        // Gone means gone: the data directory's lock is free once no process holds it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pids.iter().any(|&p| process_running(p)) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "server processes outlived SIGKILL"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // As after a reboot: nothing in shared memory.
-        let _ = std::fs::remove_file(format!("/dev/shm/ns-{name}"));
+        self.server.crash()?;
         let a: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let name = self.server.name.clone();
         self.server = crate::server::SpawnedServer::start(&self.exe, &name, &a)?;
         Ok(down.elapsed())
     }
-}
-
-/// True while `pid` runs (a zombie, dead but not yet reaped, counts as gone).
-fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }
 
 /// What a chaos run found.

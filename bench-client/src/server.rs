@@ -176,6 +176,29 @@ impl SpawnedServer {
         let _ = self.child.wait();
     }
 
+    /// A power cut and a reboot, for this server: SIGKILL by pid to the master, every worker
+    /// and the journal writer at once; waits until they are gone, then removes the shared-memory
+    /// segment (which must be there). Returns the pids it killed.
+    pub fn crash(&mut self) -> anyhow::Result<Vec<u32>> {
+        use nix::sys::signal::{kill, Signal};
+        let pids = server_stats(&self.name)?.all_pids();
+        for &p in &pids {
+            let _ = kill(nix::unistd::Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        self.kill();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pids.iter().any(|&p| process_running(p)) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "server processes outlived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let shm = format!("/dev/shm/ns-{}", self.name);
+        std::fs::remove_file(&shm).map_err(|e| anyhow::anyhow!("removing {shm}: {e}"))?;
+        Ok(pids)
+    }
+
     /// Everything the server wrote to stderr (when captured), once it has exited.
     pub fn take_stderr(&mut self) -> String {
         let mut log = String::new();
@@ -317,4 +340,13 @@ pub fn server_pids(name: &str) -> Vec<u32> {
     };
     // The journal writer's CPU is part of what a request costs in durable mode.
     stats.all_pids()
+}
+
+/// True while `pid` runs (a zombie, dead but not yet reaped, counts as gone).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }

@@ -1262,32 +1262,25 @@ pub unsafe extern "C" fn ns_encode_response(
         let Some(r) = (unsafe { resp.as_ref() }) else {
             return NS_ERR_NULL;
         };
-        let mut frame = Vec::new();
-        if r.status != NS_STATUS_OK {
-            let Some(status) = Status::from_u16(r.status) else {
-                return crate::NS_ERR_UNKNOWN_STATUS;
-            };
-            // SAFETY: per the contract.
-            let msg = match unsafe { r.error_message.str() } {
-                Ok(m) => m,
-                Err(e) => return e,
-            };
-            if msg.len() > MESSAGE_LEN_MAX {
-                return NS_ERR_INVALID;
+        let write = |frame: &mut Vec<u8>| {
+            if r.status != NS_STATUS_OK {
+                let status = Status::from_u16(r.status).ok_or(crate::NS_ERR_UNKNOWN_STATUS)?;
+                // SAFETY: per the contract.
+                let msg = unsafe { r.error_message.str() }?;
+                if msg.len() > MESSAGE_LEN_MAX {
+                    return Err(NS_ERR_INVALID);
+                }
+                proto::write_error(frame, r.req_id, r.opcode, status, msg);
+                Ok(())
+            } else {
+                // SAFETY: per the contract.
+                let body = unsafe { to_response(r) }?;
+                proto::write_response(frame, r.req_id, &body, proto::BODY_LEN_LIMIT)
+                    .map_err(|_| NS_ERR_INVALID)
             }
-            proto::write_error(&mut frame, r.req_id, r.opcode, status, msg);
-        } else {
-            // SAFETY: per the contract.
-            let body = match unsafe { to_response(r) } {
-                Ok(b) => b,
-                Err(e) => return e,
-            };
-            if proto::write_response(&mut frame, r.req_id, &body, proto::BODY_LEN_LIMIT).is_err() {
-                return NS_ERR_INVALID;
-            }
-        }
+        };
         // SAFETY: per the contract.
-        unsafe { emit(&frame, out, cap, written) }
+        unsafe { encode_with(write, out, cap, written) }
     })
 }
 

@@ -398,5 +398,14 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
         "session ended by a newer login: not executed",
     );
     out.push(("error-superseded-TRANSFER".to_string(), f));
+    let mut f = Vec::new();
+    write_error(
+        &mut f,
+        u64::from(Opcode::Deposit.as_u16()) + 1,
+        Opcode::Deposit.as_u16(),
+        crate::Status::ErrStorageUnavailable,
+        "the journal cannot write (File too large): nothing applied, retry later",
+    );
+    out.push(("error-storage-DEPOSIT".to_string(), f));
     out
 }

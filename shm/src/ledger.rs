@@ -351,53 +351,58 @@ impl<'s> Tables<'s> {
 
     /// Stores an intent's absolute values. Idempotent: applying it twice is applying it once.
     fn apply(&self, s: &Slot) {
-        let txn_id = s.txn_id.load(Ordering::Relaxed);
-        let from = s.from.load(Ordering::Relaxed);
-        let to = s.to.load(Ordering::Relaxed);
-        let from_new = s.from_new.load(Ordering::Relaxed);
-        let to_new = s.to_new.load(Ordering::Relaxed);
-        for (id, new) in [(from, from_new), (to, to_new)] {
+        self.apply_txn(&intent_txn(s));
+        store_u128(&s.deposits, load_u128(&s.new_deposits));
+        store_u128(&s.withdrawals, load_u128(&s.new_withdrawals));
+    }
+
+    /// Stores a transaction's absolute values: both balances, the log entry, the caller's
+    /// outcome. Idempotent. An intent's roll-forward and journal replay both come here.
+    fn apply_txn(&self, x: &TxnRec) {
+        for (id, new) in [(x.from, x.from_new), (x.to, x.to_new)] {
             if id != 0 {
                 let a = &self.accounts[id as usize];
                 a.balance.store(new, Ordering::Relaxed);
-                a.last_txn_id.store(txn_id, Ordering::Relaxed);
+                a.last_txn_id.store(x.txn_id, Ordering::Relaxed);
             }
         }
-        let e = self.log_entry(txn_id);
-        // A late roll-forward must not overwrite a newer transaction that took this ring slot.
-        if e.txn_id.load(Ordering::Acquire) <= txn_id {
-            e.txn_id.store(0, Ordering::Relaxed);
-            fence(Ordering::Release);
-            e.kind
-                .store(s.kind.load(Ordering::Relaxed), Ordering::Relaxed);
-            e.from.store(from, Ordering::Relaxed);
-            e.to.store(to, Ordering::Relaxed);
-            e.amount
-                .store(s.amount.load(Ordering::Relaxed), Ordering::Relaxed);
-            e.from_balance.store(from_new, Ordering::Relaxed);
-            e.to_balance.store(to_new, Ordering::Relaxed);
-            e.time_ms
-                .store(s.time_ms.load(Ordering::Relaxed), Ordering::Relaxed);
-            e.from_prev
-                .store(s.from_prev.load(Ordering::Relaxed), Ordering::Relaxed);
-            e.to_prev
-                .store(s.to_prev.load(Ordering::Relaxed), Ordering::Relaxed);
-            e.txn_id.store(txn_id, Ordering::Release);
-        }
-        let caller = s.caller.load(Ordering::Relaxed);
-        let caller_balance = if caller == from { from_new } else { to_new };
+        self.write_log(x);
+        let caller_balance = if x.caller == x.from {
+            x.from_new
+        } else {
+            x.to_new
+        };
         self.store_result(
-            caller,
-            s.req_id.load(Ordering::Relaxed),
-            s.result_opcode.load(Ordering::Relaxed),
-            s.result_target.load(Ordering::Relaxed),
-            s.amount.load(Ordering::Relaxed),
+            x.caller,
+            x.req_id,
+            x.opcode,
+            x.target,
+            x.amount,
             REFUSAL_NONE,
             caller_balance,
-            txn_id,
+            x.txn_id,
         );
-        store_u128(&s.deposits, load_u128(&s.new_deposits));
-        store_u128(&s.withdrawals, load_u128(&s.new_withdrawals));
+    }
+
+    /// Writes `x`'s log entry like a seqlock (id 0 while being written). A late roll-forward
+    /// must not overwrite a newer transaction that took this ring slot.
+    fn write_log(&self, x: &TxnRec) {
+        let e = self.log_entry(x.txn_id);
+        if e.txn_id.load(Ordering::Acquire) > x.txn_id {
+            return;
+        }
+        e.txn_id.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        e.kind.store(x.kind, Ordering::Relaxed);
+        e.from.store(x.from, Ordering::Relaxed);
+        e.to.store(x.to, Ordering::Relaxed);
+        e.amount.store(x.amount, Ordering::Relaxed);
+        e.from_balance.store(x.from_new, Ordering::Relaxed);
+        e.to_balance.store(x.to_new, Ordering::Relaxed);
+        e.time_ms.store(x.time_ms, Ordering::Relaxed);
+        e.from_prev.store(x.from_prev, Ordering::Relaxed);
+        e.to_prev.store(x.to_prev, Ordering::Relaxed);
+        e.txn_id.store(x.txn_id, Ordering::Release);
     }
 
     /// After a lock came back [`Locked::OwnerDied`]: rolls forward every prepared intent that
@@ -948,14 +953,12 @@ pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
     };
     match rec {
         Record::Txn(x) => {
-            let s = &t.slots[0];
-            for (id, new) in [(x.from, x.from_new), (x.to, x.to_new)] {
+            for id in [x.from, x.to, x.caller] {
                 if id != 0 {
-                    let a = account(id)?;
-                    a.balance.store(new, Ordering::Relaxed);
-                    a.last_txn_id.store(x.txn_id, Ordering::Relaxed);
+                    account(id)?;
                 }
             }
+            let s = &t.slots[0];
             match kind_from(x.kind) {
                 Some(TxnKind::Deposit) => {
                     store_u128(&s.deposits, load_u128(&s.deposits) + u128::from(x.amount))
@@ -967,28 +970,12 @@ pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
                 Some(TxnKind::Transfer) => {}
                 None => return Err(format!("transaction kind {}", x.kind)),
             }
-            write_log(&t, x);
-            let caller_balance = if x.caller == x.from {
-                x.from_new
-            } else {
-                x.to_new
-            };
-            account(x.caller)?;
-            t.store_result(
-                x.caller,
-                x.req_id,
-                x.opcode,
-                x.target,
-                x.amount,
-                REFUSAL_NONE,
-                caller_balance,
-                x.txn_id,
-            );
+            t.apply_txn(x);
             if t.globals.txn_seq.load(Ordering::Relaxed) < x.txn_id {
                 t.globals.txn_seq.store(x.txn_id, Ordering::Relaxed);
             }
         }
-        Record::Log(x) => write_log(&t, x),
+        Record::Log(x) => t.write_log(x),
         Record::Refusal(o) | Record::Outcome(o) => {
             account(o.user)?;
             t.store_result(
@@ -1029,23 +1016,6 @@ pub fn replay(seg: &Segment, rec: &Record) -> Result<(), String> {
         Record::CheckpointBegin { .. } | Record::CheckpointEnd { .. } => {}
     }
     Ok(())
-}
-
-fn write_log(t: &Tables<'_>, x: &TxnRec) {
-    let e = t.log_entry(x.txn_id);
-    if e.txn_id.load(Ordering::Relaxed) > x.txn_id {
-        return;
-    }
-    e.kind.store(x.kind, Ordering::Relaxed);
-    e.from.store(x.from, Ordering::Relaxed);
-    e.to.store(x.to, Ordering::Relaxed);
-    e.amount.store(x.amount, Ordering::Relaxed);
-    e.from_balance.store(x.from_new, Ordering::Relaxed);
-    e.to_balance.store(x.to_new, Ordering::Relaxed);
-    e.time_ms.store(x.time_ms, Ordering::Relaxed);
-    e.from_prev.store(x.from_prev, Ordering::Relaxed);
-    e.to_prev.store(x.to_prev, Ordering::Relaxed);
-    e.txn_id.store(x.txn_id, Ordering::Release);
 }
 
 /// Every record a checkpoint of `seg` holds, in the order [`replay`] takes them: users, then

@@ -45,38 +45,18 @@ impl Drop for DataDir {
     }
 }
 
-/// True while `pid` runs (a zombie counts as gone).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X")
-    })
-}
-
 /// SIGKILL to the master, every worker and the journal writer, by pid; waits until they are
-/// gone and removes the shared memory, as a reboot would.
+/// gone and removes the shared memory, as a reboot would (the launcher's `crash`).
 fn crash_everything(server: &mut Server) {
     let json = server.stats_json();
-    let mut pids: Vec<u32> = server.worker_pids();
     let writer = json["journal"]["writer_pid"].as_u64().expect("writer pid") as u32;
     assert!(writer > 1, "a journal writer runs: {json}");
-    pids.push(writer);
-    pids.push(server.master_pid());
-    for &p in &pids {
-        assert!(p > 1);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    server.kill_master();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|&p| running(p)) {
-        assert!(Instant::now() < deadline, "processes outlived SIGKILL");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::fs::remove_file(server.shm_path()).expect("the crashed server's segment was left");
+    let killed = server.inner.crash().expect("crash the server");
+    assert!(
+        killed.contains(&writer) && killed.contains(&server.master_pid()),
+        "{killed:?}"
+    );
+    assert!(killed.iter().all(|&p| p > 1));
 }
 
 fn args<'a>(io: &'a str, dir: &'a DataDir) -> Vec<&'a str> {

@@ -133,8 +133,11 @@ impl Ctx<'_> {
             // yet on disk: it goes out once the journal is durable up to where it stands now.
             let need = shm::journal::head(self.seg);
             if need > shm::journal::durable(self.seg) {
+                // A connection joins the holding list when its queue starts holding; while it
+                // holds it is listed already (no search on this path).
+                let was_holding = st.out.holding();
                 st.out.hold_since(mark, need);
-                if !self.holding.contains(&st.key) {
+                if !was_holding && st.out.holding() {
                     self.holding.push(st.key);
                 }
             }
