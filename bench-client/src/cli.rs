@@ -32,6 +32,79 @@ pub enum Command {
     /// every account's BALANCE and TXN_HISTORY, read over the wire, are compared with the
     /// client's own model: every acknowledged operation exactly once, nothing else.
     Chaos(ChaosArgs),
+    /// This server beside Redis, like with like: starts both (uring-server and redis-server,
+    /// each on a free port, durability none and/or sync = `appendfsync always`) and runs
+    /// every cell of mix x pipeline against one, then the other (A B A B ...), the same load
+    /// loop speaking NS to one and RESP to the other. CSV rows, a summary and a side-by-side
+    /// table. Without redis-server: says how to install it and runs this server alone.
+    ///
+    /// The mixes in RESP: heartbeat = PING, balance = GET of the account's key, trade-heavy =
+    /// a checked-transfer and a deposit script (EVALSHA, loaded at start) and GET, chat-heavy
+    /// = PUBLISH to channels every connection is SUBSCRIBEd to (RESP3), and GET.
+    Peers(PeersArgs),
+}
+
+/// `bench-client peers`.
+#[derive(Debug, clap::Args)]
+pub struct PeersArgs {
+    /// Mixes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "heartbeat,balance,trade-heavy,chat-heavy"
+    )]
+    pub mix: Vec<Mix>,
+    /// Requests in flight per connection.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub pipeline: Vec<usize>,
+    /// Durability modes: none (NS --durability none, Redis without persistence) and sync (NS
+    /// --durability sync, Redis appendonly with appendfsync always).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "none,sync")]
+    pub durability: Vec<crate::server::Durability>,
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Chat text bytes.
+    #[arg(long, default_value_t = 32)]
+    pub payload: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unmeasured seconds before each run.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Runs of every cell on each server, interleaved.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// uring-server's worker processes (Redis runs commands on one thread: 1 is like for
+    /// like).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// uring-server's I/O backend.
+    #[arg(long, default_value = "uring")]
+    pub io: String,
+    /// The uring-server binary (default: beside this program).
+    #[arg(long)]
+    pub server: Option<PathBuf>,
+    /// The redis-server binary (default: $NS_REDIS_SERVER, else redis-server on PATH).
+    #[arg(long)]
+    pub redis_server: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// CPUs both servers' processes may run on (`taskset -c` syntax); default: any.
+    #[arg(long)]
+    pub server_cpus: Option<crate::cpus::CpuList>,
+    /// CPUs the client's threads may run on; default: any.
+    #[arg(long)]
+    pub client_cpus: Option<crate::cpus::CpuList>,
+    /// CSV to append to (required); the summary goes to `<out>-summary.csv` and the
+    /// side-by-side table to `<out>-table.md`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `bench-client chaos`.
@@ -193,6 +266,10 @@ pub struct RunArgs {
     /// Server port.
     #[arg(long, default_value_t = 9000)]
     pub port: u16,
+    /// The protocol: `ns` (this server) or `resp` (a Redis-compatible server: the mixes'
+    /// Redis equivalents, see `bench-client peers --help`).
+    #[arg(long, value_enum, default_value_t = crate::load::Protocol::Ns)]
+    pub protocol: crate::load::Protocol,
     /// Connections (each logs in as its own user).
     #[arg(long, default_value_t = 100)]
     pub connections: usize,
@@ -236,6 +313,10 @@ pub struct RunArgs {
     /// per request (server on this machine only).
     #[arg(long)]
     pub server_name: Option<String>,
+    /// A server process (any server, Redis too) whose CPU time per request to report;
+    /// repeatable.
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
     /// Write HdrHistogram percentile files (.hgrm) per operation into this directory.
     #[arg(long)]
     pub hist_dir: Option<PathBuf>,

@@ -76,6 +76,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         cell += 1;
                         let cfg = load::Config {
                             addr,
+                            protocol: load::Protocol::Ns,
                             connections,
                             threads: a.threads,
                             duration: Duration::from_secs_f64(a.duration),
@@ -119,6 +120,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             p50_us: r.total.latency_us.value_at_quantile(0.5),
                             p99_us: r.total.latency_us.value_at_quantile(0.99),
                             pushes_s: r.pushes as f64 / r.seconds,
+                            server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
+                            client_cpu_us: row.client_cpu_us_per_req,
                             audit: (!audit.is_empty()).then_some(audit == "pass"),
                         };
                         println!(
@@ -130,12 +133,12 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             run.pushes_s,
                             audit
                         );
-                        let cell_key = crate::summary::Cell {
-                            workers,
-                            mix: mix.name().to_string(),
-                            payload,
-                            connections,
-                        };
+                        let cell_key = crate::summary::Cell(vec![
+                            ("workers", workers.to_string()),
+                            ("mix", mix.name().to_string()),
+                            ("payload", payload.to_string()),
+                            ("connections", connections.to_string()),
+                        ]);
                         summary.add(cell_key, run);
                     }
                 }
@@ -331,8 +334,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let _ = getrandom::fill(&mut b);
         u64::from_le_bytes(b) % 1_000_000_000
     });
+    let mut server_pids: Vec<u32> = a
+        .server_name
+        .as_deref()
+        .map(server_pids)
+        .unwrap_or_default();
+    server_pids.extend(&a.server_pid);
     let cfg = load::Config {
         addr,
+        protocol: a.protocol,
         connections: a.connections,
         threads: a.threads,
         duration: Duration::from_secs_f64(a.duration),
@@ -344,15 +354,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         hot_accounts: a.hot_accounts,
         rooms: a.rooms,
         seed,
-        server_pids: a
-            .server_name
-            .as_deref()
-            .map(server_pids)
-            .unwrap_or_default(),
+        server_pids,
         client_cpus: a.client_cpus.clone().unwrap_or_default().0,
     };
     println!(
-        "bench-client: {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
+        "bench-client: {} to {addr}, {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
+        cfg.protocol.name(),
         cfg.connections,
         cfg.threads,
         cfg.mix.name(),
@@ -363,6 +370,45 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     );
     let r = load::run(&cfg)?;
+    print_results(&cfg, &r);
+    // RESP: the ledger's invariant, read back over the wire (NS: `uring-server audit`).
+    let mut audit = "";
+    if cfg.protocol == load::Protocol::Resp && matches!(cfg.mix, Mix::TradeHeavy | Mix::Mixed) {
+        let a = crate::resp_mix::audit(cfg.addr, cfg.seed)?;
+        println!(
+            "  audit over the wire: {} accounts sum to {}, deposits total {}, {} below zero: {}",
+            a.accounts,
+            a.sum,
+            a.deposited,
+            a.negative,
+            if a.holds() { "pass" } else { "FAIL" }
+        );
+        audit = if a.holds() { "pass" } else { "FAIL" };
+    }
+    if let Some(dir) = &a.hist_dir {
+        for (name, o) in OPS.iter().zip(&r.ops) {
+            if o.requests > 0 {
+                let file = dir.join(format!("{}-{}.hgrm", cfg.mix.name(), name.to_lowercase()));
+                load::write_hgrm(&file, &o.latency_us)?;
+            }
+        }
+        load::write_hgrm(
+            &dir.join(format!("{}-total.hgrm", cfg.mix.name())),
+            &r.total.latency_us,
+        )?;
+        println!("  percentile files in {}", dir.display());
+    }
+    if let Some(path) = a.out {
+        let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
+        CsvRow::new(&cfg, &a.backend, &r, audit, &git_commit(), &server_cpus).append(&path)?;
+        println!("  appended to {}", path.display());
+    }
+    anyhow::ensure!(audit != "FAIL", "the ledger audit failed");
+    Ok(())
+}
+
+/// The console report of one run: per operation and in total.
+fn print_results(cfg: &load::Config, r: &load::Results) {
     println!(
         "{:<10} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "op", "requests", "errors", "req/s", "p50_us", "p95_us", "p99_us", "p99.9_us", "max_us"
@@ -419,23 +465,4 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(s) = r.server_cpu_s {
         println!("  server CPU {s:.2} s = {:.2} us per request", per_req(s));
     }
-    if let Some(dir) = &a.hist_dir {
-        for (name, o) in OPS.iter().zip(&r.ops) {
-            if o.requests > 0 {
-                let file = dir.join(format!("{}-{}.hgrm", cfg.mix.name(), name.to_lowercase()));
-                load::write_hgrm(&file, &o.latency_us)?;
-            }
-        }
-        load::write_hgrm(
-            &dir.join(format!("{}-total.hgrm", cfg.mix.name())),
-            &r.total.latency_us,
-        )?;
-        println!("  percentile files in {}", dir.display());
-    }
-    if let Some(path) = a.out {
-        let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
-        CsvRow::new(&cfg, &a.backend, &r, "", &git_commit(), &server_cpus).append(&path)?;
-        println!("  appended to {}", path.display());
-    }
-    Ok(())
 }

@@ -2,6 +2,11 @@
 //! (never a thread per connection), closed loop with a pipeline depth, or open loop at a fixed
 //! rate with latency measured from each request's intended send time (coordinated omission
 //! corrected, the uncorrected figure kept beside it), as wrk2 does.
+//!
+//! The same loop speaks NS or RESP (`--protocol`, as memtier_benchmark's): only the setup, the
+//! encoding of a request and the parsing of an answer differ, so that a comparison with a
+//! Redis-compatible server measures the servers, not two clients. What each mix sends in RESP
+//! is in [`crate::resp_mix`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -17,6 +22,26 @@ use proto::body::*;
 use proto::{write_request, FrameDecoder, Push, Request, Status, BODY_LEN_LIMIT};
 
 use crate::client::Client;
+use crate::resp_mix::RespSetup;
+
+/// The wire protocol a run speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// This server's binary protocol (docs/PROTOCOL.md).
+    Ns,
+    /// RESP, to a Redis-compatible server: the mixes' Redis equivalents (see `resp_mix`).
+    Resp,
+}
+
+impl Protocol {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Ns => "ns",
+            Protocol::Resp => "resp",
+        }
+    }
+}
 
 /// What the connections send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +70,8 @@ impl Mix {
         }
     }
 
-    fn chats(self) -> bool {
+    /// True for the mixes that send chat messages (their connections join rooms).
+    pub fn chats(self) -> bool {
         matches!(self, Mix::ChatHeavy | Mix::Mixed)
     }
 }
@@ -55,6 +81,8 @@ impl Mix {
 pub struct Config {
     /// Server address.
     pub addr: SocketAddr,
+    /// What the server speaks.
+    pub protocol: Protocol,
     /// Connections, each logged in as its own user.
     pub connections: usize,
     /// Threads, each with its own event loop.
@@ -153,9 +181,15 @@ struct InFlight {
     sent_ns: u64,
 }
 
+/// Parses what one connection reads, in its protocol.
+enum Decoder {
+    Ns(FrameDecoder),
+    Resp(crate::resp::Decoder),
+}
+
 struct LoadConn {
     stream: TcpStream,
-    decoder: FrameDecoder,
+    decoder: Decoder,
     out: Vec<u8>,
     inflight: VecDeque<InFlight>,
     next_due_ns: u64,
@@ -165,14 +199,25 @@ struct LoadConn {
     next_req_id: u64,
 }
 
-/// CPU seconds the given processes have run (from /proc/PID/schedstat, nanosecond precision).
+/// CPU seconds the given processes have run, every thread of each counted (io_uring's
+/// io-wq workers, Redis's background threads), from /proc/PID/task/TID/schedstat (nanosecond
+/// precision). A thread that exits takes its time with it: none of these servers' threads
+/// come and go during a run but io-wq's, which idle 5 s before they exit.
 pub fn server_cpu_seconds(pids: &[u32]) -> f64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/schedstat")).ok())
-        .filter_map(|s| {
+    let ns_of = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path).ok().and_then(|s| {
             s.split_whitespace()
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())
+        })
+    };
+    pids.iter()
+        .map(|p| match std::fs::read_dir(format!("/proc/{p}/task")) {
+            Ok(tasks) => tasks
+                .flatten()
+                .filter_map(|t| ns_of(t.path().join("schedstat")))
+                .sum::<u64>(),
+            Err(_) => 0,
         })
         .sum::<u64>() as f64
         / 1e9
@@ -233,57 +278,42 @@ fn cpu_seconds() -> f64 {
     })
 }
 
-/// Logs every connection in (each as its own user, funded), spreads them over the threads, runs
-/// the load, and merges the threads' histograms.
-pub fn run(cfg: &Config) -> anyhow::Result<Results> {
-    anyhow::ensure!(
-        cfg.connections > 0 && cfg.threads > 0,
-        "connections and threads > 0"
-    );
-    anyhow::ensure!(cfg.pipeline > 0, "pipeline > 0");
+/// A connection set up for the load: logged in (NS) or funded and subscribed (RESP).
+struct Ready {
+    stream: TcpStream,
+    user_id: u32,
+    room_id: u32,
+    next_req_id: u64,
+}
+
+/// NS: every connection logs in as its own user (registered and funded if new) and joins its
+/// room for the chat mixes. Returns the connections, the hot accounts' user ids and the
+/// number of distinct workers the connections landed on.
+fn setup_ns(cfg: &Config) -> anyhow::Result<(Vec<Ready>, Vec<u32>, usize)> {
     let salt = [0x42u8; 16];
     let secret =
         proto::scram::ClientSecret::derive(b"bench", &salt, proto::scram::ITERATIONS_DEFAULT);
     // Setup in parallel: logins cost a few round trips each.
-    let per = cfg.connections.div_ceil(cfg.threads);
-    let setups: Vec<_> = (0..cfg.threads)
-        .map(|t| {
-            let (cfg, secret) = (cfg.clone(), secret.clone());
-            std::thread::spawn(move || -> anyhow::Result<Vec<(Client, u16, u32)>> {
-                let mut out = Vec::new();
-                for i in (t * per)..((t + 1) * per).min(cfg.connections) {
-                    let mut c = Client::connect(cfg.addr, Duration::from_secs(10))?;
-                    let w = c.hello("bench-client")?.worker_id;
-                    let user = format!("b{}x{i}", cfg.seed % 1_000_000);
-                    match c.register_secret(&user, &salt, &secret) {
-                        Ok(_) => {}
-                        Err(crate::ClientError::Refused(Status::ErrAlreadyExists, _)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                    c.login_secret(&user, secret.clone())?;
-                    if c.balance()? < 1_000_000 {
-                        c.ledger(&Request::Deposit(AmountRequest { amount: 1_000_000 }))?;
-                    }
-                    let room = if cfg.mix.chats() {
-                        c.join(&format!("r{}", i % cfg.rooms.max(1)))?.0
-                    } else {
-                        0
-                    };
-                    out.push((c, w, room));
-                    // Stagger connects a little.
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Ok(out)
-            })
-        })
-        .collect();
-    let mut clients = Vec::new();
-    for s in setups {
-        clients.extend(
-            s.join()
-                .map_err(|_| anyhow::anyhow!("a setup thread panicked"))??,
-        );
-    }
+    let clients = in_parallel(cfg, move |cfg, i| {
+        let mut c = Client::connect(cfg.addr, Duration::from_secs(10))?;
+        let w = c.hello("bench-client")?.worker_id;
+        let user = format!("b{}x{i}", cfg.seed % 1_000_000);
+        match c.register_secret(&user, &salt, &secret) {
+            Ok(_) => {}
+            Err(crate::ClientError::Refused(Status::ErrAlreadyExists, _)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        c.login_secret(&user, secret.clone())?;
+        if c.balance()? < 1_000_000 {
+            c.ledger(&Request::Deposit(AmountRequest { amount: 1_000_000 }))?;
+        }
+        let room = if cfg.mix.chats() {
+            c.join(&format!("r{}", i % cfg.rooms.max(1)))?.0
+        } else {
+            0
+        };
+        Ok((c, w, room))
+    })?;
     let workers_seen = clients
         .iter()
         .map(|(_, w, _)| *w)
@@ -294,6 +324,82 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         .take(cfg.hot_accounts.max(2))
         .map(|(c, _, _)| c.user_id)
         .collect();
+    let ready = clients
+        .into_iter()
+        .map(|(c, _, room_id)| Ready {
+            user_id: c.user_id,
+            room_id,
+            // The connection keeps counting where its login left off: above the user's
+            // high-water mark, so a second run with the same users is not refused as stale.
+            next_req_id: c.last_req_id(),
+            stream: c.into_stream(),
+        })
+        .collect();
+    Ok((ready, hot, workers_seen))
+}
+
+/// Runs `one(cfg, i)` for every connection index on `cfg.threads` threads (connections are
+/// set up a few round trips each: in parallel, staggered a little); results in index order.
+pub(crate) fn in_parallel<T: Send + 'static>(
+    cfg: &Config,
+    one: impl Fn(&Config, usize) -> anyhow::Result<T> + Send + Clone + 'static,
+) -> anyhow::Result<Vec<T>> {
+    let per = cfg.connections.div_ceil(cfg.threads);
+    let setups: Vec<_> = (0..cfg.threads)
+        .map(|t| {
+            let (cfg, one) = (cfg.clone(), one.clone());
+            std::thread::spawn(move || -> anyhow::Result<Vec<T>> {
+                let mut out = Vec::new();
+                for i in (t * per)..((t + 1) * per).min(cfg.connections) {
+                    out.push(one(&cfg, i)?);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Ok(out)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for s in setups {
+        all.extend(
+            s.join()
+                .map_err(|_| anyhow::anyhow!("a setup thread panicked"))??,
+        );
+    }
+    Ok(all)
+}
+
+/// Sets every connection up (in the run's protocol), spreads them over the threads, runs the
+/// load, and merges the threads' histograms.
+pub fn run(cfg: &Config) -> anyhow::Result<Results> {
+    anyhow::ensure!(
+        cfg.connections > 0 && cfg.threads > 0,
+        "connections and threads > 0"
+    );
+    anyhow::ensure!(cfg.pipeline > 0, "pipeline > 0");
+    let (ready, hot, workers_seen, resp) = match cfg.protocol {
+        Protocol::Ns => {
+            let (ready, hot, seen) = setup_ns(cfg)?;
+            (ready, hot, seen, None)
+        }
+        Protocol::Resp => {
+            let setup = RespSetup::prepare(cfg)?;
+            let ready = in_parallel(cfg, {
+                let setup = setup.clone();
+                move |cfg, i| {
+                    let (stream, room_id) = setup.connection(cfg, i)?;
+                    Ok(Ready {
+                        stream,
+                        user_id: i as u32,
+                        room_id,
+                        next_req_id: 0,
+                    })
+                }
+            })?;
+            let hot = (0..cfg.hot_accounts.max(2).min(cfg.connections) as u32).collect();
+            // One event loop serves every command in Redis.
+            (ready, hot, 1, Some(setup))
+        }
+    };
     let base = Instant::now();
     let warm_end = base + cfg.warmup;
     let end = warm_end + cfg.duration;
@@ -301,35 +407,39 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         .rate
         .map(|r| (1e9 * cfg.connections as f64 / r.max(1.0)) as u64);
     let mut groups: Vec<Vec<LoadConn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
-    for (i, (c, _, room_id)) in clients.into_iter().enumerate() {
-        let user_id = c.user_id;
-        // The connection keeps counting where its login left off: above the user's high-water
-        // mark, so a second run with the same users is not refused as stale.
-        let next_req_id = c.last_req_id();
-        let stream = c.into_stream();
-        stream.set_nonblocking(true)?;
+    for (i, r) in ready.into_iter().enumerate() {
+        r.stream.set_nonblocking(true)?;
         groups[i % cfg.threads].push(LoadConn {
-            stream,
-            decoder: FrameDecoder::new(BODY_LEN_LIMIT),
+            stream: r.stream,
+            decoder: match cfg.protocol {
+                Protocol::Ns => Decoder::Ns(FrameDecoder::new(BODY_LEN_LIMIT)),
+                Protocol::Resp => Decoder::Resp(crate::resp::Decoder::new()),
+            },
             out: Vec::with_capacity(4096),
             inflight: VecDeque::new(),
             // Spread the open-loop schedule so connections do not fire together.
             next_due_ns: per_conn_interval_ns
                 .map_or(0, |iv| iv * i as u64 / cfg.connections as u64),
-            user_id,
-            room_id,
+            user_id: r.user_id,
+            room_id: r.room_id,
             rng: Rng::stream(cfg.seed, i as u64),
-            next_req_id,
+            next_req_id: r.next_req_id,
         });
     }
     let handles: Vec<_> = groups
         .into_iter()
         .map(|conns| {
-            let (cfg, hot) = (cfg.clone(), hot.clone());
+            let (cfg, hot, resp) = (cfg.clone(), hot.clone(), resp.clone());
             std::thread::spawn(move || {
                 crate::cpus::pin_current(&cfg.client_cpus)
                     .map_err(|e| anyhow::anyhow!("--client-cpus: {e}"))?;
-                drive(conns, &cfg, &hot, base, warm_end, end, per_conn_interval_ns)
+                let clock = Clock {
+                    base,
+                    warm_end,
+                    end,
+                    interval_ns: per_conn_interval_ns,
+                };
+                drive(conns, &cfg, &hot, resp.as_deref(), &clock)
             })
         })
         .collect();
@@ -369,15 +479,74 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
 
 type ThreadResult = anyhow::Result<(Vec<OpStats>, u64, Histogram<u64>)>;
 
-#[allow(clippy::too_many_arguments)]
+/// A run's timeline, shared by its threads.
+struct Clock {
+    base: Instant,
+    warm_end: Instant,
+    end: Instant,
+    /// Open loop: nanoseconds between one connection's requests.
+    interval_ns: Option<u64>,
+}
+
+/// One thread's measurements.
+struct Tally {
+    ops: Vec<OpStats>,
+    pushes: u64,
+    push_hist: Histogram<u64>,
+    warm_ns: u64,
+    end_ns: u64,
+}
+
+impl Tally {
+    /// An answer to the oldest request in `inflight` (NS answers carry the req_id they
+    /// answer, RESP ones come in order): `error` is its status when not OK.
+    fn answer_in(
+        &mut self,
+        inflight: &mut VecDeque<InFlight>,
+        req_id: Option<u64>,
+        error: Option<&'static str>,
+        done_ns: u64,
+    ) -> anyhow::Result<()> {
+        let Some(sent) = inflight.pop_front() else {
+            anyhow::bail!("a response nobody asked for");
+        };
+        if let Some(id) = req_id {
+            anyhow::ensure!(sent.req_id == id, "response out of order");
+        }
+        if sent.intended_ns >= self.warm_ns && done_ns < self.end_ns {
+            let o = &mut self.ops[sent.op];
+            o.requests += 1;
+            if let Some(e) = error {
+                *o.errors.entry(e).or_default() += 1;
+            }
+            o.latency_us
+                .saturating_record(((done_ns - sent.intended_ns) / 1000).max(1));
+            o.latency_uncorrected_us
+                .saturating_record(((done_ns - sent.sent_ns) / 1000).max(1));
+        }
+        Ok(())
+    }
+
+    /// A chat message delivered: its text starts with `t=<send time in ns>|`.
+    fn delivered(&mut self, text: &[u8], done_ns: u64) {
+        let sent_ns = text
+            .get(2..22)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(sent_ns) = sent_ns.filter(|&t| t >= self.warm_ns) {
+            self.pushes += 1;
+            self.push_hist
+                .saturating_record((done_ns.saturating_sub(sent_ns) / 1000).max(1));
+        }
+    }
+}
+
 fn drive(
     mut conns: Vec<LoadConn>,
     cfg: &Config,
     hot: &[u32],
-    base: Instant,
-    warm_end: Instant,
-    end: Instant,
-    interval_ns: Option<u64>,
+    resp: Option<&RespSetup>,
+    clock: &Clock,
 ) -> ThreadResult {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     for (i, c) in conns.iter().enumerate() {
@@ -386,31 +555,39 @@ fn drive(
             EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
         )?;
     }
-    let mut ops: Vec<OpStats> = OPS.iter().map(|_| OpStats::new()).collect();
-    let mut pushes = 0u64;
-    let mut push_hist = hist();
+    let base = clock.base;
+    let mut tally = Tally {
+        ops: OPS.iter().map(|_| OpStats::new()).collect(),
+        pushes: 0,
+        push_hist: hist(),
+        warm_ns: (clock.warm_end - base).as_nanos() as u64,
+        end_ns: (clock.end - base).as_nanos() as u64,
+    };
     let mut events = vec![EpollEvent::empty(); 256];
     let mut buf = vec![0u8; 1 << 16];
-    let warm_ns = (warm_end - base).as_nanos() as u64;
-    let text_pad = "x".repeat(cfg.payload.max(24));
+    let mut enc = Encoder {
+        text_pad: "x".repeat(cfg.payload.max(24)),
+        text: String::new(),
+        scratch: Vec::new(),
+    };
     loop {
         let now = Instant::now();
-        if now >= end {
+        if now >= clock.end {
             break;
         }
         let now_ns = (now - base).as_nanos() as u64;
         // Send what is due.
         for c in conns.iter_mut() {
-            match interval_ns {
+            match clock.interval_ns {
                 None => {
                     while c.inflight.len() < cfg.pipeline {
-                        queue(c, cfg, hot, now_ns, now_ns, &text_pad);
+                        queue(c, cfg, hot, resp, now_ns, now_ns, &mut enc);
                     }
                 }
                 Some(iv) => {
                     while c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
                         let due = c.next_due_ns;
-                        queue(c, cfg, hot, due, now_ns, &text_pad);
+                        queue(c, cfg, hot, resp, due, now_ns, &mut enc);
                         c.next_due_ns += iv;
                     }
                 }
@@ -425,7 +602,11 @@ fn drive(
                 }
             }
         }
-        let timeout = if interval_ns.is_some() { 1u16 } else { 50 };
+        let timeout = if clock.interval_ns.is_some() {
+            1u16
+        } else {
+            50
+        };
         let n = match epoll.wait(&mut events, EpollTimeout::from(timeout)) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
@@ -441,73 +622,89 @@ fn drive(
                     Err(e) => return Err(e.into()),
                 };
                 let done_ns = (Instant::now() - base).as_nanos() as u64;
-                let mut input = &buf[..got];
-                while !input.is_empty() {
-                    let (used, res) = c.decoder.decode(input);
-                    input = &input[used..];
-                    let Some(f) = res.map_err(|e| anyhow::anyhow!("bad frame: {e}"))? else {
-                        continue;
-                    };
-                    if f.header.flags.is_response() {
-                        let Some(sent) = c.inflight.pop_front() else {
-                            anyhow::bail!("a response nobody asked for");
-                        };
-                        anyhow::ensure!(sent.req_id == f.header.req_id, "response out of order");
-                        if sent.intended_ns >= warm_ns && done_ns < (end - base).as_nanos() as u64 {
-                            let o = &mut ops[sent.op];
-                            o.requests += 1;
-                            if f.header.status != Status::Ok {
-                                *o.errors.entry(f.header.status.name()).or_default() += 1;
-                            }
-                            o.latency_us
-                                .saturating_record(((done_ns - sent.intended_ns) / 1000).max(1));
-                            o.latency_uncorrected_us
-                                .saturating_record(((done_ns - sent.sent_ns) / 1000).max(1));
-                        }
-                    } else if let Ok(Push::ChatBroadcast(b)) = f.push() {
-                        let t = b.message.text.as_str();
-                        if let Some(sent_ns) = t.get(2..22).and_then(|s| s.parse::<u64>().ok()) {
-                            if sent_ns >= warm_ns {
-                                pushes += 1;
-                                push_hist.saturating_record(
-                                    (done_ns.saturating_sub(sent_ns) / 1000).max(1),
-                                );
-                            }
-                        }
-                    }
-                }
+                received(c, &buf[..got], done_ns, &mut tally)?;
                 if got < buf.len() {
                     break;
                 }
             }
         }
     }
-    Ok((ops, pushes, push_hist))
+    Ok((tally.ops, tally.pushes, tally.push_hist))
+}
+
+/// Takes the answers and pushes in bytes read from `c`.
+fn received(c: &mut LoadConn, bytes: &[u8], done_ns: u64, tally: &mut Tally) -> anyhow::Result<()> {
+    match &mut c.decoder {
+        Decoder::Ns(decoder) => {
+            let mut input = bytes;
+            while !input.is_empty() {
+                let (used, res) = decoder.decode(input);
+                input = &input[used..];
+                let Some(f) = res.map_err(|e| anyhow::anyhow!("bad frame: {e}"))? else {
+                    continue;
+                };
+                if f.header.flags.is_response() {
+                    let status = f.header.status;
+                    let error = (status != Status::Ok).then(|| status.name());
+                    tally.answer_in(&mut c.inflight, Some(f.header.req_id), error, done_ns)?;
+                } else if let Ok(Push::ChatBroadcast(b)) = f.push() {
+                    tally.delivered(b.message.text.as_str().as_bytes(), done_ns);
+                }
+            }
+            Ok(())
+        }
+        Decoder::Resp(decoder) => {
+            let inflight = &mut c.inflight;
+            decoder.feed(bytes, |v| -> anyhow::Result<()> {
+                match v {
+                    crate::resp::Value::Push(items) => {
+                        if let [crate::resp::Value::Bulk(b"message"), _, crate::resp::Value::Bulk(text)] =
+                            items.as_slice()
+                        {
+                            tally.delivered(text, done_ns);
+                        }
+                        Ok(())
+                    }
+                    v => {
+                        let error = v.error_code().map(crate::resp_mix::error_name);
+                        tally.answer_in(inflight, None, error, done_ns)
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// What a thread reuses to encode requests: the chat text and its padding, a scratch buffer.
+struct Encoder {
+    text_pad: String,
+    text: String,
+    scratch: Vec<u8>,
 }
 
 /// Appends one request of the mix to the connection's output.
-#[allow(clippy::too_many_arguments)]
 fn queue(
     c: &mut LoadConn,
     cfg: &Config,
     hot: &[u32],
+    resp: Option<&RespSetup>,
     intended_ns: u64,
     now_ns: u64,
-    text_pad: &str,
+    enc: &mut Encoder,
 ) {
     let roll = c.rng.below(100);
-    let (op, kind) = match cfg.mix {
-        Mix::Balance => (1, 1),
-        Mix::Heartbeat => (4, 4),
-        Mix::TradeHeavy if roll < 70 => (0, 0),
-        Mix::TradeHeavy if roll < 90 => (1, 1),
-        Mix::TradeHeavy => (2, 2),
-        Mix::ChatHeavy if roll < 80 => (3, 3),
-        Mix::ChatHeavy => (1, 1),
-        Mix::Mixed if roll < 30 => (0, 0),
-        Mix::Mixed if roll < 50 => (1, 1),
-        Mix::Mixed if roll < 90 => (3, 3),
-        Mix::Mixed => (2, 2),
+    let op = match cfg.mix {
+        Mix::Balance => Op::Balance,
+        Mix::Heartbeat => Op::Heartbeat,
+        Mix::TradeHeavy if roll < 70 => Op::Transfer,
+        Mix::TradeHeavy if roll < 90 => Op::Balance,
+        Mix::TradeHeavy => Op::Deposit,
+        Mix::ChatHeavy if roll < 80 => Op::ChatSend,
+        Mix::ChatHeavy => Op::Balance,
+        Mix::Mixed if roll < 30 => Op::Transfer,
+        Mix::Mixed if roll < 50 => Op::Balance,
+        Mix::Mixed if roll < 90 => Op::ChatSend,
+        Mix::Mixed => Op::Deposit,
     };
     c.next_req_id += 1;
     let req_id = c.next_req_id;
@@ -515,37 +712,71 @@ fn queue(
     if to == c.user_id {
         to = hot[(hot.iter().position(|&h| h == to).unwrap_or(0) + 1) % hot.len()];
     }
-    let text;
-    let req = match kind {
-        0 => Request::Transfer(TransferRequest {
-            to: Target::Id(to),
-            amount: 1,
-        }),
-        1 => Request::Balance(Empty {}),
-        2 => Request::Deposit(AmountRequest { amount: 1 }),
-        4 => Request::Heartbeat(HeartbeatRequest {
-            client_time_ms: now_ns / 1_000_000,
-        }),
-        _ => {
-            // The send time leads the text, so every member can measure delivery latency.
-            let mut t = format!("t={now_ns:020}|");
-            t.push_str(&text_pad[..cfg.payload.max(24) - t.len().min(cfg.payload.max(24))]);
-            text = t;
-            match Text::new(&text) {
-                Ok(text) => Request::ChatSend(ChatSendRequest {
-                    room_id: c.room_id,
-                    text,
+    if op == Op::ChatSend {
+        // The send time leads the text, so every member can measure delivery latency.
+        use std::fmt::Write as _;
+        let len = cfg.payload.max(24);
+        enc.text.clear();
+        let _ = write!(enc.text, "t={now_ns:020}|");
+        let pad = len - enc.text.len().min(len);
+        enc.text.push_str(&enc.text_pad[..pad]);
+    }
+    let sent = match resp {
+        Some(setup) => {
+            setup.encode(
+                &mut c.out,
+                &mut enc.scratch,
+                op,
+                c.user_id,
+                to,
+                c.room_id,
+                &enc.text,
+            );
+            true
+        }
+        None => {
+            let req = match op {
+                Op::Transfer => Request::Transfer(TransferRequest {
+                    to: Target::Id(to),
+                    amount: 1,
                 }),
-                Err(_) => Request::Balance(Empty {}),
-            }
+                Op::Balance => Request::Balance(Empty {}),
+                Op::Deposit => Request::Deposit(AmountRequest { amount: 1 }),
+                Op::Heartbeat => Request::Heartbeat(HeartbeatRequest {
+                    client_time_ms: now_ns / 1_000_000,
+                }),
+                Op::ChatSend => match Text::new(&enc.text) {
+                    Ok(text) => Request::ChatSend(ChatSendRequest {
+                        room_id: c.room_id,
+                        text,
+                    }),
+                    Err(_) => Request::Balance(Empty {}),
+                },
+            };
+            write_request(&mut c.out, req_id, &req, BODY_LEN_LIMIT).is_ok()
         }
     };
-    if write_request(&mut c.out, req_id, &req, BODY_LEN_LIMIT).is_ok() {
+    if sent {
         c.inflight.push_back(InFlight {
             req_id,
-            op,
+            op: op as usize,
             intended_ns,
             sent_ns: now_ns,
         });
     }
+}
+
+/// The operations of the mixes, numbered in [`OPS`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// TRANSFER of 1 to a hot account / the transfer script.
+    Transfer = 0,
+    /// BALANCE / GET.
+    Balance = 1,
+    /// DEPOSIT of 1 / the deposit script.
+    Deposit = 2,
+    /// CHAT_SEND to the connection's room / PUBLISH to its channel.
+    ChatSend = 3,
+    /// HEARTBEAT / PING.
+    Heartbeat = 4,
 }

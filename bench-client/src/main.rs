@@ -15,6 +15,7 @@ fn main() {
         Command::Sweep(s) => commands::sweep(s),
         Command::Chat(c) => commands::chat(c),
         Command::Chaos(c) => commands::chaos(c),
+        Command::Peers(p) => bench_client::peers::peers(p),
     };
     if let Err(e) = result {
         eprintln!("bench-client: {e:#}");

@@ -73,6 +73,12 @@ pub struct CsvRow {
     pub server_workers: Option<u32>,
     /// Which run of its cell this is, from 0 (a sweep's `--repeat`; empty for `run`).
     pub repeat: Option<u32>,
+    /// The protocol spoken: `ns` or `resp`.
+    pub protocol: &'static str,
+    /// The server (`uring-server`, `redis-server 7.0.15`) when the client started it.
+    pub server: String,
+    /// Its durability (`none`, `sync`) when the client started it.
+    pub durability: String,
 }
 
 /// Rounds to `places` decimals, for columns people read.
@@ -130,6 +136,9 @@ impl CsvRow {
             client_cpus: crate::cpus::format(&cfg.client_cpus),
             server_workers: None,
             repeat: None,
+            protocol: cfg.protocol.name(),
+            server: String::new(),
+            durability: String::new(),
         }
     }
 
@@ -221,6 +230,9 @@ mod tests {
             client_cpus: "1 2".into(),
             server_workers: Some(2),
             repeat: Some(1),
+            protocol: "resp",
+            server: "redis-server 7.0.15".into(),
+            durability: "sync".into(),
         };
         row.append(&path).expect("first");
         row.append(&path).expect("second");
@@ -230,12 +242,12 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("timestamp,cores,kernel,git_commit,backend,"));
         assert!(lines[0].ends_with(
-            "server_cpu_us_per_req,audit,server_cpus,client_cpus,server_workers,repeat"
+            "server_cpu_us_per_req,audit,server_cpus,client_cpus,server_workers,repeat,protocol,server,durability"
         ));
-        assert_eq!(lines[0].split(',').count(), 32);
+        assert_eq!(lines[0].split(',').count(), 35);
         assert_eq!(
             lines[1],
-            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2,2,1"
+            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2,2,1,resp,redis-server 7.0.15,sync"
         );
     }
 }

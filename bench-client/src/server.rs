@@ -350,3 +350,174 @@ pub fn process_running(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X")
     })
 }
+
+/// How durable a spawned Redis is: the peer of the NS server's `--durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// NS `--durability none`; Redis `--save "" --appendonly no`: nothing written.
+    None,
+    /// NS `--durability sync`; Redis `--appendonly yes --appendfsync always`: an answer only
+    /// once its write is on stable storage.
+    Sync,
+}
+
+impl Durability {
+    /// Its name in reports (and the NS server's `--durability` value).
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Sync => "sync",
+        }
+    }
+
+    /// Redis's arguments for it.
+    pub fn redis_args(self) -> &'static [&'static str] {
+        match self {
+            Durability::None => &["--save", "", "--appendonly", "no"],
+            Durability::Sync => &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        }
+    }
+}
+
+/// A `redis-server` this process started: on a free loopback port, its files in a temporary
+/// directory of its own, stopped (SIGTERM by pid, then SIGKILL) and reaped on drop, the
+/// directory removed.
+#[derive(Debug)]
+pub struct SpawnedRedis {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `redis-server 7.0.15`, as its `--version` says.
+    pub version: String,
+    dir: PathBuf,
+}
+
+/// The `redis-server` to compare with: `$NS_REDIS_SERVER`, else the first on `PATH`.
+pub fn locate_redis() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NS_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+}
+
+/// What to tell someone who has no `redis-server`.
+pub const REDIS_MISSING: &str = "redis-server not found (neither $NS_REDIS_SERVER nor on PATH): \
+     install it (Debian/Ubuntu: apt-get install redis-server) to compare with Redis";
+
+impl SpawnedRedis {
+    /// Starts `exe` with `durability`, pinned to `cpus` (empty: any), and waits until it
+    /// answers PING.
+    pub fn start(exe: &Path, durability: Durability, cpus: &[usize]) -> anyhow::Result<Self> {
+        let version = Command::new(exe)
+            .arg("--version")
+            .output()
+            .map_err(|e| anyhow::anyhow!("running {} --version: {e}", exe.display()))?;
+        let version = String::from_utf8_lossy(&version.stdout);
+        let version = version
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .map_or_else(
+                || "redis-server".to_string(),
+                |v| format!("redis-server {v}"),
+            );
+        let dir = std::env::temp_dir().join(format!(
+            "ns-redis-{}-{}",
+            std::process::id(),
+            NEXT_REDIS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        // A free port, taken back from the kernel just before Redis binds it; a race lost to
+        // another program shows as Redis exiting, and is retried.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let _placed = crate::cpus::Scoped::pin(cpus)
+                .map_err(|e| anyhow::anyhow!("--server-cpus: {e}"))?;
+            let mut child = Command::new(exe)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--protected-mode", "no", "--daemonize", "no"])
+                .arg("--logfile")
+                .arg(dir.join("redis.log"))
+                .arg("--dir")
+                .arg(&dir)
+                .args(durability.redis_args())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting {}: {e}", exe.display()))?;
+            drop(_placed);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = format!(
+                        "redis-server exited ({status}): {}",
+                        std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                let ping = crate::resp::Conn::connect(addr, std::time::Duration::from_secs(1))
+                    .and_then(|mut c| {
+                        c.call(&[b"PING"], |v| {
+                            Ok(v.clone() == crate::resp::Value::Simple(b"PONG"))
+                        })
+                    });
+                if let Ok(true) = ping {
+                    return Ok(SpawnedRedis {
+                        child,
+                        addr,
+                        version,
+                        dir,
+                    });
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = "redis-server did not answer PING within 10 s".into();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        anyhow::bail!("{last}")
+    }
+
+    /// Its pid (one process; its threads are counted by [`crate::load::server_cpu_seconds`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+static NEXT_REDIS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for SpawnedRedis {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) {
+                if std::time::Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

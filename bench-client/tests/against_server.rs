@@ -101,6 +101,7 @@ fn a_short_closed_loop_run_measures_every_request() {
     let server = Server::start(&["--flood-burst", "100000", "--flood-per-sec", "100000"]);
     for mix in [Mix::Balance, Mix::TradeHeavy, Mix::Mixed] {
         let cfg = load::Config {
+            protocol: load::Protocol::Ns,
             addr: server.addr,
             connections: 12,
             threads: 2,
@@ -217,6 +218,7 @@ fn stall_server_later(
 fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
     let server = Server::start(&[]);
     let cfg = |rate: Option<f64>| load::Config {
+        protocol: load::Protocol::Ns,
         addr: server.addr,
         connections: 10,
         threads: 1,

@@ -1,0 +1,375 @@
+//! `bench-client peers`: this server beside Redis, driven by the same load loop (NS to one,
+//! RESP to the other, see [`crate::resp_mix`]), cell by cell, interleaved, with the same
+//! placement, durability and measurement on both.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cli::PeersArgs;
+use crate::load::{self, Protocol};
+use crate::report::{git_commit, CsvRow};
+use crate::server::{Durability, SpawnedRedis, SpawnedServer};
+use crate::summary::{summary_path, Cell, Run, Summary};
+
+/// The two servers' names in reports.
+pub const NS: &str = "uring-server";
+/// Redis's, whatever its version.
+pub const REDIS: &str = "redis";
+
+/// One server of a durability round, started by this command.
+enum Peer {
+    Ns(SpawnedServer),
+    Redis(SpawnedRedis),
+}
+
+impl Peer {
+    fn name(&self) -> &'static str {
+        match self {
+            Peer::Ns(_) => NS,
+            Peer::Redis(_) => REDIS,
+        }
+    }
+}
+
+/// `bench-client peers`.
+pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
+    let commit = git_commit();
+    let ns_exe = match a.server.clone() {
+        Some(p) => p,
+        None => crate::server::locate()?,
+    };
+    let redis_exe = a.redis_server.clone().or_else(crate::server::locate_redis);
+    if redis_exe.is_none() {
+        eprintln!(
+            "peers: {}. Running uring-server ALONE: no Redis figures in this run.",
+            crate::server::REDIS_MISSING
+        );
+    }
+    let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
+    let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
+    let mut summary = Summary::default();
+    println!(
+        "{:>6} {:>10} {:>12} {:>11} {:>8} {:>10} {:>8} {:>8} {:>11} {:>6}",
+        "repeat",
+        "durability",
+        "server",
+        "mix",
+        "pipeline",
+        "req/s",
+        "p50_us",
+        "p99_us",
+        "srv_cpu_us",
+        "audit"
+    );
+    for &durability in &a.durability {
+        let mut peers = vec![Peer::Ns(start_ns(&a, &ns_exe, durability, &server_cpus)?)];
+        if let Some(exe) = &redis_exe {
+            peers.push(Peer::Redis(SpawnedRedis::start(
+                exe,
+                durability,
+                &server_cpus,
+            )?));
+        }
+        for repeat in 0..a.repeat {
+            for (m, &mix) in a.mix.iter().enumerate() {
+                for (p, &pipeline) in a.pipeline.iter().enumerate() {
+                    // A B, then B A on the next repeat: neither server always runs second.
+                    let order: Vec<&Peer> = if repeat % 2 == 0 {
+                        peers.iter().collect()
+                    } else {
+                        peers.iter().rev().collect()
+                    };
+                    for peer in order {
+                        let cfg = load::Config {
+                            addr: match peer {
+                                Peer::Ns(s) => s.addr,
+                                Peer::Redis(r) => r.addr,
+                            },
+                            protocol: match peer {
+                                Peer::Ns(_) => Protocol::Ns,
+                                Peer::Redis(_) => Protocol::Resp,
+                            },
+                            connections: a.connections,
+                            threads: a.threads,
+                            duration: Duration::from_secs_f64(a.duration),
+                            warmup: Duration::from_secs_f64(a.warmup),
+                            mix,
+                            payload: a.payload,
+                            pipeline,
+                            rate: None,
+                            hot_accounts: 8,
+                            rooms: 10,
+                            // The same users (keys) for a cell on every repeat.
+                            seed: a.seed.wrapping_mul(1000) + (m * a.pipeline.len() + p) as u64,
+                            server_pids: match peer {
+                                Peer::Ns(s) => s.pids(),
+                                Peer::Redis(r) => vec![r.pid()],
+                            },
+                            client_cpus: client_cpus.clone(),
+                        };
+                        let r = load::run(&cfg)?;
+                        let audit = audit(peer, &cfg)?;
+                        let (backend, version, workers) = match peer {
+                            Peer::Ns(s) => (s.backend.clone(), NS.to_string(), a.workers),
+                            Peer::Redis(r) => ("epoll".to_string(), r.version.clone(), 1),
+                        };
+                        let mut row = CsvRow::new(&cfg, &backend, &r, audit, &commit, &server_cpus);
+                        row.server_workers = Some(workers);
+                        row.repeat = Some(repeat);
+                        row.server = version;
+                        row.durability = durability.name().to_string();
+                        row.append(&a.out)?;
+                        let run = Run {
+                            req_s: r.total.requests as f64 / r.seconds,
+                            p50_us: r.total.latency_us.value_at_quantile(0.5),
+                            p99_us: r.total.latency_us.value_at_quantile(0.99),
+                            pushes_s: r.pushes as f64 / r.seconds,
+                            server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
+                            client_cpu_us: row.client_cpu_us_per_req,
+                            audit: (!audit.is_empty()).then_some(audit == "pass"),
+                        };
+                        println!(
+                            "{repeat:>6} {:>10} {:>12} {:>11} {pipeline:>8} {:>10.0} {:>8} {:>8} {:>11.2} {:>6}",
+                            durability.name(),
+                            peer.name(),
+                            mix.name(),
+                            run.req_s,
+                            run.p50_us,
+                            run.p99_us,
+                            run.server_cpu_us,
+                            audit
+                        );
+                        anyhow::ensure!(
+                            audit != "FAIL",
+                            "the ledger audit of {} failed after {} (repeat {repeat})",
+                            peer.name(),
+                            mix.name()
+                        );
+                        summary.add(cell(peer.name(), durability, mix, pipeline, &a), run);
+                    }
+                }
+            }
+        }
+    }
+    let summary_file = summary_path(&a.out);
+    summary.write_csv(&summary_file)?;
+    println!();
+    for line in summary.table() {
+        println!("{line}");
+    }
+    let pairs = pairs_path(&a.out);
+    write_pairs(&summary, &a, &pairs)?;
+    let table = table_path(&a.out);
+    let md = side_by_side(&summary, &a, redis_exe.is_some());
+    std::fs::write(&table, &md)?;
+    println!("\n{md}");
+    println!(
+        "appended to {}; summary in {}; pairs (for gnuplot/peers.gp) in {}; table in {}",
+        a.out.display(),
+        summary_file.display(),
+        pairs.display(),
+        table.display()
+    );
+    Ok(())
+}
+
+fn start_ns(
+    a: &PeersArgs,
+    exe: &Path,
+    durability: Durability,
+    cpus: &[usize],
+) -> anyhow::Result<SpawnedServer> {
+    let launch = crate::server::Launch {
+        inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
+        cpus: cpus.to_vec(),
+        ..crate::server::Launch::default()
+    };
+    SpawnedServer::start_with(
+        exe,
+        &format!("peers-{}-{}", std::process::id(), durability.name()),
+        &[
+            "-w",
+            &a.workers.to_string(),
+            "--io",
+            &a.io,
+            "--durability",
+            durability.name(),
+            "--flood-burst",
+            "1000000",
+            "--flood-per-sec",
+            "1000000",
+        ],
+        &launch,
+    )
+}
+
+/// The ledger's invariant after a ledger mix: `uring-server audit` for this server, the
+/// scripts' totals read over the wire for Redis; empty for the other mixes.
+fn audit(peer: &Peer, cfg: &load::Config) -> anyhow::Result<&'static str> {
+    use crate::load::Mix;
+    if !matches!(cfg.mix, Mix::TradeHeavy | Mix::Mixed) {
+        return Ok("");
+    }
+    let ok = match peer {
+        Peer::Ns(s) => s.audit(),
+        Peer::Redis(_) => crate::resp_mix::audit(cfg.addr, cfg.seed)?.holds(),
+    };
+    Ok(if ok { "pass" } else { "FAIL" })
+}
+
+fn cell(
+    server: &str,
+    durability: Durability,
+    mix: crate::load::Mix,
+    pipeline: usize,
+    a: &PeersArgs,
+) -> Cell {
+    Cell(vec![
+        ("server", server.to_string()),
+        ("durability", durability.name().to_string()),
+        ("mix", mix.name().to_string()),
+        ("pipeline", pipeline.to_string()),
+        ("connections", a.connections.to_string()),
+    ])
+}
+
+/// `results/x.csv` → `results/x-pairs.csv`.
+pub fn pairs_path(out: &Path) -> std::path::PathBuf {
+    sibling(out, "pairs.csv")
+}
+
+/// `results/x.csv` → `results/x-table.md`.
+pub fn table_path(out: &Path) -> std::path::PathBuf {
+    sibling(out, "table.md")
+}
+
+fn sibling(out: &Path, suffix: &str) -> std::path::PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "peers".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}-{suffix}"))
+}
+
+/// The figures of both servers per (durability, mix, pipeline), one row each: what the chart
+/// draws as pairs of bars. Columns: durability, mix, pipeline, label, then for ns and for redis
+/// req/s (median, min, max) and server CPU µs per request (median, min, max).
+fn write_pairs(s: &Summary, a: &PeersArgs, path: &Path) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    let mut head = vec!["durability", "mix", "pipeline", "label"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    for server in ["ns", "redis"] {
+        for fig in ["req_s", "server_cpu_us"] {
+            head.extend([
+                format!("{server}_{fig}"),
+                format!("{server}_{fig}_min"),
+                format!("{server}_{fig}_max"),
+            ]);
+        }
+    }
+    w.write_record(&head)?;
+    for &d in &a.durability {
+        for &mix in &a.mix {
+            for &p in &a.pipeline {
+                let mut rec = vec![
+                    d.name().to_string(),
+                    mix.name().to_string(),
+                    p.to_string(),
+                    format!("{} p{p}", mix.name()),
+                ];
+                for server in [NS, REDIS] {
+                    for fig in ["req_s", "server_cpu_us"] {
+                        let (m, lo, hi) = s
+                            .figure(&cell(server, d, mix, p, a), fig)
+                            .unwrap_or((0.0, 0.0, 0.0));
+                        rec.extend([m, lo, hi].map(|v| format!("{v:.2}")));
+                    }
+                }
+                w.write_record(&rec)?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// The side-by-side table (Markdown) README shows: medians over the repeats.
+fn side_by_side(s: &Summary, a: &PeersArgs, with_redis: bool) -> String {
+    let mut t = String::new();
+    let place = |cpus: &Option<crate::cpus::CpuList>| {
+        cpus.as_ref().map_or("any CPU".to_string(), |c| {
+            format!("CPU {}", crate::cpus::format(&c.0))
+        })
+    };
+    let _ = writeln!(
+        t,
+        "{} connections, {} client threads, {} B chat payload, {} s measured after {} s warm-up, \
+         median of {} interleaved runs; uring-server -w {} --io {}; servers on {}, client on {}; \
+         {} cores, kernel {}.\n",
+        a.connections,
+        a.threads,
+        a.payload,
+        a.duration,
+        a.warmup,
+        a.repeat,
+        a.workers,
+        a.io,
+        place(&a.server_cpus),
+        place(&a.client_cpus),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    );
+    if !with_redis {
+        let _ = writeln!(t, "(redis-server was not found: no Redis column.)\n");
+    }
+    let _ = writeln!(
+        t,
+        "| durability | NS / RESP | pipeline | req/s NS | req/s Redis | NS/Redis | p50/p99 µs NS | p50/p99 µs Redis | server CPU µs/req NS | Redis | client CPU µs/req NS | RESP |"
+    );
+    let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for &d in &a.durability {
+        for &mix in &a.mix {
+            for &p in &a.pipeline {
+                let f = |server: &str, fig: &str| {
+                    s.figure(&cell(server, d, mix, p, a), fig)
+                        .map_or(0.0, |(m, _, _)| m)
+                };
+                let (nr, rr) = (f(NS, "req_s"), f(REDIS, "req_s"));
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {p} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    d.name(),
+                    peer_ops(mix),
+                    nr,
+                    rr,
+                    if rr > 0.0 { nr / rr } else { 0.0 },
+                    f(NS, "p50_us"),
+                    f(NS, "p99_us"),
+                    f(REDIS, "p50_us"),
+                    f(REDIS, "p99_us"),
+                    f(NS, "server_cpu_us"),
+                    f(REDIS, "server_cpu_us"),
+                    f(NS, "client_cpu_us"),
+                    f(REDIS, "client_cpu_us"),
+                );
+            }
+        }
+    }
+    t
+}
+
+/// What a mix sends on each side, for the table.
+fn peer_ops(mix: crate::load::Mix) -> &'static str {
+    use crate::load::Mix;
+    match mix {
+        Mix::Heartbeat => "HEARTBEAT / PING",
+        Mix::Balance => "BALANCE / GET",
+        Mix::TradeHeavy => "trade-heavy / transfer script",
+        Mix::ChatHeavy => "chat-heavy / PUBLISH+SUBSCRIBE",
+        Mix::Mixed => "mixed / scripts+PUBLISH",
+    }
+}

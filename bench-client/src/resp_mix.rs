@@ -1,0 +1,291 @@
+//! The mixes in RESP, for a Redis-compatible server: what a Redis user would build for the
+//! same operations, loaded by the client at start.
+//!
+//! | NS request                | RESP                                                        |
+//! |---------------------------|-------------------------------------------------------------|
+//! | HEARTBEAT                 | `PING`                                                      |
+//! | BALANCE                   | `GET <p>bal:<i>`                                            |
+//! | TRANSFER 1 to a hot user  | `EVALSHA <transfer> 3 <p>bal:<i> <p>bal:<to> <p>txn 1`      |
+//! | DEPOSIT 1                 | `EVALSHA <deposit> 3 <p>bal:<i> <p>txn <p>deposited 1`      |
+//! | CHAT_SEND to the room     | `PUBLISH <p>room:<r> <text>` (members: `SUBSCRIBE`d, RESP3) |
+//!
+//! `<p>` is `nsb:<seed>:`, `<i>` the connection's index. The scripts check what the server
+//! checks (amount > 0, enough funds, the recipient exists, no overflow) before they change
+//! anything, so a refused operation changes nothing, answer `{balance, txn id}` as NS does,
+//! and run atomically (Redis runs a script alone). Each keeps a running total of deposits, so
+//! that [`audit`] checks over the wire what `uring-server audit` checks in shared memory: the
+//! balances sum to what was deposited, and none is negative. What they do not do: keep a
+//! per-user transaction history or the req_id outcome table of NS's exactly-once rules.
+//!
+//! Chat: a connection both publishes and is subscribed to its room's channel, as an NS
+//! connection both sends and receives its room's messages (the sender too gets its own). RESP2
+//! forbids commands on a subscribed connection, so chat connections speak RESP3 (`HELLO 3`,
+//! Redis 6 or later), where a message arrives as a push beside the replies.
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::load::{Config, Op};
+use crate::resp::{write_bulk, write_command, Conn, Value};
+
+/// The checked transfer. KEYS: from, to, txn counter; ARGV: amount. Balances are kept below
+/// 2^53, where Lua's numbers are exact.
+pub const TRANSFER_SCRIPT: &str = r"
+local amount = tonumber(ARGV[1])
+if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT') end
+if KEYS[1] == KEYS[2] then return redis.error_reply('ERR_INVALID_ARGUMENT') end
+local to = redis.call('GET', KEYS[2])
+if not to then return redis.error_reply('ERR_NOT_FOUND') end
+local from = tonumber(redis.call('GET', KEYS[1]) or '0')
+if from < amount then return redis.error_reply('ERR_INSUFFICIENT_FUNDS') end
+if tonumber(to) + amount > 9007199254740991 then return redis.error_reply('ERR_OVERFLOW') end
+local left = redis.call('DECRBY', KEYS[1], amount)
+redis.call('INCRBY', KEYS[2], amount)
+return {left, redis.call('INCR', KEYS[3])}
+";
+
+/// The checked deposit. KEYS: account, txn counter, deposits total; ARGV: amount.
+pub const DEPOSIT_SCRIPT: &str = r"
+local amount = tonumber(ARGV[1])
+if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT') end
+local bal = tonumber(redis.call('GET', KEYS[1]) or '0')
+local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+if bal + amount > 9007199254740991 or total + amount > 9007199254740991 then
+  return redis.error_reply('ERR_OVERFLOW')
+end
+local b = redis.call('INCRBY', KEYS[1], amount)
+redis.call('INCRBY', KEYS[3], amount)
+return {b, redis.call('INCR', KEYS[2])}
+";
+
+/// What every connection of a RESP run shares: the key prefix and the loaded scripts.
+#[derive(Debug)]
+pub struct RespSetup {
+    prefix: String,
+    transfer_sha: String,
+    deposit_sha: String,
+    txn_key: Vec<u8>,
+    deposited_key: Vec<u8>,
+}
+
+/// The prefix of a run's keys.
+pub fn prefix(seed: u64) -> String {
+    format!("nsb:{}:", seed % 1_000_000)
+}
+
+fn load_script(conn: &mut Conn, script: &str) -> anyhow::Result<String> {
+    conn.call(&[b"SCRIPT", b"LOAD", script.as_bytes()], |v| match v {
+        Value::Bulk(sha) => Ok(String::from_utf8_lossy(sha).into_owned()),
+        other => anyhow::bail!("SCRIPT LOAD answered {other:?}"),
+    })
+}
+
+impl RespSetup {
+    /// Loads the scripts (SCRIPT LOAD, on a connection of its own).
+    pub fn prepare(cfg: &Config) -> anyhow::Result<Arc<RespSetup>> {
+        let mut conn = Conn::connect(cfg.addr, Duration::from_secs(10))?;
+        let prefix = prefix(cfg.seed);
+        Ok(Arc::new(RespSetup {
+            transfer_sha: load_script(&mut conn, TRANSFER_SCRIPT)?,
+            deposit_sha: load_script(&mut conn, DEPOSIT_SCRIPT)?,
+            txn_key: format!("{prefix}txn").into_bytes(),
+            deposited_key: format!("{prefix}deposited").into_bytes(),
+            prefix,
+        }))
+    }
+
+    /// Connection `i`: funded to 1,000,000 by the deposit script if below it (as NS's setup
+    /// deposits), and for the chat mixes switched to RESP3 and subscribed to its room's
+    /// channel. Returns the socket and the room's number.
+    pub fn connection(&self, cfg: &Config, i: usize) -> anyhow::Result<(TcpStream, u32)> {
+        let mut c = Conn::connect(cfg.addr, Duration::from_secs(10))?;
+        let key = format!("{}bal:{i}", self.prefix);
+        let balance = c.call(&[b"GET", key.as_bytes()], |v| Ok(v.as_int().unwrap_or(0)))?;
+        if balance < 1_000_000 {
+            c.ok(&[
+                b"EVALSHA",
+                self.deposit_sha.as_bytes(),
+                b"3",
+                key.as_bytes(),
+                &self.txn_key,
+                &self.deposited_key,
+                b"1000000",
+            ])?;
+        }
+        let room = (i % cfg.rooms.max(1)) as u32;
+        if cfg.mix.chats() {
+            c.call(&[b"HELLO", b"3"], |v| match v {
+                Value::Map(_) => Ok(()),
+                other => anyhow::bail!(
+                    "HELLO 3 answered {other:?}: the chat mixes need RESP3 (Redis 6 or later)"
+                ),
+            })?;
+            let channel = format!("{}room:{room}", self.prefix);
+            c.call(&[b"SUBSCRIBE", channel.as_bytes()], |v| match v {
+                Value::Push(items) if items.first() == Some(&Value::Bulk(b"subscribe")) => Ok(()),
+                other => anyhow::bail!("SUBSCRIBE answered {other:?}"),
+            })?;
+        }
+        Ok((c.into_stream()?, room))
+    }
+
+    /// Appends `op` for connection `me` (recipient `to`, room `room`, chat text `text`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        op: Op,
+        me: u32,
+        to: u32,
+        room: u32,
+        text: &str,
+    ) {
+        let mut key = |out: &mut Vec<u8>, what: &str, n: u32| {
+            scratch.clear();
+            let _ = write!(scratch, "{}{what}:{n}", self.prefix);
+            write_bulk(out, scratch);
+        };
+        match op {
+            Op::Heartbeat => write_command(out, &[b"PING"]),
+            Op::Balance => {
+                out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
+                key(out, "bal", me);
+            }
+            Op::Transfer => {
+                out.extend_from_slice(b"*7\r\n$7\r\nEVALSHA\r\n");
+                write_bulk(out, self.transfer_sha.as_bytes());
+                write_bulk(out, b"3");
+                key(out, "bal", me);
+                key(out, "bal", to);
+                write_bulk(out, &self.txn_key);
+                write_bulk(out, b"1");
+            }
+            Op::Deposit => {
+                out.extend_from_slice(b"*7\r\n$7\r\nEVALSHA\r\n");
+                write_bulk(out, self.deposit_sha.as_bytes());
+                write_bulk(out, b"3");
+                key(out, "bal", me);
+                write_bulk(out, &self.txn_key);
+                write_bulk(out, &self.deposited_key);
+                write_bulk(out, b"1");
+            }
+            Op::ChatSend => {
+                out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
+                key(out, "room", room);
+                write_bulk(out, text.as_bytes());
+            }
+        }
+    }
+}
+
+/// An error reply's first word as the name the reports count it under.
+pub fn error_name(code: &[u8]) -> &'static str {
+    match code {
+        b"ERR_INSUFFICIENT_FUNDS" => "ERR_INSUFFICIENT_FUNDS",
+        b"ERR_NOT_FOUND" => "ERR_NOT_FOUND",
+        b"ERR_OVERFLOW" => "ERR_OVERFLOW",
+        b"ERR_INVALID_AMOUNT" => "ERR_INVALID_AMOUNT",
+        b"ERR_INVALID_ARGUMENT" => "ERR_INVALID_ARGUMENT",
+        b"NOSCRIPT" => "RESP_NOSCRIPT",
+        b"OOM" => "RESP_OOM",
+        b"BUSY" => "RESP_BUSY",
+        b"LOADING" => "RESP_LOADING",
+        b"ERR" => "RESP_ERR",
+        _ => "RESP_OTHER_ERROR",
+    }
+}
+
+/// What [`audit`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// Accounts (`<p>bal:*` keys) read.
+    pub accounts: u64,
+    /// Their sum.
+    pub sum: i64,
+    /// The deposits total the deposit script kept.
+    pub deposited: i64,
+    /// Accounts below zero.
+    pub negative: u64,
+}
+
+impl Audit {
+    /// The ledger's invariant: money neither made nor lost, nobody below zero.
+    pub fn holds(&self) -> bool {
+        self.sum == self.deposited && self.negative == 0
+    }
+}
+
+/// Reads a run's accounts over the wire (SCAN + MGET, never KEYS) and its deposits total.
+pub fn audit(addr: std::net::SocketAddr, seed: u64) -> anyhow::Result<Audit> {
+    let mut c = Conn::connect(addr, Duration::from_secs(10))?;
+    let p = prefix(seed);
+    let pattern = format!("{p}bal:*");
+    let mut cursor = b"0".to_vec();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let next = c.call(
+            &[
+                b"SCAN",
+                &cursor,
+                b"MATCH",
+                pattern.as_bytes(),
+                b"COUNT",
+                b"1000",
+            ],
+            |v| match v {
+                Value::Array(parts) => match parts.as_slice() {
+                    [Value::Bulk(next), Value::Array(found)] => {
+                        for k in found {
+                            if let Value::Bulk(k) = k {
+                                keys.push(k.to_vec());
+                            }
+                        }
+                        Ok(next.to_vec())
+                    }
+                    _ => anyhow::bail!("SCAN answered {v:?}"),
+                },
+                other => anyhow::bail!("SCAN answered {other:?}"),
+            },
+        )?;
+        if next == b"0" {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    let mut a = Audit {
+        accounts: keys.len() as u64,
+        sum: 0,
+        deposited: 0,
+        negative: 0,
+    };
+    for chunk in keys.chunks(500) {
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(chunk.iter().map(Vec::as_slice));
+        c.call(&args, |v| {
+            let Value::Array(vals) = v else {
+                anyhow::bail!("MGET answered {v:?}");
+            };
+            for v in vals {
+                let b = v
+                    .as_int()
+                    .ok_or_else(|| anyhow::anyhow!("a balance is not an integer: {v:?}"))?;
+                a.sum = a
+                    .sum
+                    .checked_add(b)
+                    .ok_or_else(|| anyhow::anyhow!("the balances overflow"))?;
+                a.negative += u64::from(b < 0);
+            }
+            Ok(())
+        })?;
+    }
+    let deposited_key = format!("{p}deposited");
+    a.deposited = c
+        .call(&[b"GET", deposited_key.as_bytes()], |v| Ok(v.as_int()))?
+        .unwrap_or(0);
+    Ok(a)
+}
