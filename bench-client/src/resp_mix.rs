@@ -31,16 +31,17 @@ use crate::load::{Config, Op};
 use crate::resp::{write_bulk, write_command, Conn, Value};
 
 /// The checked transfer. KEYS: from, to, txn counter; ARGV: amount. Balances are kept below
-/// 2^53, where Lua's numbers are exact.
+/// 2^53, where Lua's numbers are exact. An error's first word is its code (NS's status name);
+/// Redis 7 puts `ERR ` before a message of one word, hence the words after it.
 pub const TRANSFER_SCRIPT: &str = r"
 local amount = tonumber(ARGV[1])
-if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT') end
-if KEYS[1] == KEYS[2] then return redis.error_reply('ERR_INVALID_ARGUMENT') end
+if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT the amount must be a whole number above 0') end
+if KEYS[1] == KEYS[2] then return redis.error_reply('ERR_INVALID_ARGUMENT a transfer to oneself') end
 local to = redis.call('GET', KEYS[2])
-if not to then return redis.error_reply('ERR_NOT_FOUND') end
+if not to then return redis.error_reply('ERR_NOT_FOUND no such account') end
 local from = tonumber(redis.call('GET', KEYS[1]) or '0')
-if from < amount then return redis.error_reply('ERR_INSUFFICIENT_FUNDS') end
-if tonumber(to) + amount > 9007199254740991 then return redis.error_reply('ERR_OVERFLOW') end
+if from < amount then return redis.error_reply('ERR_INSUFFICIENT_FUNDS the account holds less than the amount') end
+if tonumber(to) + amount > 9007199254740991 then return redis.error_reply('ERR_OVERFLOW the result would exceed 2^53-1') end
 local left = redis.call('DECRBY', KEYS[1], amount)
 redis.call('INCRBY', KEYS[2], amount)
 return {left, redis.call('INCR', KEYS[3])}
@@ -49,11 +50,11 @@ return {left, redis.call('INCR', KEYS[3])}
 /// The checked deposit. KEYS: account, txn counter, deposits total; ARGV: amount.
 pub const DEPOSIT_SCRIPT: &str = r"
 local amount = tonumber(ARGV[1])
-if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT') end
+if not amount or amount < 1 or amount % 1 ~= 0 then return redis.error_reply('ERR_INVALID_AMOUNT the amount must be a whole number above 0') end
 local bal = tonumber(redis.call('GET', KEYS[1]) or '0')
 local total = tonumber(redis.call('GET', KEYS[3]) or '0')
 if bal + amount > 9007199254740991 or total + amount > 9007199254740991 then
-  return redis.error_reply('ERR_OVERFLOW')
+  return redis.error_reply('ERR_OVERFLOW the result would exceed 2^53-1')
 end
 local b = redis.call('INCRBY', KEYS[1], amount)
 redis.call('INCRBY', KEYS[3], amount)
@@ -288,4 +289,22 @@ pub fn audit(addr: std::net::SocketAddr, seed: u64) -> anyhow::Result<Audit> {
         .call(&[b"GET", deposited_key.as_bytes()], |v| Ok(v.as_int()))?
         .unwrap_or(0);
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_error_is_counted_under_its_code() {
+        let line = b"-ERR_INSUFFICIENT_FUNDS the account holds less than the amount\r\n";
+        let (v, _) = crate::resp::parse(line).expect("parse").expect("complete");
+        assert_eq!(
+            v.error_code().map(error_name),
+            Some("ERR_INSUFFICIENT_FUNDS")
+        );
+        assert_eq!(error_name(b"NOSCRIPT"), "RESP_NOSCRIPT");
+        assert_eq!(error_name(b"WRONGTYPE"), "RESP_OTHER_ERROR");
+        assert_eq!(prefix(1_000_042), "nsb:42:");
+    }
 }

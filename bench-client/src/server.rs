@@ -399,10 +399,11 @@ pub struct SpawnedRedis {
     dir: PathBuf,
 }
 
-/// The `redis-server` to compare with: `$NS_REDIS_SERVER`, else the first on `PATH`.
+/// The `redis-server` to compare with: `$NS_REDIS_SERVER` (if that file exists), else the
+/// first on `PATH`.
 pub fn locate_redis() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NS_REDIS_SERVER") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join("redis-server"))
