@@ -57,6 +57,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     &w,
                     "--io",
                     &a.io,
+                    "--durability",
+                    "sync",
                     "--flood-burst",
                     "1000000",
                     "--flood-per-sec",
@@ -78,7 +80,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             addr,
                             protocol: load::Protocol::Ns,
                             connections,
-                            threads: a.threads,
+                            threads: crate::cpus::client_threads(a.threads, &client_cpus),
                             duration: Duration::from_secs_f64(a.duration),
                             warmup: Duration::from_secs_f64(a.warmup),
                             mix,
@@ -105,6 +107,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             CsvRow::new(&cfg, &server.backend, &r, audit, &commit, &server_cpus);
                         row.server_workers = Some(workers);
                         row.repeat = Some(repeat);
+                        row.server = crate::peers::NS.to_string();
+                        row.durability = "sync".to_string();
                         row.append(&a.out)?;
                         rows += 1;
                         // One .hgrm per cell, merged over its runs.
@@ -344,7 +348,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         addr,
         protocol: a.protocol,
         connections: a.connections,
-        threads: a.threads,
+        threads: crate::cpus::client_threads(
+            a.threads,
+            &a.client_cpus.clone().unwrap_or_default().0,
+        ),
         duration: Duration::from_secs_f64(a.duration),
         warmup: Duration::from_secs_f64(a.warmup),
         mix: a.mix,

@@ -78,6 +78,25 @@ impl Drop for Scoped {
     }
 }
 
+/// The client's thread count: `asked`, else one per pinned CPU, else 2. Warns when asked for
+/// more threads than pinned CPUs (they would time-slice, and the waits show as latency).
+pub fn client_threads(asked: Option<usize>, client_cpus: &[usize]) -> usize {
+    match asked {
+        Some(t) => {
+            if !client_cpus.is_empty() && t > client_cpus.len() {
+                eprintln!(
+                    "bench-client: {t} client threads on {} pinned CPU(s) will time-slice; \
+                     their scheduler waits show as latency (default: one thread per CPU)",
+                    client_cpus.len()
+                );
+            }
+            t
+        }
+        None if !client_cpus.is_empty() => client_cpus.len(),
+        None => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +109,10 @@ mod tests {
         assert!(parse("x").is_err());
         assert!(parse("").is_err());
         assert_eq!(format(&[0, 2, 3]), "0 2 3");
+        assert_eq!(client_threads(None, &[]), 2);
+        assert_eq!(client_threads(None, &[1]), 1);
+        assert_eq!(client_threads(None, &[1, 2, 3]), 3);
+        assert_eq!(client_threads(Some(4), &[1]), 4);
     }
 }
 

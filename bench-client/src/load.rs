@@ -568,7 +568,6 @@ fn drive(
     let mut enc = Encoder {
         text_pad: "x".repeat(cfg.payload.max(24)),
         text: String::new(),
-        scratch: Vec::new(),
     };
     loop {
         let now = Instant::now();
@@ -658,10 +657,12 @@ fn received(c: &mut LoadConn, bytes: &[u8], done_ns: u64, tally: &mut Tally) -> 
             decoder.feed(bytes, |v| -> anyhow::Result<()> {
                 match v {
                     crate::resp::Value::Push(items) => {
-                        if let [crate::resp::Value::Bulk(b"message"), _, crate::resp::Value::Bulk(text)] =
-                            items.as_slice()
-                        {
-                            tally.delivered(text, done_ns);
+                        // ["message", channel, text]
+                        let mut it = items.iter();
+                        if it.next() == Some(crate::resp::Value::Bulk(b"message")) {
+                            if let Some(crate::resp::Value::Bulk(text)) = it.nth(1) {
+                                tally.delivered(text, done_ns);
+                            }
                         }
                         Ok(())
                     }
@@ -675,11 +676,10 @@ fn received(c: &mut LoadConn, bytes: &[u8], done_ns: u64, tally: &mut Tally) -> 
     }
 }
 
-/// What a thread reuses to encode requests: the chat text and its padding, a scratch buffer.
+/// What a thread reuses to encode requests: the chat text and its padding.
 struct Encoder {
     text_pad: String,
     text: String,
-    scratch: Vec<u8>,
 }
 
 /// Appends one request of the mix to the connection's output.
@@ -723,15 +723,7 @@ fn queue(
     }
     let sent = match resp {
         Some(setup) => {
-            setup.encode(
-                &mut c.out,
-                &mut enc.scratch,
-                op,
-                c.user_id,
-                to,
-                c.room_id,
-                &enc.text,
-            );
+            setup.encode(&mut c.out, op, c.user_id, to, c.room_id, &enc.text);
             true
         }
         None => {

@@ -91,7 +91,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                                 Peer::Redis(_) => Protocol::Resp,
                             },
                             connections: a.connections,
-                            threads: a.threads,
+                            threads: crate::cpus::client_threads(a.threads, &client_cpus),
                             duration: Duration::from_secs_f64(a.duration),
                             warmup: Duration::from_secs_f64(a.warmup),
                             mix,
@@ -309,7 +309,7 @@ fn side_by_side(s: &Summary, a: &PeersArgs, with_redis: bool) -> String {
          median of {} interleaved runs; uring-server -w {} --io {}; servers on {}, client on {}; \
          {} cores, kernel {}.\n",
         a.connections,
-        a.threads,
+        crate::cpus::client_threads(a.threads, &a.client_cpus.clone().unwrap_or_default().0),
         a.payload,
         a.duration,
         a.warmup,

@@ -6,8 +6,9 @@
 //! (a `Vec` or `Bytes` per bulk string), its zero-copy path wants `bytes::Bytes` buffers; `resp-rs`
 //! is zero-copy only over `Bytes` too. The load loop reads into one plain buffer per thread and
 //! must not pay an allocation per reply (its CPU per request is compared with the NS mode's),
-//! so this parser borrows from the buffer: a reply to PING, GET, INCRBY or PUBLISH allocates
-//! nothing; only aggregates (a script's `{balance, txn}`, a push) build a small `Vec`.
+//! so this parser borrows from the buffer and allocates nothing: an aggregate (a script's
+//! `{balance, txn}`, a push) is checked whole when parsed and its elements are parsed again,
+//! in place, by whoever iterates them ([`Items`]).
 //!
 //! Limits, checked before anything is allocated or waited for: bulk strings up to 512 MiB
 //! (Redis's `proto-max-bulk-len`), aggregates up to 1 Mi elements, nesting 16 deep. Streamed
@@ -42,11 +43,55 @@ pub enum Value<'a> {
     /// RESP3 double `,` and big number `(`, as their text.
     Number(&'a [u8]),
     /// `*`, RESP3 set `~`.
-    Array(Vec<Value<'a>>),
-    /// RESP3 map `%` (and attribute `|`), as key, value, key, value, ...
-    Map(Vec<Value<'a>>),
+    Array(Items<'a>),
+    /// RESP3 map `%`, as key, value, key, value, ...
+    Map(Items<'a>),
     /// RESP3 push `>`: what a server sends unasked (a published message).
-    Push(Vec<Value<'a>>),
+    Push(Items<'a>),
+}
+
+/// The elements of an aggregate: already checked to be `count` complete values, parsed again
+/// (without allocating) as they are iterated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Items<'a> {
+    count: usize,
+    bytes: &'a [u8],
+    depth: usize,
+}
+
+impl<'a> Items<'a> {
+    /// How many elements.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Value<'a>> + 'a {
+        let (bytes, depth) = (self.bytes, self.depth);
+        let mut at = 0;
+        (0..self.count).map_while(move |_| value(bytes, &mut at, depth).ok().flatten())
+    }
+
+    /// The first element.
+    pub fn first(&self) -> Option<Value<'a>> {
+        self.iter().next()
+    }
+
+    /// The elements in a vector (for tests and setup, not the load loop).
+    pub fn to_vec(&self) -> Vec<Value<'a>> {
+        self.iter().collect()
+    }
+}
+
+impl std::fmt::Debug for Items<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 impl Value<'_> {
@@ -207,17 +252,18 @@ fn value<'a>(buf: &'a [u8], at: &mut usize, depth: usize) -> Result<Option<Value
             } else {
                 n
             };
-            // Every element takes at least 3 bytes: never reserve more than the input could hold.
-            let mut items = Vec::with_capacity(n.min((buf.len() - *at) / 3));
+            let first = *at;
             for _ in 0..n {
-                match value(buf, at, depth + 1)? {
-                    Some(v) => items.push(v),
-                    None => {
-                        *at = start;
-                        return Ok(None);
-                    }
+                if value(buf, at, depth + 1)?.is_none() {
+                    *at = start;
+                    return Ok(None);
                 }
             }
+            let items = Items {
+                count: n,
+                bytes: &buf[first..*at],
+                depth: depth + 1,
+            };
             match kind {
                 b'>' => Value::Push(items),
                 b'%' => Value::Map(items),
@@ -408,29 +454,38 @@ mod tests {
         assert_eq!(one(b"=8\r\ntxt:abcd\r\n"), Value::Bulk(b"txt:abcd"));
         assert_eq!(one(b"!5\r\nOOPS!\r\n"), Value::Error(b"OOPS!"));
         assert_eq!(
-            one(b"*2\r\n:999999\r\n:17\r\n"),
-            Value::Array(vec![Value::Int(999_999), Value::Int(17)])
+            items(one(b"*2\r\n:999999\r\n:17\r\n")),
+            vec![Value::Int(999_999), Value::Int(17)]
         );
-        assert_eq!(one(b"*0\r\n"), Value::Array(vec![]));
+        assert!(items(one(b"*0\r\n")).is_empty());
+        let push = one(b">3\r\n$7\r\nmessage\r\n$2\r\nr1\r\n$2\r\nhi\r\n");
+        assert!(matches!(push, Value::Push(_)));
         assert_eq!(
-            one(b">3\r\n$7\r\nmessage\r\n$2\r\nr1\r\n$2\r\nhi\r\n"),
-            Value::Push(vec![
+            items(push),
+            vec![
                 Value::Bulk(b"message"),
                 Value::Bulk(b"r1"),
                 Value::Bulk(b"hi")
-            ])
+            ]
         );
-        assert_eq!(
-            one(b"%1\r\n+proto\r\n:3\r\n"),
-            Value::Map(vec![Value::Simple(b"proto"), Value::Int(3)])
-        );
-        assert_eq!(one(b"~1\r\n:1\r\n"), Value::Array(vec![Value::Int(1)]));
+        let map = one(b"%1\r\n+proto\r\n:3\r\n");
+        assert!(matches!(map, Value::Map(_)));
+        assert_eq!(items(map), vec![Value::Simple(b"proto"), Value::Int(3)]);
+        assert_eq!(items(one(b"~1\r\n:1\r\n")), vec![Value::Int(1)]);
         // An attribute is skipped; the reply after it is the value.
         assert_eq!(one(b"|1\r\n+ttl\r\n:3\r\n:7\r\n"), Value::Int(7));
-        assert_eq!(
-            one(b"*2\r\n*1\r\n+a\r\n$-1\r\n"),
-            Value::Array(vec![Value::Array(vec![Value::Simple(b"a")]), Value::Null])
-        );
+        let nested = items(one(b"*2\r\n*1\r\n+a\r\n$-1\r\n"));
+        assert_eq!(items(nested[0].clone()), vec![Value::Simple(b"a")]);
+        assert_eq!(nested[1], Value::Null);
+        assert_eq!(format!("{nested:?}"), "[Array([Simple([97])]), Null]");
+    }
+
+    /// An aggregate's elements.
+    fn items(v: Value<'_>) -> Vec<Value<'_>> {
+        match v {
+            Value::Array(i) | Value::Map(i) | Value::Push(i) => i.to_vec(),
+            other => panic!("not an aggregate: {other:?}"),
+        }
     }
 
     #[test]
@@ -499,9 +554,6 @@ mod tests {
         write_command(&mut out, &[b"PING"]);
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$3\r\nb:1\r\n*1\r\n$4\r\nPING\r\n");
         let (v, _) = parse(&out).expect("parse").expect("complete");
-        assert_eq!(
-            v,
-            Value::Array(vec![Value::Bulk(b"GET"), Value::Bulk(b"b:1")])
-        );
+        assert_eq!(items(v), vec![Value::Bulk(b"GET"), Value::Bulk(b"b:1")]);
     }
 }

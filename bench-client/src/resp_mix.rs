@@ -22,13 +22,12 @@
 //! forbids commands on a subscribed connection, so chat connections speak RESP3 (`HELLO 3`,
 //! Redis 6 or later), where a message arrives as a push beside the replies.
 
-use std::io::Write as _;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::{Config, Op};
-use crate::resp::{write_bulk, write_command, Conn, Value};
+use crate::resp::{write_bulk, Conn, Value};
 
 /// The checked transfer. KEYS: from, to, txn counter; ARGV: amount. Balances are kept below
 /// 2^53, where Lua's numbers are exact. An error's first word is its code (NS's status name);
@@ -61,14 +60,24 @@ redis.call('INCRBY', KEYS[3], amount)
 return {b, redis.call('INCR', KEYS[2])}
 ";
 
-/// What every connection of a RESP run shares: the key prefix and the loaded scripts.
+/// What every connection of a RESP run shares: the key prefix, the loaded scripts, and every
+/// key and command head already encoded as RESP, so that a request is a few copies.
 #[derive(Debug)]
 pub struct RespSetup {
     prefix: String,
-    transfer_sha: String,
     deposit_sha: String,
     txn_key: Vec<u8>,
     deposited_key: Vec<u8>,
+    /// `$n\r\n<p>bal:<i>\r\n` per connection index.
+    balance_keys: Vec<Vec<u8>>,
+    /// `$n\r\n<p>room:<r>\r\n` per room.
+    channels: Vec<Vec<u8>>,
+    /// `*7 EVALSHA <sha> 3` of each script.
+    transfer_head: Vec<u8>,
+    deposit_head: Vec<u8>,
+    /// The txn counter's and the deposits total's keys, and the amount 1, as bulk strings.
+    txn_bulk: Vec<u8>,
+    deposited_bulk: Vec<u8>,
 }
 
 /// The prefix of a run's keys.
@@ -83,18 +92,64 @@ fn load_script(conn: &mut Conn, script: &str) -> anyhow::Result<String> {
     })
 }
 
+fn bulk(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 8);
+    write_bulk(&mut out, s);
+    out
+}
+
+fn evalsha_head(sha: &str) -> Vec<u8> {
+    let mut out = b"*7\r\n$7\r\nEVALSHA\r\n".to_vec();
+    write_bulk(&mut out, sha.as_bytes());
+    write_bulk(&mut out, b"3");
+    out
+}
+
+/// The amount of every transfer and deposit of the load: 1.
+const ONE: &[u8] = b"$1\r\n1\r\n";
+
 impl RespSetup {
-    /// Loads the scripts (SCRIPT LOAD, on a connection of its own).
+    /// Loads the scripts (SCRIPT LOAD, on a connection of its own) and encodes the keys.
     pub fn prepare(cfg: &Config) -> anyhow::Result<Arc<RespSetup>> {
         let mut conn = Conn::connect(cfg.addr, Duration::from_secs(10))?;
-        let prefix = prefix(cfg.seed);
-        Ok(Arc::new(RespSetup {
-            transfer_sha: load_script(&mut conn, TRANSFER_SCRIPT)?,
-            deposit_sha: load_script(&mut conn, DEPOSIT_SCRIPT)?,
-            txn_key: format!("{prefix}txn").into_bytes(),
-            deposited_key: format!("{prefix}deposited").into_bytes(),
+        let transfer_sha = load_script(&mut conn, TRANSFER_SCRIPT)?;
+        let deposit_sha = load_script(&mut conn, DEPOSIT_SCRIPT)?;
+        Ok(Arc::new(RespSetup::new(
+            cfg.seed,
+            cfg.connections,
+            cfg.rooms,
+            &transfer_sha,
+            &deposit_sha,
+        )))
+    }
+
+    /// The keys of a run with this seed, connections and rooms, for scripts of these SHA1s.
+    pub fn new(
+        seed: u64,
+        connections: usize,
+        rooms: usize,
+        transfer_sha: &str,
+        deposit_sha: &str,
+    ) -> RespSetup {
+        let prefix = prefix(seed);
+        let txn_key = format!("{prefix}txn").into_bytes();
+        let deposited_key = format!("{prefix}deposited").into_bytes();
+        RespSetup {
+            balance_keys: (0..connections)
+                .map(|i| bulk(format!("{prefix}bal:{i}").as_bytes()))
+                .collect(),
+            channels: (0..rooms.max(1))
+                .map(|r| bulk(format!("{prefix}room:{r}").as_bytes()))
+                .collect(),
+            transfer_head: evalsha_head(transfer_sha),
+            deposit_head: evalsha_head(deposit_sha),
+            txn_bulk: bulk(&txn_key),
+            deposited_bulk: bulk(&deposited_key),
+            deposit_sha: deposit_sha.to_string(),
+            txn_key,
+            deposited_key,
             prefix,
-        }))
+        }
     }
 
     /// Connection `i`: funded to 1,000,000 by the deposit script if below it (as NS's setup
@@ -125,7 +180,7 @@ impl RespSetup {
             })?;
             let channel = format!("{}room:{room}", self.prefix);
             c.call(&[b"SUBSCRIBE", channel.as_bytes()], |v| match v {
-                Value::Push(items) if items.first() == Some(&Value::Bulk(b"subscribe")) => Ok(()),
+                Value::Push(items) if items.first() == Some(Value::Bulk(b"subscribe")) => Ok(()),
                 other => anyhow::bail!("SUBSCRIBE answered {other:?}"),
             })?;
         }
@@ -133,49 +188,36 @@ impl RespSetup {
     }
 
     /// Appends `op` for connection `me` (recipient `to`, room `room`, chat text `text`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode(
-        &self,
-        out: &mut Vec<u8>,
-        scratch: &mut Vec<u8>,
-        op: Op,
-        me: u32,
-        to: u32,
-        room: u32,
-        text: &str,
-    ) {
-        let mut key = |out: &mut Vec<u8>, what: &str, n: u32| {
-            scratch.clear();
-            let _ = write!(scratch, "{}{what}:{n}", self.prefix);
-            write_bulk(out, scratch);
+    pub fn encode(&self, out: &mut Vec<u8>, op: Op, me: u32, to: u32, room: u32, text: &str) {
+        let key = |i: u32| {
+            self.balance_keys
+                .get(i as usize)
+                .map_or(&[][..], Vec::as_slice)
         };
         match op {
-            Op::Heartbeat => write_command(out, &[b"PING"]),
+            Op::Heartbeat => out.extend_from_slice(b"*1\r\n$4\r\nPING\r\n"),
             Op::Balance => {
                 out.extend_from_slice(b"*2\r\n$3\r\nGET\r\n");
-                key(out, "bal", me);
+                out.extend_from_slice(key(me));
             }
             Op::Transfer => {
-                out.extend_from_slice(b"*7\r\n$7\r\nEVALSHA\r\n");
-                write_bulk(out, self.transfer_sha.as_bytes());
-                write_bulk(out, b"3");
-                key(out, "bal", me);
-                key(out, "bal", to);
-                write_bulk(out, &self.txn_key);
-                write_bulk(out, b"1");
+                out.extend_from_slice(&self.transfer_head);
+                out.extend_from_slice(key(me));
+                out.extend_from_slice(key(to));
+                out.extend_from_slice(&self.txn_bulk);
+                out.extend_from_slice(ONE);
             }
             Op::Deposit => {
-                out.extend_from_slice(b"*7\r\n$7\r\nEVALSHA\r\n");
-                write_bulk(out, self.deposit_sha.as_bytes());
-                write_bulk(out, b"3");
-                key(out, "bal", me);
-                write_bulk(out, &self.txn_key);
-                write_bulk(out, &self.deposited_key);
-                write_bulk(out, b"1");
+                out.extend_from_slice(&self.deposit_head);
+                out.extend_from_slice(key(me));
+                out.extend_from_slice(&self.txn_bulk);
+                out.extend_from_slice(&self.deposited_bulk);
+                out.extend_from_slice(ONE);
             }
             Op::ChatSend => {
                 out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
-                key(out, "room", room);
+                let ch = self.channels.get(room as usize);
+                out.extend_from_slice(ch.map_or(&[][..], Vec::as_slice));
                 write_bulk(out, text.as_bytes());
             }
         }
@@ -237,9 +279,9 @@ pub fn audit(addr: std::net::SocketAddr, seed: u64) -> anyhow::Result<Audit> {
                 b"1000",
             ],
             |v| match v {
-                Value::Array(parts) => match parts.as_slice() {
+                Value::Array(parts) => match parts.to_vec().as_slice() {
                     [Value::Bulk(next), Value::Array(found)] => {
-                        for k in found {
+                        for k in found.iter() {
                             if let Value::Bulk(k) = k {
                                 keys.push(k.to_vec());
                             }
@@ -271,7 +313,7 @@ pub fn audit(addr: std::net::SocketAddr, seed: u64) -> anyhow::Result<Audit> {
             let Value::Array(vals) = v else {
                 anyhow::bail!("MGET answered {v:?}");
             };
-            for v in vals {
+            for v in vals.iter() {
                 let b = v
                     .as_int()
                     .ok_or_else(|| anyhow::anyhow!("a balance is not an integer: {v:?}"))?;
@@ -306,5 +348,63 @@ mod tests {
         assert_eq!(error_name(b"NOSCRIPT"), "RESP_NOSCRIPT");
         assert_eq!(error_name(b"WRONGTYPE"), "RESP_OTHER_ERROR");
         assert_eq!(prefix(1_000_042), "nsb:42:");
+    }
+
+    #[test]
+    fn every_operation_encodes_as_the_command_the_table_says() {
+        let s = RespSetup::new(7, 3, 2, "T", "D");
+        let text = "t=00000000000000000001|xx";
+        let mut out = Vec::new();
+        let cases: [(Op, &[&str]); 5] = [
+            (Op::Heartbeat, &["PING"]),
+            (Op::Balance, &["GET", "nsb:7:bal:2"]),
+            (
+                Op::Transfer,
+                &[
+                    "EVALSHA",
+                    "T",
+                    "3",
+                    "nsb:7:bal:2",
+                    "nsb:7:bal:0",
+                    "nsb:7:txn",
+                    "1",
+                ],
+            ),
+            (
+                Op::Deposit,
+                &[
+                    "EVALSHA",
+                    "D",
+                    "3",
+                    "nsb:7:bal:2",
+                    "nsb:7:txn",
+                    "nsb:7:deposited",
+                    "1",
+                ],
+            ),
+            (Op::ChatSend, &["PUBLISH", "nsb:7:room:1", text]),
+        ];
+        for (op, _) in &cases {
+            s.encode(&mut out, *op, 2, 0, 1, text);
+        }
+        let mut at = 0;
+        for (op, want) in cases {
+            let (v, n) = crate::resp::parse(&out[at..])
+                .expect("parse")
+                .expect("whole");
+            at += n;
+            let Value::Array(items) = v else {
+                panic!("{op:?}: not an array: {v:?}");
+            };
+            let got: Vec<String> = items
+                .iter()
+                .map(|a| match a {
+                    Value::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                    other => panic!("{op:?}: not a bulk string: {other:?}"),
+                })
+                .collect();
+            assert_eq!(got, want, "{op:?}");
+        }
+        assert_eq!(at, out.len());
     }
 }

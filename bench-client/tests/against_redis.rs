@@ -211,7 +211,7 @@ fn a_durable_redis_writes_its_append_only_file_and_the_mixes_run_on_it() {
     let mut c = Conn::connect(r.addr, Duration::from_secs(5)).expect("connect");
     let conf = |c: &mut Conn, key: &[u8]| {
         c.call(&[b"CONFIG", b"GET", key], |v| match v {
-            Value::Array(kv) => match kv.as_slice() {
+            Value::Array(kv) => match kv.to_vec().as_slice() {
                 [_, Value::Bulk(val)] => Ok(String::from_utf8_lossy(val).into_owned()),
                 _ => anyhow::bail!("{v:?}"),
             },
