@@ -569,40 +569,42 @@ fn drive(
         text_pad: "x".repeat(cfg.payload.max(24)),
         text: String::new(),
     };
+    // Closed loop: every connection is filled once here, then again only when its answers
+    // arrive, so the loop's work follows the answers, not the number of connections (a scan of
+    // every connection per wake-up costs most per request against a slow server). Open loop
+    // walks every connection's schedule each turn.
+    let mut unsent: Vec<usize> = Vec::new();
+    if clock.interval_ns.is_none() {
+        let now_ns = (Instant::now() - base).as_nanos() as u64;
+        for (i, c) in conns.iter_mut().enumerate() {
+            top_up(c, cfg, hot, resp, now_ns, &mut enc);
+            flush(c, i, &mut unsent)?;
+        }
+    }
     loop {
         let now = Instant::now();
         if now >= clock.end {
             break;
         }
         let now_ns = (now - base).as_nanos() as u64;
-        // Send what is due.
-        for c in conns.iter_mut() {
-            match clock.interval_ns {
-                None => {
-                    while c.inflight.len() < cfg.pipeline {
-                        queue(c, cfg, hot, resp, now_ns, now_ns, &mut enc);
-                    }
+        if let Some(iv) = clock.interval_ns {
+            // Send what is due.
+            for (i, c) in conns.iter_mut().enumerate() {
+                while c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
+                    let due = c.next_due_ns;
+                    queue(c, cfg, hot, resp, due, now_ns, &mut enc);
+                    c.next_due_ns += iv;
                 }
-                Some(iv) => {
-                    while c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
-                        let due = c.next_due_ns;
-                        queue(c, cfg, hot, resp, due, now_ns, &mut enc);
-                        c.next_due_ns += iv;
-                    }
-                }
+                flush(c, i, &mut unsent)?;
             }
-            if !c.out.is_empty() {
-                match c.stream.write(&c.out) {
-                    Ok(n) => {
-                        c.out.drain(..n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
+        } else {
+            // What a full socket buffer held back last turn.
+            for i in std::mem::take(&mut unsent) {
+                flush(&mut conns[i], i, &mut unsent)?;
             }
         }
-        let timeout = if clock.interval_ns.is_some() {
-            1u16
+        let timeout: u16 = if clock.interval_ns.is_some() || !unsent.is_empty() {
+            1
         } else {
             50
         };
@@ -612,7 +614,8 @@ fn drive(
             Err(e) => return Err(e.into()),
         };
         for ev in &events[..n] {
-            let c = &mut conns[ev.data() as usize];
+            let i = ev.data() as usize;
+            let c = &mut conns[i];
             loop {
                 let got = match c.stream.read(&mut buf) {
                     Ok(0) => anyhow::bail!("the server closed a connection"),
@@ -626,9 +629,47 @@ fn drive(
                     break;
                 }
             }
+            if clock.interval_ns.is_none() {
+                let now_ns = (Instant::now() - base).as_nanos() as u64;
+                top_up(c, cfg, hot, resp, now_ns, &mut enc);
+                flush(c, i, &mut unsent)?;
+            }
         }
     }
     Ok((tally.ops, tally.pushes, tally.push_hist))
+}
+
+/// Closed loop: requests until `--pipeline` are in flight on `c`.
+fn top_up(
+    c: &mut LoadConn,
+    cfg: &Config,
+    hot: &[u32],
+    resp: Option<&RespSetup>,
+    now_ns: u64,
+    enc: &mut Encoder,
+) {
+    while c.inflight.len() < cfg.pipeline {
+        queue(c, cfg, hot, resp, now_ns, now_ns, enc);
+    }
+}
+
+/// Writes what `c` has queued; if the socket takes only part, connection `i` goes on the
+/// `unsent` list, retried next turn.
+fn flush(c: &mut LoadConn, i: usize, unsent: &mut Vec<usize>) -> anyhow::Result<()> {
+    if c.out.is_empty() {
+        return Ok(());
+    }
+    match c.stream.write(&c.out) {
+        Ok(n) => {
+            c.out.drain(..n);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e.into()),
+    }
+    if !c.out.is_empty() && !unsent.contains(&i) {
+        unsent.push(i);
+    }
+    Ok(())
 }
 
 /// Takes the answers and pushes in bytes read from `c`.
