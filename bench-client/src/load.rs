@@ -588,7 +588,8 @@ fn drive(
         }
         let now_ns = (now - base).as_nanos() as u64;
         if let Some(iv) = clock.interval_ns {
-            // Send what is due.
+            // Send what is due (every connection is flushed each turn: no list to keep).
+            unsent.clear();
             for (i, c) in conns.iter_mut().enumerate() {
                 while c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
                     let due = c.next_due_ns;
