@@ -305,7 +305,7 @@ fn side_by_side(s: &Summary, a: &PeersArgs, with_redis: bool) -> String {
     };
     let _ = writeln!(
         t,
-        "{} connections, {} client threads, {} B chat payload, {} s measured after {} s warm-up, \
+        "{} connections, {} client thread(s), {} B chat payload, {} s measured after {} s warm-up, \
          median of {} interleaved runs; uring-server -w {} --io {}; servers on {}, client on {}; \
          {} cores, kernel {}.\n",
         a.connections,
