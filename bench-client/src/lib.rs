@@ -18,6 +18,7 @@ pub mod report;
 pub mod resp;
 pub mod resp_mix;
 pub mod rng;
+pub mod scratch;
 pub mod server;
 pub mod summary;
 

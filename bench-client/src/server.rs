@@ -396,7 +396,9 @@ pub struct SpawnedRedis {
     pub addr: SocketAddr,
     /// `redis-server 7.0.15`, as its `--version` says.
     pub version: String,
-    dir: PathBuf,
+    /// Its files (the append-only file, the log); removed after it stopped (fields drop in
+    /// order: declared after `child`, which `Drop` has reaped by then).
+    _dir: crate::scratch::ScratchDir,
 }
 
 /// The `redis-server` to compare with: `$NS_REDIS_SERVER` (if that file exists), else the
@@ -430,13 +432,7 @@ impl SpawnedRedis {
                 || "redis-server".to_string(),
                 |v| format!("redis-server {v}"),
             );
-        let dir = std::env::temp_dir().join(format!(
-            "ns-redis-{}-{}",
-            std::process::id(),
-            NEXT_REDIS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::scratch::ScratchDir::new("ns-redis")?;
         // A free port, taken back from the kernel just before Redis binds it; a race lost to
         // another program shows as Redis exiting, and is retried.
         let mut last = String::new();
@@ -452,7 +448,7 @@ impl SpawnedRedis {
                 .arg("--logfile")
                 .arg(dir.join("redis.log"))
                 .arg("--dir")
-                .arg(&dir)
+                .arg(dir.path())
                 .args(durability.redis_args())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -480,7 +476,7 @@ impl SpawnedRedis {
                         child,
                         addr,
                         version,
-                        dir,
+                        _dir: dir,
                     });
                 }
                 if std::time::Instant::now() >= deadline {
@@ -492,7 +488,6 @@ impl SpawnedRedis {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         anyhow::bail!("{last}")
     }
 
@@ -501,8 +496,6 @@ impl SpawnedRedis {
         self.child.id()
     }
 }
-
-static NEXT_REDIS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Drop for SpawnedRedis {
     fn drop(&mut self) {
@@ -519,6 +512,5 @@ impl Drop for SpawnedRedis {
             }
         }
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bench_client::load::{self, Mix, Protocol};
 use bench_client::resp::{Conn, Value};
 use bench_client::resp_mix::{self, DEPOSIT_SCRIPT, TRANSFER_SCRIPT};
+use bench_client::scratch::ScratchDir;
 use bench_client::server::{locate_redis, Durability, SpawnedRedis, REDIS_MISSING};
 
 /// A redis-server of this test's own, or `None` when it is missing and NS_SKIP_REDIS is set.
@@ -253,8 +254,7 @@ fn peers_runs_both_servers_interleaved_and_writes_rows_summary_pairs_and_table()
     if redis(Durability::None).is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("bc-peers-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = ScratchDir::new("bc-peers").expect("scratch dir");
     let out = dir.join("p.csv");
     let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args(["peers", "--mix", "balance,trade-heavy", "--pipeline", "1,4"])
@@ -306,13 +306,11 @@ fn peers_runs_both_servers_interleaved_and_writes_rows_summary_pairs_and_table()
         table.contains("| sync | trade-heavy / transfer script | 1 |"),
         "{table}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn peers_without_redis_server_says_how_to_install_it_and_runs_this_server_alone() {
-    let dir = std::env::temp_dir().join(format!("bc-peers-alone-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = ScratchDir::new("bc-peers-alone").expect("scratch dir");
     let out = dir.join("p.csv");
     let o = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .env("NS_REDIS_SERVER", dir.join("no-such-redis-server"))
@@ -332,5 +330,4 @@ fn peers_without_redis_server_says_how_to_install_it_and_runs_this_server_alone(
     assert_eq!(rows[0]["protocol"], "ns");
     let table = std::fs::read_to_string(dir.join("p-table.md")).expect("table");
     assert!(table.contains("redis-server was not found"), "{table}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

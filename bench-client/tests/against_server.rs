@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bench_client::load::{self, Mix};
+use bench_client::scratch::ScratchDir;
 use bench_client::server::SpawnedServer;
 use bench_client::{Client, ClientError};
 use proto::body::*;
@@ -134,7 +135,7 @@ fn a_short_closed_loop_run_measures_every_request() {
 #[test]
 fn run_writes_one_csv_row_with_the_documented_columns() {
     let server = Server::start(&[]);
-    let dir = std::env::temp_dir().join(format!("bc-csv-{}", std::process::id()));
+    let dir = ScratchDir::new("bc-csv").expect("scratch dir");
     let csv = dir.join("run.csv");
     for _ in 0..2 {
         let out = Command::new(env!("CARGO_BIN_EXE_bench-client"))
@@ -166,7 +167,6 @@ fn run_writes_one_csv_row_with_the_documented_columns() {
         );
     }
     let text = std::fs::read_to_string(&csv).expect("csv");
-    let _ = std::fs::remove_dir_all(&dir);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.len(),
@@ -377,8 +377,8 @@ fn a_person_who_logs_in_again_can_still_deposit() {
 fn chaos_with_full_crashes_recovers_from_the_journal_and_the_wire_shows_each_ack_exactly_once() {
     for (i, io) in ["uring", "epoll"].into_iter().enumerate() {
         let exe = server_exe();
-        let dir = std::env::temp_dir().join(format!("ns-chaos-test-{}-{io}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = ScratchDir::new(&format!("ns-chaos-test-{io}")).expect("scratch dir");
+        let dir = scratch.join("data");
         let args = bench_client::cli::ChaosArgs {
             workers: 2,
             io: io.to_string(),
@@ -404,7 +404,7 @@ fn chaos_with_full_crashes_recovers_from_the_journal_and_the_wire_shows_each_ack
         };
         let report = bench_client::chaos::run(&cfg, Some(&mut r)).expect("chaos run");
         drop(r);
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(scratch);
         eprintln!("{io}: {report:?}");
         assert!(
             report.restarts >= 2,
@@ -481,9 +481,7 @@ fn results_snapshot() -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
 #[test]
 fn a_sweep_repeats_its_cells_and_writes_only_where_it_is_told() {
     let before = results_snapshot();
-    let dir = std::env::temp_dir().join(format!("ns-sweep-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = ScratchDir::new("ns-sweep").expect("scratch dir");
     let out = dir.join("quick.csv");
     // Run from the repository root, where the old defaults (results/hgrm) would have landed.
     let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
@@ -568,7 +566,7 @@ fn a_sweep_repeats_its_cells_and_writes_only_where_it_is_told() {
     assert!(!st.success());
     assert_eq!(std::fs::read_to_string(&out).expect("read"), "a,b\n1,2\n");
     assert_eq!(results_snapshot(), before, "nothing under results/ changed");
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     // Without --out the sweep refuses to start rather than pick a place.
     let st = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args(["sweep", "--workers", "1"])
@@ -613,8 +611,7 @@ fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
         server_cpu.to_string(),
         "the test's own thread got its CPUs back"
     );
-    let dir = std::env::temp_dir().join(format!("ns-pin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let dir = ScratchDir::new("ns-pin").expect("scratch dir");
     let out = dir.join("pinned.csv");
     let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args([
@@ -642,5 +639,4 @@ fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
     let col = |n: &str| row[header.iter().position(|h| *h == n).expect(n)];
     assert_eq!(col("server_cpus"), server_cpu.to_string());
     assert_eq!(col("client_cpus"), client_cpu.to_string());
-    let _ = std::fs::remove_dir_all(&dir);
 }
