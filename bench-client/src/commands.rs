@@ -25,6 +25,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let hist_dir = a.hist_dir();
     let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
     let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
+    let threads = crate::cpus::client_threads(a.threads, &client_cpus);
     println!(
         "{:>6} {:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
         "repeat",
@@ -80,7 +81,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             addr,
                             protocol: load::Protocol::Ns,
                             connections,
-                            threads: crate::cpus::client_threads(a.threads, &client_cpus),
+                            threads,
                             duration: Duration::from_secs_f64(a.duration),
                             warmup: Duration::from_secs_f64(a.warmup),
                             mix,
@@ -94,15 +95,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                             client_cpus: client_cpus.clone(),
                         };
                         let r = load::run(&cfg)?;
-                        let audit = if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
-                            if server.audit() {
-                                "pass"
-                            } else {
-                                "FAIL"
-                            }
-                        } else {
-                            ""
-                        };
+                        let audit = ledger_audit(mix, || Ok(server.audit()))?;
                         let mut row =
                             CsvRow::new(&cfg, &server.backend, &r, audit, &commit, &server_cpus);
                         row.server_workers = Some(workers);
@@ -119,15 +112,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                                 hists.insert(key, r.total.latency_us.clone());
                             }
                         }
-                        let run = crate::summary::Run {
-                            req_s: r.total.requests as f64 / r.seconds,
-                            p50_us: r.total.latency_us.value_at_quantile(0.5),
-                            p99_us: r.total.latency_us.value_at_quantile(0.99),
-                            pushes_s: r.pushes as f64 / r.seconds,
-                            server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
-                            client_cpu_us: row.client_cpu_us_per_req,
-                            audit: (!audit.is_empty()).then_some(audit == "pass"),
-                        };
+                        let run = crate::summary::Run::of(&r, &row);
                         println!(
                             "{repeat:>6} {workers:>7} {:>11} {payload:>7} {connections:>5} {:>10.0} {:>8} {:>8} {:>10.0} {:>6}",
                             mix.name(),
@@ -165,6 +150,18 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         hist_dir.display()
     );
     Ok(())
+}
+
+/// The ledger's invariant after a run of `mix`: `pass` or `FAIL` from `check` after the mixes
+/// that move money, empty after the others.
+pub fn ledger_audit(
+    mix: Mix,
+    check: impl FnOnce() -> anyhow::Result<bool>,
+) -> anyhow::Result<&'static str> {
+    if !matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
+        return Ok("");
+    }
+    Ok(if check()? { "pass" } else { "FAIL" })
 }
 
 /// `bench-client chaos`: faults, abandoned requests, and the check over the wire.
@@ -380,17 +377,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     print_results(&cfg, &r);
     // RESP: the ledger's invariant, read back over the wire (NS: `uring-server audit`).
     let mut audit = "";
-    if cfg.protocol == load::Protocol::Resp && matches!(cfg.mix, Mix::TradeHeavy | Mix::Mixed) {
-        let a = crate::resp_mix::audit(cfg.addr, cfg.seed)?;
-        println!(
-            "  audit over the wire: {} accounts sum to {}, deposits total {}, {} below zero: {}",
-            a.accounts,
-            a.sum,
-            a.deposited,
-            a.negative,
-            if a.holds() { "pass" } else { "FAIL" }
-        );
-        audit = if a.holds() { "pass" } else { "FAIL" };
+    if cfg.protocol == load::Protocol::Resp {
+        audit = ledger_audit(cfg.mix, || {
+            let a = crate::resp_mix::audit(cfg.addr, cfg.seed)?;
+            println!(
+                "  audit over the wire: {} accounts sum to {}, deposits total {}, {} below zero",
+                a.accounts, a.sum, a.deposited, a.negative
+            );
+            Ok(a.holds())
+        })?;
+        if !audit.is_empty() {
+            println!("  audit: {audit}");
+        }
     }
     if let Some(dir) = &a.hist_dir {
         for (name, o) in OPS.iter().zip(&r.ops) {

@@ -30,6 +30,45 @@ impl Peer {
             Peer::Redis(_) => REDIS,
         }
     }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Peer::Ns(s) => s.addr,
+            Peer::Redis(r) => r.addr,
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            Peer::Ns(_) => Protocol::Ns,
+            Peer::Redis(_) => Protocol::Resp,
+        }
+    }
+
+    /// Its processes, for CPU time.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Peer::Ns(s) => s.pids(),
+            Peer::Redis(r) => vec![r.pid()],
+        }
+    }
+
+    /// The ledger's invariant after a run: `uring-server audit` for this server, the
+    /// scripts' totals read over the wire for Redis.
+    fn audit(&self, cfg: &load::Config) -> anyhow::Result<&'static str> {
+        crate::commands::ledger_audit(cfg.mix, || match self {
+            Peer::Ns(s) => Ok(s.audit()),
+            Peer::Redis(_) => Ok(crate::resp_mix::audit(cfg.addr, cfg.seed)?.holds()),
+        })
+    }
+
+    /// What its CSV rows say of it: backend, server (with Redis's version), worker count.
+    fn identity(&self, workers: u32) -> (String, String, u32) {
+        match self {
+            Peer::Ns(s) => (s.backend.clone(), NS.to_string(), workers),
+            Peer::Redis(r) => ("epoll".to_string(), r.version.clone(), 1),
+        }
+    }
 }
 
 /// `bench-client peers`.
@@ -48,6 +87,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
     }
     let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
     let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
+    let threads = crate::cpus::client_threads(a.threads, &client_cpus);
     let mut summary = Summary::default();
     println!(
         "{:>6} {:>10} {:>12} {:>11} {:>8} {:>10} {:>8} {:>8} {:>11} {:>6}",
@@ -82,16 +122,10 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                     };
                     for peer in order {
                         let cfg = load::Config {
-                            addr: match peer {
-                                Peer::Ns(s) => s.addr,
-                                Peer::Redis(r) => r.addr,
-                            },
-                            protocol: match peer {
-                                Peer::Ns(_) => Protocol::Ns,
-                                Peer::Redis(_) => Protocol::Resp,
-                            },
+                            addr: peer.addr(),
+                            protocol: peer.protocol(),
                             connections: a.connections,
-                            threads: crate::cpus::client_threads(a.threads, &client_cpus),
+                            threads,
                             duration: Duration::from_secs_f64(a.duration),
                             warmup: Duration::from_secs_f64(a.warmup),
                             mix,
@@ -102,33 +136,19 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                             rooms: 10,
                             // The same users (keys) for a cell on every repeat.
                             seed: a.seed.wrapping_mul(1000) + (m * a.pipeline.len() + p) as u64,
-                            server_pids: match peer {
-                                Peer::Ns(s) => s.pids(),
-                                Peer::Redis(r) => vec![r.pid()],
-                            },
+                            server_pids: peer.pids(),
                             client_cpus: client_cpus.clone(),
                         };
                         let r = load::run(&cfg)?;
-                        let audit = audit(peer, &cfg)?;
-                        let (backend, version, workers) = match peer {
-                            Peer::Ns(s) => (s.backend.clone(), NS.to_string(), a.workers),
-                            Peer::Redis(r) => ("epoll".to_string(), r.version.clone(), 1),
-                        };
+                        let audit = peer.audit(&cfg)?;
+                        let (backend, version, workers) = peer.identity(a.workers);
                         let mut row = CsvRow::new(&cfg, &backend, &r, audit, &commit, &server_cpus);
                         row.server_workers = Some(workers);
                         row.repeat = Some(repeat);
                         row.server = version;
                         row.durability = durability.name().to_string();
                         row.append(&a.out)?;
-                        let run = Run {
-                            req_s: r.total.requests as f64 / r.seconds,
-                            p50_us: r.total.latency_us.value_at_quantile(0.5),
-                            p99_us: r.total.latency_us.value_at_quantile(0.99),
-                            pushes_s: r.pushes as f64 / r.seconds,
-                            server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
-                            client_cpu_us: row.client_cpu_us_per_req,
-                            audit: (!audit.is_empty()).then_some(audit == "pass"),
-                        };
+                        let run = Run::of(&r, &row);
                         println!(
                             "{repeat:>6} {:>10} {:>12} {:>11} {pipeline:>8} {:>10.0} {:>8} {:>8} {:>11.2} {:>6}",
                             durability.name(),
@@ -161,7 +181,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
     let pairs = pairs_path(&a.out);
     write_pairs(&summary, &a, &pairs)?;
     let table = table_path(&a.out);
-    let md = side_by_side(&summary, &a, redis_exe.is_some());
+    let md = side_by_side(&summary, &a, threads, redis_exe.is_some());
     std::fs::write(&table, &md)?;
     println!("\n{md}");
     println!(
@@ -202,20 +222,6 @@ fn start_ns(
         ],
         &launch,
     )
-}
-
-/// The ledger's invariant after a ledger mix: `uring-server audit` for this server, the
-/// scripts' totals read over the wire for Redis; empty for the other mixes.
-fn audit(peer: &Peer, cfg: &load::Config) -> anyhow::Result<&'static str> {
-    use crate::load::Mix;
-    if !matches!(cfg.mix, Mix::TradeHeavy | Mix::Mixed) {
-        return Ok("");
-    }
-    let ok = match peer {
-        Peer::Ns(s) => s.audit(),
-        Peer::Redis(_) => crate::resp_mix::audit(cfg.addr, cfg.seed)?.holds(),
-    };
-    Ok(if ok { "pass" } else { "FAIL" })
 }
 
 fn cell(
@@ -296,7 +302,7 @@ fn write_pairs(s: &Summary, a: &PeersArgs, path: &Path) -> anyhow::Result<()> {
 }
 
 /// The side-by-side table (Markdown) README shows: medians over the repeats.
-fn side_by_side(s: &Summary, a: &PeersArgs, with_redis: bool) -> String {
+fn side_by_side(s: &Summary, a: &PeersArgs, threads: usize, with_redis: bool) -> String {
     let mut t = String::new();
     let place = |cpus: &Option<crate::cpus::CpuList>| {
         cpus.as_ref().map_or("any CPU".to_string(), |c| {
@@ -309,7 +315,7 @@ fn side_by_side(s: &Summary, a: &PeersArgs, with_redis: bool) -> String {
          median of {} interleaved runs; uring-server -w {} --io {}; servers on {}, client on {}; \
          {} cores, kernel {}.\n",
         a.connections,
-        crate::cpus::client_threads(a.threads, &a.client_cpus.clone().unwrap_or_default().0),
+        threads,
         a.payload,
         a.duration,
         a.warmup,

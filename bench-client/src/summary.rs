@@ -29,6 +29,22 @@ pub struct Run {
     pub audit: Option<bool>,
 }
 
+impl Run {
+    /// The summarised figures of one run, as its CSV row states them (the audit from the row's
+    /// `pass`, `FAIL` or empty).
+    pub fn of(r: &crate::load::Results, row: &crate::report::CsvRow) -> Run {
+        Run {
+            req_s: r.total.requests as f64 / r.seconds,
+            p50_us: r.total.latency_us.value_at_quantile(0.5),
+            p99_us: r.total.latency_us.value_at_quantile(0.99),
+            pushes_s: r.pushes as f64 / r.seconds,
+            server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
+            client_cpu_us: row.client_cpu_us_per_req,
+            audit: (!row.audit.is_empty()).then_some(row.audit == "pass"),
+        }
+    }
+}
+
 /// Median, min and max of `v` (sorted in place); zeros when empty.
 pub fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     if v.is_empty() {
