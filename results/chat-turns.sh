@@ -9,13 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bc=./target/release/bench-client
-dir=$(mktemp -d); nsport=$((22000 + $$ % 9000)); rport=$((nsport + 1)); name="turns-$$"
-taskset -c 0 ./target/release/uring-server -w 1 --durability none --name "$name" --port "$nsport" \
-  --data-dir "$dir/ns" --flood-burst 1000000 --flood-per-sec 1000000 >/dev/null 2>&1 & nspid=$!
-taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$dir" --logfile "$dir/redis.log" >/dev/null 2>&1 & rpid=$!
-trap 'kill $nspid $rpid 2>/dev/null; wait $nspid $rpid 2>/dev/null; rm -rf "$dir"' EXIT
-sleep 1.5
+. results/pinned-servers.sh
+start_pinned_servers turns
 worker=$(./target/release/uring-server stats --name "$name" --format json \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"][0]["pid"])')
 echo "# bash results/chat-turns.sh  (commit $(git rev-parse --short HEAD); $(nproc) cores, kernel $(uname -r))"

@@ -10,13 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-50000}; REPEAT=${REPEAT:-3}; DUR=${DUR:-5}
 bc=./target/release/bench-client
-name="cc-$$"; dir=$(mktemp -d); nsport=$((20000 + $$ % 10000)); rport=$((nsport + 1))
-taskset -c 0 ./target/release/uring-server -w 1 --durability none --name "$name" --port "$nsport" \
-  --data-dir "$dir/ns" --flood-burst 1000000 --flood-per-sec 1000000 >/dev/null 2>&1 & nspid=$!
-taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$dir" --logfile "$dir/redis.log" >/dev/null 2>&1 & rpid=$!
-trap 'kill $nspid $rpid 2>/dev/null; wait $nspid $rpid 2>/dev/null; rm -rf "$dir"' EXIT
-sleep 1.5
+. results/pinned-servers.sh
+start_pinned_servers cc
 echo "# bash results/client-cost.sh  (RATE=$RATE REPEAT=$REPEAT DUR=$DUR; commit $(git rev-parse --short HEAD); $(nproc) cores, kernel $(uname -r))"
 echo "# mix protocol repeat req/s client_cpu_us_per_req server_cpu_us_per_req p50_us p99_us"
 for mix in heartbeat balance trade-heavy chat-heavy; do
