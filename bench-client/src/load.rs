@@ -529,16 +529,46 @@ impl Tally {
 
     /// A chat message delivered: its text starts with `t=<send time in ns>|`.
     fn delivered(&mut self, text: &[u8], done_ns: u64) {
-        let sent_ns = text
-            .get(2..22)
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse::<u64>().ok());
+        let sent_ns = text.get(2..22).and_then(parse_digits);
         if let Some(sent_ns) = sent_ns.filter(|&t| t >= self.warm_ns) {
             self.pushes += 1;
             self.push_hist
                 .saturating_record((done_ns.saturating_sub(sent_ns) / 1000).max(1));
         }
     }
+}
+
+/// The send time at the head of a chat text: 20 ASCII decimal digits, parsed 8 at a time
+/// (SWAR) instead of one multiply per digit: every delivered push goes through here, millions a
+/// second, and a digit-by-digit parse was a tenth of the client's CPU. `None` unless all 20
+/// bytes are digits and the value fits in a u64.
+fn parse_digits(digits: &[u8]) -> Option<u64> {
+    let d: &[u8; 20] = digits.try_into().ok()?;
+    let head = eight_digits(d[4..12].try_into().ok()?)?;
+    let tail = eight_digits(d[12..20].try_into().ok()?)?;
+    let top = d[..4].iter().try_fold(0u64, |v, &c| {
+        c.is_ascii_digit().then(|| v * 10 + u64::from(c - b'0'))
+    })?;
+    // top < 10^4 and head, tail < 10^8: only the last multiply and add can overflow.
+    (top * 100_000_000 + head)
+        .checked_mul(100_000_000)?
+        .checked_add(tail)
+}
+
+/// Eight ASCII digits as a number, or `None` if any byte is not a digit.
+fn eight_digits(b: &[u8; 8]) -> Option<u64> {
+    let chunk = u64::from_le_bytes(*b);
+    // Each byte's high nibble is 3 and its low nibble at most 9 (no carry crosses a byte).
+    let digit = chunk & 0x0F0F_0F0F_0F0F_0F0F;
+    let valid = chunk & 0xF0F0_F0F0_F0F0_F0F0 == 0x3030_3030_3030_3030
+        && (digit + 0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0 == 0;
+    if !valid {
+        return None;
+    }
+    // Little-endian: the first digit is the lowest byte. Pairs, then quads, then all eight.
+    let pairs = ((digit & 0x000F_000F_000F_000F) * 10) + ((digit >> 8) & 0x000F_000F_000F_000F);
+    let quads = ((pairs & 0x0000_00FF_0000_00FF) * 100) + ((pairs >> 16) & 0x0000_00FF_0000_00FF);
+    Some(((quads & 0xFFFF) * 10_000) + (quads >> 32))
 }
 
 fn drive(
@@ -813,4 +843,32 @@ pub enum Op {
     ChatSend = 3,
     /// HEARTBEAT / PING.
     Heartbeat = 4,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_digits;
+
+    #[test]
+    fn digits_parse_and_anything_else_is_refused() {
+        assert_eq!(parse_digits(b"00000000001234567890"), Some(1_234_567_890));
+        assert_eq!(parse_digits(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_digits(b"18446744073709551616"), None, "overflow");
+        assert_eq!(parse_digits(b"0000000000000000012a"), None);
+        assert_eq!(parse_digits(b"-0000000000000000001"), None);
+        assert_eq!(parse_digits(b"0000000000000000001"), None, "19 digits");
+        // Every position, every byte: the same answer as the standard library's parse.
+        let base = *b"00001234567890123456";
+        for i in 0..20 {
+            for c in 0..=255u8 {
+                let mut d = base;
+                d[i] = c;
+                let std = std::str::from_utf8(&d)
+                    .ok()
+                    .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok());
+                assert_eq!(parse_digits(&d), std, "{d:?}");
+            }
+        }
+    }
 }

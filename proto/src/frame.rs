@@ -11,7 +11,7 @@ use core::fmt;
 use crate::body::{ErrorBody, Message, OpcodeBody, Push, Reply, Request, Response};
 use crate::codec::{BodyError, Field};
 use crate::codes::{Opcode, Status};
-use crate::header::{checksum, offset, Flags, Header, RawHeader, HEADER_LEN, MAGIC, VERSION};
+use crate::header::{checksum_frame, offset, Flags, Header, RawHeader, HEADER_LEN, MAGIC, VERSION};
 
 /// The largest `body_len` any configuration may allow (1 MiB). A server's own limit is at most
 /// this; [`BODY_LEN_MAX_DEFAULT`] is the usual one.
@@ -237,13 +237,10 @@ fn check_framing(raw: &RawHeader, body_len_max: u32) -> Result<(), DecodeError> 
 
 /// Checks a whole frame whose framing passed: checksum first (when it fails, no other field can
 /// be trusted), then reserved bytes, flags, opcode and status.
-fn verify<'a>(
-    raw: RawHeader,
-    header_bytes: &[u8; HEADER_LEN],
-    body: &'a [u8],
-) -> Result<Frame<'a>, DecodeError> {
-    debug_assert_eq!(body.len(), raw.body_len as usize);
-    let computed = checksum(header_bytes, body);
+fn verify(raw: RawHeader, frame: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    debug_assert_eq!(frame.len(), HEADER_LEN + raw.body_len as usize);
+    let body = &frame[HEADER_LEN..];
+    let computed = checksum_frame(frame);
     if computed != raw.checksum {
         return Err(DecodeError::BadChecksum {
             header: raw,
@@ -379,8 +376,7 @@ impl FrameDecoder {
         }
         let frame_len = HEADER_LEN + raw.body_len as usize;
         if input.len() >= frame_len {
-            let body = &input[HEADER_LEN..frame_len];
-            return (frame_len, verify(raw, header_bytes, body).map(Some));
+            return (frame_len, verify(raw, &input[..frame_len]).map(Some));
         }
         // The body is cut: buffer what arrived, sized for exactly this frame.
         self.partial.reserve_exact(frame_len);
@@ -420,11 +416,7 @@ impl FrameDecoder {
         }
         debug_assert!(self.partial.len() <= HEADER_LEN + self.body_len_max as usize);
         self.partial_done = true;
-        let (header_bytes, body) = self.partial.split_at(HEADER_LEN);
-        (
-            used,
-            verify(raw, header_array(header_bytes), body).map(Some),
-        )
+        (used, verify(raw, &self.partial).map(Some))
     }
 }
 
@@ -505,7 +497,7 @@ pub fn write_frame_with(
         body_len,
         "a body wrote other than its encoded_len"
     );
-    let crc = checksum(&header, body);
+    let crc = checksum_frame(&out[start..]);
     out[start + offset::CHECKSUM..start + offset::CHECKSUM + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(())
 }

@@ -252,6 +252,18 @@ pub fn checksum(header: &[u8; HEADER_LEN], body: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// [`checksum`] of a frame that lies whole in one buffer (header then body): two CRC updates
+/// instead of three, because the reserved bytes and the body are contiguous. For frames of a
+/// hundred bytes the per-update cost is a large part of the whole, and a client reading pushes
+/// checks millions a second.
+pub fn checksum_frame(frame: &[u8]) -> u32 {
+    debug_assert!(frame.len() >= HEADER_LEN);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&frame[..offset::CHECKSUM]);
+    h.update(&frame[offset::RESERVED..]);
+    h.finalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +311,18 @@ mod tests {
             m[i] ^= 0x01;
             assert_ne!(checksum(&m, body), c, "byte {i} not covered");
         }
+    }
+
+    #[test]
+    fn checksum_frame_is_checksum_of_its_parts() {
+        let mut b = [0u8; HEADER_LEN];
+        RawHeader::new(Flags::NONE, 1, 0, 9, 3).write(&mut b);
+        let mut frame = b.to_vec();
+        frame.extend_from_slice(b"a body of some length");
+        let (h, body) = frame.split_at(HEADER_LEN);
+        let h: &[u8; HEADER_LEN] = h.try_into().expect("32 bytes");
+        assert_eq!(checksum_frame(&frame), checksum(h, body));
+        assert_ne!(checksum_frame(&frame), checksum(h, &body[1..]));
     }
 
     #[test]

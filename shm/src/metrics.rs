@@ -86,6 +86,12 @@ pub struct WorkerMetrics {
     pub slow_consumer_disconnects: Counter,
     /// Connections closed for idleness.
     pub idle_timeouts: Counter,
+    /// Event-loop turns (one wait for the kernel each).
+    pub loop_turns: Counter,
+    /// Send operations issued (io_uring: SENDs submitted; epoll: send calls).
+    pub sends: Counter,
+    /// Cross-worker chat wake-ups issued (at most one per turn that published).
+    pub chat_wakes: Counter,
 }
 
 /// The metrics tables of a segment.

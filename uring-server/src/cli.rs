@@ -60,6 +60,13 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub flood_per_sec: u32,
 
+    /// io_uring: after a turn that fanned out (more sends than receives), the next wait holds
+    /// completions back up to this long (µs) once one is there, so that more requests share
+    /// each connection's one send per turn; 0 turns it off. Never when idle: an idle loop waits
+    /// for the first completion as before. docs/DESIGN.md §5 has the A/B that chose it.
+    #[arg(long, default_value_t = 20)]
+    pub batch_wait_us: u32,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,

@@ -170,11 +170,13 @@ impl Backend for EpollBackend<'_> {
         };
         let fd = s.fd.as_raw_fd();
         let mut full = false;
+        let metrics = core.ctx.metrics;
         loop {
             let chunk = core.output(key);
             if chunk.is_empty() {
                 break;
             }
+            metrics.sends.add(1);
             match nix::sys::socket::send(fd, chunk, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
                 Ok(n) => core.sent(key, n),
                 Err(Errno::EAGAIN) => {

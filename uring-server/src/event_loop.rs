@@ -62,6 +62,7 @@ pub fn run<B: Backend>(
             break;
         }
         backend.turn(core, &mut touched)?;
+        core.ctx.metrics.loop_turns.add(1);
         touched.extend(core.deliver());
         touched.extend(core.release_durable());
         if core.now_ms().saturating_sub(last_sweep_ms) >= SWEEP_EVERY_MS {

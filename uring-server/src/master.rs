@@ -164,6 +164,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         registration_open: args.registration == Registration::Open,
         flood_burst: args.flood_burst,
         flood_per_sec: args.flood_per_sec,
+        batch_wait_us: args.batch_wait_us,
     };
     let mut slots: Vec<WorkerSlot> = (0..workers)
         .map(|_| WorkerSlot {

@@ -26,6 +26,11 @@ struct Snapshot {
     slow_consumers: u64,
     idle_timeouts: u64,
     restarts: u64,
+    pushes_delivered: u64,
+    pushes_dropped: u64,
+    loop_turns: u64,
+    sends: u64,
+    chat_wakes: u64,
 }
 
 fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
@@ -53,6 +58,11 @@ fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         s.slow_consumers += w.slow_consumer_disconnects.get();
         s.idle_timeouts += w.idle_timeouts.get();
         s.restarts += w.restarts.get();
+        s.pushes_delivered += w.pushes_delivered.get();
+        s.pushes_dropped += w.pushes_dropped.get();
+        s.loop_turns += w.loop_turns.get();
+        s.sends += w.sends.get();
+        s.chat_wakes += w.chat_wakes.get();
     }
     s
 }
@@ -73,6 +83,11 @@ struct StatsJson {
     requests_by_opcode: std::collections::BTreeMap<&'static str, u64>,
     responses_by_status: std::collections::BTreeMap<&'static str, u64>,
     bad_frames: u64,
+    pushes_delivered: u64,
+    pushes_dropped: u64,
+    loop_turns: u64,
+    sends: u64,
+    chat_wakes: u64,
     txn_seq: u64,
     ledger_ops: u64,
     journal: JournalJson,
@@ -160,6 +175,10 @@ struct WorkerJson {
     conns_active: u64,
     requests: u64,
     restarts: u64,
+    pushes_delivered: u64,
+    loop_turns: u64,
+    sends: u64,
+    chat_wakes: u64,
 }
 
 fn json(seg: &Segment, now: &Snapshot) -> String {
@@ -183,6 +202,10 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
                 conns_active: w.conns_active.get(),
                 requests: w.requests.iter().map(|c| c.get()).sum(),
                 restarts: w.restarts.get(),
+                pushes_delivered: w.pushes_delivered.get(),
+                loop_turns: w.loop_turns.get(),
+                sends: w.sends.get(),
+                chat_wakes: w.chat_wakes.get(),
             })
             .collect(),
         conns_active: now.conns_active,
@@ -198,6 +221,11 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
             .map(|st| (st.name(), now.by_status[st.as_u16() as usize]))
             .collect(),
         bad_frames: now.bad_frames,
+        pushes_delivered: now.pushes_delivered,
+        pushes_dropped: now.pushes_dropped,
+        loop_turns: now.loop_turns,
+        sends: now.sends,
+        chat_wakes: now.chat_wakes,
         txn_seq: ledger.txn_seq,
         ledger_ops: ledger.ops,
         journal: journal_json(seg),
@@ -245,6 +273,18 @@ fn text(seg: &Segment, now: &Snapshot, rates: Rates) -> String {
         now.bad_frames,
         now.bytes_in,
         now.bytes_out
+    );
+    let per_turn = |n: u64| n as f64 / now.loop_turns.max(1) as f64;
+    let _ = writeln!(
+        o,
+        "push path: {} pushes delivered, {} dropped; {} loop turns, {} sends ({:.1}/turn), {} chat wake-ups ({:.2}/turn)",
+        now.pushes_delivered,
+        now.pushes_dropped,
+        now.loop_turns,
+        now.sends,
+        per_turn(now.sends),
+        now.chat_wakes,
+        per_turn(now.chat_wakes)
     );
     let _ = writeln!(
         o,
@@ -337,7 +377,7 @@ fn prometheus(seg: &Segment) -> String {
     fn one(v: u64) -> Vec<(String, u64)> {
         vec![(String::new(), v)]
     }
-    let families: [(&str, &str, &str, Sample); 8] = [
+    let families: [(&str, &str, &str, Sample); 12] = [
         (
             "connections_open",
             "Open client connections.",
@@ -388,6 +428,24 @@ fn prometheus(seg: &Segment) -> String {
             "Bytes queued for sending.",
             "counter",
             |w| one(w.bytes_out.get()),
+        ),
+        (
+            "pushes_delivered_total",
+            "Pushes queued to a connection.",
+            "counter",
+            |w| one(w.pushes_delivered.get()),
+        ),
+        ("loop_turns_total", "Event-loop turns.", "counter", |w| {
+            one(w.loop_turns.get())
+        }),
+        ("sends_total", "Send operations issued.", "counter", |w| {
+            one(w.sends.get())
+        }),
+        (
+            "chat_wakes_total",
+            "Cross-worker chat wake-ups.",
+            "counter",
+            |w| one(w.chat_wakes.get()),
         ),
         (
             "worker_restarts_total",

@@ -71,7 +71,17 @@ pub struct UringBackend<'w> {
     wake_buf: Box<[u8; 8]>,
     rearm: Vec<usize>,
     cqes: Vec<cqueue::Entry>,
+    /// Receives that brought bytes in the last turn.
+    recvs_last_turn: usize,
+    /// Sends submitted since the last wait.
+    sends_queued: usize,
+    /// How long a batching wait may hold completions back (µs); 0: never batch.
+    batch_wait_us: u32,
 }
+
+/// A turn with fewer receives than this never makes the next wait a batching one: a loop this
+/// quiet gains nothing from holding completions back.
+const BATCH_BUSY_RECVS: usize = 8;
 
 impl std::fmt::Debug for UringBackend<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,8 +93,22 @@ impl std::fmt::Debug for UringBackend<'_> {
 
 impl<'w> UringBackend<'w> {
     /// A ring for this worker (created after the fork), its provided buffers and the tick.
-    pub fn new(listener: OwnedFd, wake_fd: Option<BorrowedFd<'w>>) -> anyhow::Result<Self> {
+    pub fn new(
+        listener: OwnedFd,
+        wake_fd: Option<BorrowedFd<'w>>,
+        batch_wait_us: u32,
+    ) -> anyhow::Result<Self> {
         let ring = builder().build(RING_ENTRIES)?;
+        // The batching wait needs the kernel's min-wait (6.12+); without it, it is off.
+        let batch_wait_us = if batch_wait_us > 0 && !ring.params().is_feature_min_timeout() {
+            tracing::warn!(
+                "this kernel's io_uring has no min-wait (IORING_FEAT_MIN_TIMEOUT, 6.12+): \
+                 --batch-wait-us is off"
+            );
+            0
+        } else {
+            batch_wait_us
+        };
         let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
         let mut b = UringBackend {
             ring,
@@ -100,6 +124,9 @@ impl<'w> UringBackend<'w> {
             wake_buf: Box::new([0u8; 8]),
             rearm: Vec::new(),
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            recvs_last_turn: 0,
+            sends_queued: 0,
+            batch_wait_us,
         };
         let tick = opcode::Timeout::new(&*b.tick)
             .flags(TimeoutFlags::MULTISHOT)
@@ -193,6 +220,15 @@ impl<'w> UringBackend<'w> {
         }
     }
 
+    /// True when the next wait should gather a batch: batching is on, the last turn was busy
+    /// and it fanned out (it sent to more connections than it heard from). A turn that only
+    /// answered its own requests gains nothing from waiting: each answer is a send anyway.
+    fn batching(&self) -> bool {
+        self.batch_wait_us > 0
+            && self.recvs_last_turn >= BATCH_BUSY_RECVS
+            && self.sends_queued > self.recvs_last_turn
+    }
+
     /// Operations in flight, on sockets and loop-wide.
     fn outstanding(&self) -> usize {
         let per_socket: usize = self
@@ -234,6 +270,8 @@ impl Backend for UringBackend<'_> {
         if let Some(s) = self.sockets.get_mut(key) {
             s.send_busy = true;
         }
+        core.ctx.metrics.sends.add(1);
+        self.sends_queued += 1;
         let e = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -287,11 +325,33 @@ impl Backend for UringBackend<'_> {
         for key in std::mem::take(&mut self.rearm) {
             self.arm_recv(core, key);
         }
-        match self.ring.submit_and_wait(1) {
+        let waited = if self.batching() {
+            // The last turn fanned out: every connection it sent to got one send carrying
+            // everything queued for it, so more requests per turn means fewer sends per
+            // request. Wait for a completion per connection (plus the sends just submitted,
+            // which complete inline on loopback), but once `batch_wait_us` has passed, return
+            // with whatever is there (the kernel's min-wait, 6.12+; older kernels ignore it
+            // and wait for the first completion).
+            let want = (self.sends_queued + core.conns.len()).min(CQ_ENTRIES as usize / 2);
+            let ts = types::Timespec::new().sec(1);
+            let args = types::SubmitArgs::new()
+                .timespec(&ts)
+                .min_wait_usec(self.batch_wait_us);
+            self.ring.submitter().submit_with_args(want, &args)
+        } else {
+            self.ring.submit_and_wait(1)
+        };
+        self.sends_queued = 0;
+        match waited {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                ) => {}
             Err(e) => return Err(e.into()),
         }
+        let mut recvs = 0usize;
         core.tick_clock();
         let mut returned = false;
         // Completions are copied out first (into a reused buffer): handling one may push new
@@ -321,6 +381,7 @@ impl Backend for UringBackend<'_> {
                 RECV => {
                     let more = cqueue::more(flags);
                     if res > 0 {
+                        recvs += 1;
                         if let Some(bid) = cqueue::buffer_select(flags) {
                             // Copy-free: the core consumes the bytes (buffering only a cut
                             // frame) before the buffer goes back to the ring.
@@ -366,6 +427,7 @@ impl Backend for UringBackend<'_> {
             }
         }
         self.cqes = cqes;
+        self.recvs_last_turn = recvs;
         if returned {
             self.bufs.publish();
         }

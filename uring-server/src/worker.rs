@@ -157,7 +157,8 @@ fn run_inner(
     };
     match backend {
         Backend::Uring => {
-            let mut io = crate::uring::UringBackend::new(listener, wake_fd)?;
+            let batch_wait_us = core.ctx.cfg.batch_wait_us;
+            let mut io = crate::uring::UringBackend::new(listener, wake_fd, batch_wait_us)?;
             crate::event_loop::run(&mut core, &mut io, &shutdown)?;
         }
         Backend::Epoll => {

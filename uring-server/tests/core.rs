@@ -46,6 +46,7 @@ fn config() -> Config {
         registration_open: true,
         flood_burst: 3,
         flood_per_sec: 1,
+        batch_wait_us: 0,
     }
 }
 

@@ -62,7 +62,7 @@ impl Ctx<'_> {
             d.text.as_str(),
             self.wall_ms,
         )?;
-        shm::wake::notify_all(self.seg, self.wake_fds);
+        self.wake_pending = true;
         self.respond(
             st,
             id,

@@ -48,6 +48,8 @@ pub struct Config {
     pub flood_burst: u32,
     /// Flood limit: chat messages per second after the burst.
     pub flood_per_sec: u32,
+    /// io_uring's batching wait after a fan-out turn, µs (0: off).
+    pub batch_wait_us: u32,
 }
 
 /// Where a connection's session stands.
@@ -122,6 +124,9 @@ pub struct Ctx<'s> {
     rooms: Rooms<'s>,
     chat: ChatLocal,
     wake_fds: Option<&'s WakeFds>,
+    /// Something was published to a room ring or an inbox this turn: the workers are woken
+    /// once, when the turn's frames are all handled ([`Core::wake_workers`]), not per message.
+    wake_pending: bool,
     /// Durable mode: ledger answers wait for the journal.
     journal_on: bool,
     /// Connections with answers waiting for the journal.
@@ -183,6 +188,7 @@ impl<'s> Core<'s> {
                     ..ChatLocal::default()
                 },
                 wake_fds,
+                wake_pending: false,
                 journal_on: shm::journal::mode(seg) == shm::journal::Mode::Sync,
                 holding: Vec::new(),
                 seg,
@@ -280,6 +286,16 @@ impl<'s> Core<'s> {
     pub fn peer_closed(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.st.closing = true;
+        }
+    }
+
+    /// Wakes every worker (this one included, so that its own members get the push) if this
+    /// turn published anything: one futex wake (and one eventfd write per epoll worker) per turn,
+    /// however many messages the turn carried.
+    fn wake_workers(&mut self) {
+        if std::mem::take(&mut self.ctx.wake_pending) {
+            shm::wake::notify_all(self.ctx.seg, self.ctx.wake_fds);
+            self.ctx.metrics.chat_wakes.add(1);
         }
     }
 

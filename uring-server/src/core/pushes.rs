@@ -13,7 +13,12 @@ impl Core<'_> {
     /// Delivers every room message this worker has not yet pushed to its local members, if the
     /// chat epoch moved. Each message is encoded once and copied into each member's queue.
     /// Returns the connections that got output.
+    ///
+    /// Called once per loop turn, after every frame of the turn was handled: it first wakes
+    /// the workers if the turn published anything (one wake for the whole turn), so this
+    /// worker's own members see the turn's messages in this same pass.
     pub fn deliver(&mut self) -> Vec<usize> {
+        self.wake_workers();
         let epoch = shm::wake::epoch(self.ctx.seg).load(std::sync::atomic::Ordering::Acquire);
         if epoch == self.ctx.chat.epoch_seen {
             return Vec::new();

@@ -78,7 +78,7 @@ impl Ctx<'_> {
         let seq = self
             .rooms
             .publish(c.room_id, user, &st.name, c.text.as_str(), self.wall_ms)?;
-        shm::wake::notify_all(self.seg, self.wake_fds);
+        self.wake_pending = true;
         self.respond(st, id, &Response::ChatSend(ChatSendResponse { seq }));
         Ok(())
     }
