@@ -8,6 +8,7 @@ use proto::{write_push, Push};
 use shm::rooms::Read;
 
 use super::Core;
+use crate::chat::LocalMember;
 
 impl Core<'_> {
     /// Delivers every room message this worker has not yet pushed to its local members, if the
@@ -29,50 +30,72 @@ impl Core<'_> {
         self.deliver_inbox(&mut touched, &mut frame);
         let rooms: Vec<u32> = self.ctx.chat.members.keys().copied().collect();
         for room in rooms {
-            let Ok(last) = self.ctx.rooms.last_seq(room) else {
+            // Taken out of the map for the room's whole batch (the queues need the context
+            // mutably), and put back once: not once per message.
+            let Some(members) = self.ctx.chat.members.remove(&room) else {
                 continue;
             };
-            let mut seq = self.ctx.chat.cursors.get(&room).copied().unwrap_or(last);
-            while seq < last {
-                seq += 1;
-                frame.clear();
-                let event = match self.ctx.rooms.read(room, seq) {
-                    Ok(Read::Event(e)) => e,
-                    Ok(Read::Missed { oldest }) => {
-                        // This worker fell a whole ring behind: tell members what they lost.
-                        let gap = Push::ChatGap(ChatGap {
-                            room_id: room,
-                            first_seq: seq,
-                            missed: oldest - seq,
-                        });
-                        let _ = write_push(&mut frame, &gap, proto::BODY_LEN_LIMIT);
-                        self.fan_out(room, seq, &frame, &mut touched);
-                        seq = oldest - 1;
-                        continue;
-                    }
-                    Ok(Read::NotYet) | Err(_) => break,
-                };
-                let (Ok(sender), Ok(text)) =
-                    (Name::new(&event.sender_name), Text::new(&event.text))
-                else {
-                    continue;
-                };
-                let push = Push::ChatBroadcast(ChatBroadcast {
-                    room_id: room,
-                    message: RoomMessage {
-                        seq,
-                        sender_id: event.sender,
-                        time_ms: event.time_ms,
-                        sender,
-                        text,
-                    },
-                });
-                let _ = write_push(&mut frame, &push, proto::BODY_LEN_LIMIT);
-                self.fan_out(room, seq, &frame, &mut touched);
+            let delivered = self.deliver_room(room, &members, &mut frame);
+            if delivered {
+                // Every member that got anything is settled once for the batch.
+                touched.extend(members.iter().map(|m| m.key));
             }
-            self.ctx.chat.cursors.insert(room, seq);
+            self.ctx.chat.members.insert(room, members);
         }
         touched
+    }
+
+    /// Copies every message of `room` this worker has not yet pushed into its members' queues;
+    /// true if there was any.
+    fn deliver_room(&mut self, room: u32, members: &[LocalMember], frame: &mut Vec<u8>) -> bool {
+        let Ok(last) = self.ctx.rooms.last_seq(room) else {
+            return false;
+        };
+        let first = self.ctx.chat.cursors.get(&room).copied().unwrap_or(last);
+        let mut seq = first;
+        while seq < last {
+            seq += 1;
+            frame.clear();
+            let event = match self.ctx.rooms.read(room, seq) {
+                Ok(Read::Event(e)) => e,
+                Ok(Read::Missed { oldest }) => {
+                    // This worker fell a whole ring behind: tell members what they lost.
+                    let gap = Push::ChatGap(ChatGap {
+                        room_id: room,
+                        first_seq: seq,
+                        missed: oldest - seq,
+                    });
+                    let _ = write_push(frame, &gap, proto::BODY_LEN_LIMIT);
+                    self.fan_out(members, seq, frame);
+                    seq = oldest - 1;
+                    continue;
+                }
+                Ok(Read::NotYet) | Err(_) => {
+                    seq -= 1;
+                    break;
+                }
+            };
+            let (Ok(sender), Ok(text)) = (Name::new(&event.sender_name), Text::new(&event.text))
+            else {
+                continue;
+            };
+            let push = Push::ChatBroadcast(ChatBroadcast {
+                room_id: room,
+                message: RoomMessage {
+                    seq,
+                    sender_id: event.sender,
+                    time_ms: event.time_ms,
+                    sender,
+                    text,
+                },
+            });
+            let _ = write_push(frame, &push, proto::BODY_LEN_LIMIT);
+            self.fan_out(members, seq, frame);
+        }
+        if seq != first {
+            self.ctx.chat.cursors.insert(room, seq);
+        }
+        seq != first
     }
 
     /// Delivers the direct messages in this worker's inbox to their recipients here.
@@ -121,14 +144,10 @@ impl Core<'_> {
         self.ctx.chat.inbox_seq = seq;
     }
 
-    /// Copies one encoded push into the queue of every local member of `room` that joined
+    /// Copies one encoded push into the queue of every local member of a room that joined
     /// before message `seq`.
-    fn fan_out(&mut self, room: u32, seq: u64, frame: &[u8], touched: &mut Vec<usize>) {
-        // Taken out of the map while the queues are filled (which needs the context mutably).
-        let Some(members) = self.ctx.chat.members.remove(&room) else {
-            return;
-        };
-        for m in &members {
+    fn fan_out(&mut self, members: &[LocalMember], seq: u64, frame: &[u8]) {
+        for m in members {
             if seq <= m.after_seq {
                 continue;
             }
@@ -148,8 +167,6 @@ impl Core<'_> {
             } else {
                 ctx.metrics.pushes_delivered.add(1);
             }
-            touched.push(m.key);
         }
-        self.ctx.chat.members.insert(room, members);
     }
 }
