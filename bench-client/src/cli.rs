@@ -51,9 +51,12 @@ pub struct PeersArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "heartbeat,balance,trade-heavy,chat-heavy"
+        default_value = "heartbeat,balance,trade-heavy,chat-heavy,fanout"
     )]
     pub mix: Vec<Mix>,
+    /// Fan-out: connections that publish to the one room (the rest only listen).
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
     /// Requests in flight per connection.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub pipeline: Vec<usize>,
@@ -303,9 +306,12 @@ pub struct RunArgs {
     /// Accounts that receive the transfers (lock contention).
     #[arg(long, default_value_t = 8)]
     pub hot_accounts: usize,
-    /// Rooms for the chat mixes.
+    /// Rooms for the chat mixes (fan-out: always one).
     #[arg(long, default_value_t = 10)]
     pub rooms: usize,
+    /// Fan-out: connections that publish to the one room (the rest only listen).
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
     /// Seed for every random choice (printed; rerun with it to replay).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -56,6 +56,10 @@ pub enum Mix {
     Balance,
     /// HEARTBEAT only: the protocol's cheapest round trip (no shared memory touched).
     Heartbeat,
+    /// Fan-out: every connection joins one room, the first `--publishers` of them CHAT_SEND
+    /// to it and the rest only listen (a HEARTBEAT every few seconds keeps them from the idle
+    /// timeout). Measures deliveries per second and push latency at every member.
+    Fanout,
 }
 
 impl Mix {
@@ -67,12 +71,13 @@ impl Mix {
             Mix::Mixed => "mixed",
             Mix::Balance => "balance",
             Mix::Heartbeat => "heartbeat",
+            Mix::Fanout => "fanout",
         }
     }
 
     /// True for the mixes that send chat messages (their connections join rooms).
     pub fn chats(self) -> bool {
-        matches!(self, Mix::ChatHeavy | Mix::Mixed)
+        matches!(self, Mix::ChatHeavy | Mix::Mixed | Mix::Fanout)
     }
 }
 
@@ -101,8 +106,10 @@ pub struct Config {
     pub rate: Option<f64>,
     /// Accounts that receive transfers (the contention set).
     pub hot_accounts: usize,
-    /// Rooms the connections spread over.
+    /// Rooms the connections spread over (fan-out: one, whatever this says).
     pub rooms: usize,
+    /// Fan-out: how many of the connections send (the others only listen).
+    pub publishers: usize,
     /// Seed of every random choice; printed with the results.
     pub seed: u64,
     /// The server's processes, to report its CPU time per request (empty: not reported).
@@ -110,6 +117,35 @@ pub struct Config {
     /// CPUs the client's threads run on (empty: wherever the scheduler puts them).
     pub client_cpus: Vec<usize>,
 }
+
+impl Config {
+    /// Rooms the connections spread over: connection `i` is in room `i % room_count()`.
+    pub fn room_count(&self) -> usize {
+        if self.mix == Mix::Fanout {
+            1
+        } else {
+            self.rooms.max(1)
+        }
+    }
+
+    /// Connections that send requests (fan-out: the publishers; otherwise all).
+    pub fn senders(&self) -> usize {
+        if self.mix == Mix::Fanout {
+            self.publishers.clamp(1, self.connections.max(1))
+        } else {
+            self.connections
+        }
+    }
+
+    /// Whether connection `i` sends requests (the others only listen).
+    pub fn sends(&self, i: usize) -> bool {
+        i < self.senders()
+    }
+}
+
+/// A listening connection (fan-out) sends a HEARTBEAT this often, so the server's idle timeout
+/// does not close it.
+const LISTENER_KEEPALIVE_NS: u64 = 5_000_000_000;
 
 /// The operations the mixes send, in report order.
 pub const OPS: [&str; 5] = ["TRANSFER", "BALANCE", "DEPOSIT", "CHAT_SEND", "HEARTBEAT"];
@@ -193,6 +229,10 @@ struct LoadConn {
     out: Vec<u8>,
     inflight: VecDeque<InFlight>,
     next_due_ns: u64,
+    /// False for a fan-out listener: it sends only keep-alives.
+    sends: bool,
+    /// When it last queued a request (for a listener's keep-alive).
+    last_sent_ns: u64,
     user_id: u32,
     room_id: u32,
     rng: Rng,
@@ -308,7 +348,7 @@ fn setup_ns(cfg: &Config) -> anyhow::Result<(Vec<Ready>, Vec<u32>, usize)> {
             c.ledger(&Request::Deposit(AmountRequest { amount: 1_000_000 }))?;
         }
         let room = if cfg.mix.chats() {
-            c.join(&format!("r{}", i % cfg.rooms.max(1)))?.0
+            c.join(&format!("r{}", i % cfg.room_count()))?.0
         } else {
             0
         };
@@ -405,7 +445,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
     let end = warm_end + cfg.duration;
     let per_conn_interval_ns = cfg
         .rate
-        .map(|r| (1e9 * cfg.connections as f64 / r.max(1.0)) as u64);
+        .map(|r| (1e9 * cfg.senders() as f64 / r.max(1.0)) as u64);
     let mut groups: Vec<Vec<LoadConn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for (i, r) in ready.into_iter().enumerate() {
         r.stream.set_nonblocking(true)?;
@@ -419,7 +459,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
             inflight: VecDeque::new(),
             // Spread the open-loop schedule so connections do not fire together.
             next_due_ns: per_conn_interval_ns
-                .map_or(0, |iv| iv * i as u64 / cfg.connections as u64),
+                .map_or(0, |iv| iv * i as u64 / cfg.senders() as u64),
+            sends: cfg.sends(i),
+            last_sent_ns: 0,
             user_id: r.user_id,
             room_id: r.room_id,
             rng: Rng::stream(cfg.seed, i as u64),
@@ -604,6 +646,7 @@ fn drive(
     // every connection per wake-up costs most per request against a slow server). Open loop
     // walks every connection's schedule each turn.
     let mut unsent: Vec<usize> = Vec::new();
+    let mut next_keepalive_ns = 0u64;
     if clock.interval_ns.is_none() {
         let now_ns = (Instant::now() - base).as_nanos() as u64;
         for (i, c) in conns.iter_mut().enumerate() {
@@ -621,7 +664,7 @@ fn drive(
             // Send what is due (every connection is flushed each turn: no list to keep).
             unsent.clear();
             for (i, c) in conns.iter_mut().enumerate() {
-                while c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
+                while c.sends && c.next_due_ns <= now_ns && c.inflight.len() < 4096 {
                     let due = c.next_due_ns;
                     queue(c, cfg, hot, resp, due, now_ns, &mut enc);
                     c.next_due_ns += iv;
@@ -632,6 +675,15 @@ fn drive(
             // What a full socket buffer held back last turn.
             for i in std::mem::take(&mut unsent) {
                 flush(&mut conns[i], i, &mut unsent)?;
+            }
+        }
+        if now_ns >= next_keepalive_ns {
+            next_keepalive_ns = now_ns + LISTENER_KEEPALIVE_NS / 5;
+            for (i, c) in conns.iter_mut().enumerate() {
+                if !c.sends && now_ns.saturating_sub(c.last_sent_ns) >= LISTENER_KEEPALIVE_NS {
+                    queue_op(c, Op::Heartbeat, hot, resp, now_ns, now_ns, &mut enc);
+                    flush(c, i, &mut unsent)?;
+                }
             }
         }
         let timeout: u16 = if clock.interval_ns.is_some() || !unsent.is_empty() {
@@ -679,7 +731,7 @@ fn top_up(
     now_ns: u64,
     enc: &mut Encoder,
 ) {
-    while c.inflight.len() < cfg.pipeline {
+    while c.sends && c.inflight.len() < cfg.pipeline {
         queue(c, cfg, hot, resp, now_ns, now_ns, enc);
     }
 }
@@ -777,7 +829,22 @@ fn queue(
         Mix::Mixed if roll < 50 => Op::Balance,
         Mix::Mixed if roll < 90 => Op::ChatSend,
         Mix::Mixed => Op::Deposit,
+        Mix::Fanout => Op::ChatSend,
     };
+    queue_op(c, op, hot, resp, intended_ns, now_ns, enc);
+}
+
+/// Appends one request `op` to the connection's output.
+fn queue_op(
+    c: &mut LoadConn,
+    op: Op,
+    hot: &[u32],
+    resp: Option<&RespSetup>,
+    intended_ns: u64,
+    now_ns: u64,
+    enc: &mut Encoder,
+) {
+    c.last_sent_ns = now_ns;
     c.next_req_id += 1;
     let req_id = c.next_req_id;
     let mut to = hot[c.rng.below(hot.len() as u64) as usize];
@@ -787,7 +854,7 @@ fn queue(
     if op == Op::ChatSend {
         // The send time leads the text, so every member can measure delivery latency.
         use std::fmt::Write as _;
-        let len = cfg.payload.max(24);
+        let len = enc.text_pad.len();
         enc.text.clear();
         let _ = write!(enc.text, "t={now_ns:020}|");
         let pad = len - enc.text.len().min(len);

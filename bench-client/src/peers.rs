@@ -134,6 +134,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                             rate: None,
                             hot_accounts: 8,
                             rooms: 10,
+                            publishers: a.publishers,
                             // The same users (keys) for a cell on every repeat.
                             seed: a.seed.wrapping_mul(1000) + (m * a.pipeline.len() + p) as u64,
                             server_pids: peer.pids(),
@@ -365,7 +366,46 @@ fn side_by_side(s: &Summary, a: &PeersArgs, threads: usize, with_redis: bool) ->
             }
         }
     }
+    if a.mix.contains(&crate::load::Mix::Fanout) {
+        fanout_table(&mut t, s, a);
+    }
     t
+}
+
+/// Fan-out's own figures: what it is for is deliveries, not requests.
+fn fanout_table(t: &mut String, s: &Summary, a: &PeersArgs) {
+    let _ = writeln!(
+        t,
+        "\nFan-out: one room (one channel), {} members, {} of them publishing; deliveries are \
+         pushes received by the members per second.\n",
+        a.connections, a.publishers
+    );
+    let _ = writeln!(
+        t,
+        "| durability | pipeline | deliveries/s NS | deliveries/s Redis | NS/Redis | push p50/p99 µs NS | push p50/p99 µs Redis | publishes/s NS | Redis |"
+    );
+    let _ = writeln!(t, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for &d in &a.durability {
+        for &p in &a.pipeline {
+            let f = |server: &str, fig: &str| {
+                s.figure(&cell(server, d, crate::load::Mix::Fanout, p, a), fig)
+                    .map_or(0.0, |(m, _, _)| m)
+            };
+            let (nd, rd) = (f(NS, "pushes_s"), f(REDIS, "pushes_s"));
+            let _ = writeln!(
+                t,
+                "| {} | {p} | {nd:.0} | {rd:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} | {:.0} |",
+                d.name(),
+                if rd > 0.0 { nd / rd } else { 0.0 },
+                f(NS, "push_p50_us"),
+                f(NS, "push_p99_us"),
+                f(REDIS, "push_p50_us"),
+                f(REDIS, "push_p99_us"),
+                f(NS, "req_s"),
+                f(REDIS, "req_s"),
+            );
+        }
+    }
 }
 
 /// What a mix sends on each side, for the table.
@@ -377,5 +417,6 @@ fn peer_ops(mix: crate::load::Mix) -> &'static str {
         Mix::TradeHeavy => "trade-heavy / transfer script",
         Mix::ChatHeavy => "chat-heavy / PUBLISH+SUBSCRIBE",
         Mix::Mixed => "mixed / scripts+PUBLISH",
+        Mix::Fanout => "fan-out / PUBLISH to 1 channel",
     }
 }

@@ -117,7 +117,7 @@ impl RespSetup {
         Ok(Arc::new(RespSetup::new(
             cfg.seed,
             cfg.connections,
-            cfg.rooms,
+            cfg.room_count(),
             &transfer_sha,
             &deposit_sha,
         )))
@@ -170,7 +170,7 @@ impl RespSetup {
                 b"1000000",
             ])?;
         }
-        let room = (i % cfg.rooms.max(1)) as u32;
+        let room = (i % cfg.room_count()) as u32;
         if cfg.mix.chats() {
             c.call(&[b"HELLO", b"3"], |v| match v {
                 Value::Map(_) => Ok(()),

@@ -25,6 +25,10 @@ pub struct Run {
     pub server_cpu_us: f64,
     /// Client CPU per request, µs.
     pub client_cpu_us: f64,
+    /// Push latency from send to delivery at each member, p50 and p99, µs (0: no pushes).
+    pub push_p50_us: u64,
+    /// Same, p99.
+    pub push_p99_us: u64,
     /// The ledger audit after it: passed, failed, or none ran (chat-only mixes).
     pub audit: Option<bool>,
 }
@@ -40,6 +44,8 @@ impl Run {
             pushes_s: r.pushes as f64 / r.seconds,
             server_cpu_us: row.server_cpu_us_per_req.unwrap_or(0.0),
             client_cpu_us: row.client_cpu_us_per_req,
+            push_p50_us: r.push_latency_us.value_at_quantile(0.5),
+            push_p99_us: r.push_latency_us.value_at_quantile(0.99),
             audit: (!row.audit.is_empty()).then_some(row.audit == "pass"),
         }
     }
@@ -70,13 +76,15 @@ pub struct Summary {
 type Figure = (&'static str, fn(&Run) -> f64);
 
 /// The columns summarised, in table and CSV order.
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure; 8] = [
     ("req_s", |x| x.req_s),
     ("p50_us", |x| x.p50_us as f64),
     ("p99_us", |x| x.p99_us as f64),
     ("pushes_s", |x| x.pushes_s),
     ("server_cpu_us", |x| x.server_cpu_us),
     ("client_cpu_us", |x| x.client_cpu_us),
+    ("push_p50_us", |x| x.push_p50_us as f64),
+    ("push_p99_us", |x| x.push_p99_us as f64),
 ];
 
 impl Summary {
@@ -212,6 +220,8 @@ mod tests {
                 pushes_s: 0.0,
                 server_cpu_us: req_s / 100.0,
                 client_cpu_us: 2.0,
+                push_p50_us: 0,
+                push_p99_us: 0,
                 audit: Some(ok),
             };
             s.add(cell.clone(), run);
@@ -227,11 +237,11 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert_eq!(
             text.lines().next(),
-            Some("workers,mix,payload,connections,runs,req_s,req_s_min,req_s_max,p50_us,p50_us_min,p50_us_max,p99_us,p99_us_min,p99_us_max,pushes_s,pushes_s_min,pushes_s_max,server_cpu_us,server_cpu_us_min,server_cpu_us_max,client_cpu_us,client_cpu_us_min,client_cpu_us_max")
+            Some("workers,mix,payload,connections,runs,req_s,req_s_min,req_s_max,p50_us,p50_us_min,p50_us_max,p99_us,p99_us_min,p99_us_max,pushes_s,pushes_s_min,pushes_s_max,server_cpu_us,server_cpu_us_min,server_cpu_us_max,client_cpu_us,client_cpu_us_min,client_cpu_us_max,push_p50_us,push_p50_us_min,push_p50_us_max,push_p99_us,push_p99_us_min,push_p99_us_max")
         );
         assert_eq!(
             text.lines().nth(1),
-            Some("2,mixed,32,100,3,200,100,300,5,5,5,9,9,9,0,0,0,2.00,1.00,3.00,2.00,2.00,2.00")
+            Some("2,mixed,32,100,3,200,100,300,5,5,5,9,9,9,0,0,0,2.00,1.00,3.00,2.00,2.00,2.00,0,0,0,0,0,0")
         );
         assert_eq!(s.figure(&cell, "req_s"), Some((200.0, 100.0, 300.0)));
         assert_eq!(s.figure(&cell, "nope"), None);

@@ -136,6 +136,7 @@ fn cfg(addr: SocketAddr, mix: Mix, pid: u32) -> load::Config {
         rate: None,
         hot_accounts: 4,
         rooms: 3,
+        publishers: 10,
         seed: 500 + mix as u64,
         server_pids: vec![pid],
         client_cpus: Vec::new(),
