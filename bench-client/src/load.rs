@@ -458,8 +458,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
             out: Vec::with_capacity(4096),
             inflight: VecDeque::new(),
             // Spread the open-loop schedule so connections do not fire together.
-            next_due_ns: per_conn_interval_ns
-                .map_or(0, |iv| iv * i as u64 / cfg.senders() as u64),
+            next_due_ns: per_conn_interval_ns.map_or(0, |iv| iv * i as u64 / cfg.senders() as u64),
             sends: cfg.sends(i),
             last_sent_ns: 0,
             user_id: r.user_id,

@@ -67,6 +67,19 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     pub batch_wait_us: u32,
 
+    /// How the kernel spreads new connections over the workers' listeners: `cpu` gives each to
+    /// the worker at index (CPU that took its SYN) mod workers, so workers beyond the CPUs stay
+    /// idle standbys instead of time-slicing the cores; `hash` is the kernel's default; `auto`
+    /// is `cpu` when there are more workers than CPUs, else `hash` (on loopback the SYN's CPU
+    /// is the client's, so `cpu` follows where the client runs).
+    #[arg(long, value_enum, default_value_t = Steer::Auto)]
+    pub steer: Steer,
+
+    /// Pin workers to CPUs: `none` (default), `auto` (worker i on the i-th CPU this process may
+    /// use, round robin), or a list (`0,1` or `0-3`; worker i on the (i mod len)-th entry).
+    #[arg(long, default_value = "none", value_parser = parse_affinity)]
+    pub cpu_affinity: CpuAffinity,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,
@@ -185,6 +198,68 @@ pub enum Durability {
     None,
 }
 
+/// `--steer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Steer {
+    /// `cpu` with more workers than CPUs, else `hash`.
+    Auto,
+    /// By the CPU that took the connection (a reuseport BPF program).
+    Cpu,
+    /// By a hash of the connection's addresses (the kernel's default).
+    Hash,
+}
+
+/// `--cpu-affinity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuAffinity {
+    /// Workers run wherever the scheduler puts them.
+    None,
+    /// Worker i on the i-th CPU of the master's affinity mask, round robin.
+    Auto,
+    /// Worker i on entry i mod len.
+    List(Vec<usize>),
+}
+
+impl CpuAffinity {
+    /// The CPU worker `i` is pinned to, if any; `allowed` is the master's affinity mask.
+    pub fn cpu_of(&self, i: usize, allowed: &[usize]) -> Option<usize> {
+        let list = match self {
+            CpuAffinity::None => return None,
+            CpuAffinity::Auto => allowed,
+            CpuAffinity::List(l) => l.as_slice(),
+        };
+        (!list.is_empty()).then(|| list[i % list.len()])
+    }
+}
+
+/// Parses `none`, `auto`, or a CPU list such as `0,2-3`.
+pub fn parse_affinity(s: &str) -> Result<CpuAffinity, String> {
+    match s {
+        "none" => return Ok(CpuAffinity::None),
+        "auto" => return Ok(CpuAffinity::Auto),
+        _ => {}
+    }
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?}: not none, auto or a CPU list like 0,2-3"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a >= 4096 {
+                    return Err(format!("{s:?}: bad CPU range {part:?}"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part)?),
+        }
+    }
+    Ok(CpuAffinity::List(cpus))
+}
+
 /// `--registration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Registration {
@@ -225,5 +300,30 @@ impl Args {
     pub fn worker_count(&self) -> u32 {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_parses_none_auto_and_lists() {
+        assert_eq!(parse_affinity("none"), Ok(CpuAffinity::None));
+        assert_eq!(parse_affinity("auto"), Ok(CpuAffinity::Auto));
+        assert_eq!(
+            parse_affinity("0,2-4"),
+            Ok(CpuAffinity::List(vec![0, 2, 3, 4]))
+        );
+        assert!(parse_affinity("3-1").is_err());
+        assert!(parse_affinity("x").is_err());
+        assert!(parse_affinity("").is_err());
+        let l = CpuAffinity::List(vec![4, 6]);
+        assert_eq!(
+            (0..3).map(|i| l.cpu_of(i, &[])).collect::<Vec<_>>(),
+            [Some(4), Some(6), Some(4)]
+        );
+        assert_eq!(CpuAffinity::Auto.cpu_of(3, &[0, 1]), Some(1));
+        assert_eq!(CpuAffinity::None.cpu_of(0, &[0]), None);
     }
 }

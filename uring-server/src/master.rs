@@ -154,6 +154,22 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         restart_at: durable.then(Instant::now),
     };
 
+    let allowed_cpus = allowed_cpus();
+    if workers as usize > allowed_cpus.len().max(1) {
+        tracing::warn!(
+            workers,
+            cpus = allowed_cpus.len(),
+            steer = ?args.steer,
+            "more workers than CPUs: with --steer hash they time-slice the same cores; with \
+             --steer cpu or auto only the first {} take connections, the others are standbys",
+            allowed_cpus.len()
+        );
+    }
+    let steer_by_cpu = match args.steer {
+        crate::cli::Steer::Cpu => true,
+        crate::cli::Steer::Hash => false,
+        crate::cli::Steer::Auto => workers as usize > allowed_cpus.len(),
+    };
     let base = |worker: u16| Config {
         worker,
         max_conns: args.max_conns,
@@ -165,6 +181,9 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         flood_burst: args.flood_burst,
         flood_per_sec: args.flood_per_sec,
         batch_wait_us: args.batch_wait_us,
+        workers: workers as u16,
+        steer_by_cpu,
+        cpu: args.cpu_affinity.cpu_of(usize::from(worker), &allowed_cpus),
     };
     let mut slots: Vec<WorkerSlot> = (0..workers)
         .map(|_| WorkerSlot {
@@ -403,6 +422,16 @@ fn recover_into(seg: &shm::Segment, args: &Args) -> anyhow::Result<()> {
 }
 
 /// True when every worker has published its pid, which it does once its listener is open.
+/// The CPUs this process may run on (its affinity mask), in order.
+fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
 fn all_listening(seg: &shm::Segment, slots: &[WorkerSlot]) -> bool {
     let metrics = shm::Metrics::of(seg);
     slots.iter().enumerate().all(|(i, s)| {

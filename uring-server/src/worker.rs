@@ -90,6 +90,75 @@ pub fn reuseport_socket(addr: SocketAddr, listen: bool) -> anyhow::Result<OwnedF
     Ok(fd)
 }
 
+/// Makes the kernel give each new connection to the listener at index `cpu % workers` of the
+/// port's SO_REUSEPORT group, where `cpu` is the CPU that took the connection's SYN (a classic
+/// BPF program, SO_ATTACH_REUSEPORT_CBPF, as nginx's `reuseport` and Seastar steer), instead of
+/// a hash of its addresses. With more workers than CPUs only the first `CPUs` listeners get
+/// connections and the rest sleep in the kernel (standbys that cost nothing), so `-w 8` on two
+/// CPUs is `-w 2` rather than eight processes time-slicing the same two cores. An index past
+/// the group's end (a worker being restarted) falls back to the hash. The program is the
+/// group's: attaching it from every worker is idempotent.
+pub fn steer_by_cpu(fd: &OwnedFd, workers: u16) -> std::io::Result<()> {
+    const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const BPF_ALU_MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
+    const BPF_RET_A: u16 = 0x16; // BPF_RET | BPF_A
+    const SKF_AD_CPU: u32 = (-0x1000i32 + 36) as u32; // SKF_AD_OFF + SKF_AD_CPU
+    let mut code = [
+        libc::sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: SKF_AD_CPU,
+        },
+        libc::sock_filter {
+            code: BPF_ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: u32::from(workers.max(1)),
+        },
+        libc::sock_filter {
+            code: BPF_RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt reads `size_of::<sock_fprog>()` bytes from `prog`, and the kernel copies
+    // the `len` instructions `prog.filter` points to before it returns; both live on this stack
+    // frame for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Pins this process to one CPU (best effort: a refusal is logged and the worker runs
+/// anywhere).
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match pinned {
+        Ok(()) => tracing::info!(cpu, "worker pinned"),
+        Err(e) => tracing::warn!(cpu, error = %e, "could not pin the worker"),
+    }
+}
+
 /// The port a bound socket got.
 pub fn local_port(fd: &OwnedFd) -> anyhow::Result<u16> {
     let addr: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
@@ -139,6 +208,14 @@ fn run_inner(
     let span = tracing::info_span!("worker", id = worker, pid = std::process::id());
     let _enter = span.enter();
     let listener = reuseport_socket(addr, true)?;
+    if cfg.steer_by_cpu {
+        if let Err(e) = steer_by_cpu(&listener, cfg.workers) {
+            tracing::warn!(error = %e, "connections are spread by hash: steering by CPU failed");
+        }
+    }
+    if let Some(cpu) = cfg.cpu {
+        pin_to(cpu);
+    }
     let wake_fd = wake_fds.and_then(|w| w.fd(usize::from(worker)));
     let mut core = Core::new(
         cfg,

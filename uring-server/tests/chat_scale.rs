@@ -25,7 +25,12 @@ fn send_frame(c: &mut Client, room_id: u32, text: &str) -> u64 {
 
 #[test]
 fn two_hundred_clients_over_four_workers_in_twenty_rooms_get_exactly_their_messages() {
-    let server = Server::start("scale", &["-w", "4", "--flood-burst", "1000"]);
+    // Spread by hash: with more workers than CPUs the default steering (by CPU) would put
+    // every connection on the first workers, and this test is about crossing workers.
+    let server = Server::start(
+        "scale",
+        &["-w", "4", "--steer", "hash", "--flood-burst", "1000"],
+    );
     let n_clients = 200;
     let per_client = 3;
     let mut clients: Vec<Client> = (0..n_clients)
@@ -288,4 +293,50 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The workers the connections made from a thread pinned to `cpu` landed on.
+fn workers_from_cpu(addr: std::net::SocketAddr, cpu: usize, n: usize) -> Vec<u16> {
+    std::thread::spawn(move || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("a CPU index");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin");
+        (0..n)
+            .map(|_| Client::connect(addr).worker())
+            .collect::<Vec<u16>>()
+    })
+    .join()
+    .expect("the connecting thread")
+}
+
+#[test]
+fn steering_by_cpu_gives_a_cpus_connections_to_one_worker_and_hash_spreads_them() {
+    let cpus: Vec<usize> = {
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("mask");
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect()
+    };
+    let steered = Server::start("steer", &["-w", "4", "--steer", "cpu"]);
+    let mut by_cpu = Vec::new();
+    for &cpu in cpus.iter().take(2) {
+        let seen: std::collections::HashSet<u16> = workers_from_cpu(steered.addr, cpu, 20)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            seen.len(),
+            1,
+            "CPU {cpu}'s connections on one worker: {seen:?}"
+        );
+        by_cpu.extend(seen);
+    }
+    if cpus.len() >= 2 {
+        assert_ne!(by_cpu[0], by_cpu[1], "two CPUs, two workers");
+    }
+    let hashed = Server::start("hash", &["-w", "4", "--steer", "hash"]);
+    let seen: std::collections::HashSet<u16> = workers_from_cpu(hashed.addr, cpus[0], 20)
+        .into_iter()
+        .collect();
+    // 20 connections over 4 listeners by hash all on one: probability 4^-19.
+    assert!(seen.len() >= 2, "spread by hash: {seen:?}");
 }

@@ -47,6 +47,9 @@ fn config() -> Config {
         flood_burst: 3,
         flood_per_sec: 1,
         batch_wait_us: 0,
+        workers: 1,
+        steer_by_cpu: false,
+        cpu: None,
     }
 }
 
@@ -72,6 +75,43 @@ impl Out {
         let op = self.opcode.expect("a known opcode");
         Push::decode(op, &self.body).expect("a valid push body")
     }
+}
+
+/// The frames in bytes the core sent, owned.
+fn frames_of(bytes: &[u8]) -> Vec<Out> {
+    let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
+    let mut out = Vec::new();
+    let mut input = bytes;
+    while !input.is_empty() {
+        let (used, res) = dec.decode(input);
+        input = &input[used..];
+        match res {
+            Ok(Some(f)) => out.push(Out {
+                response: f.header.flags.is_response(),
+                opcode: Some(f.header.opcode),
+                status: f.header.status,
+                req_id: f.header.req_id,
+                body: f.body.to_vec(),
+            }),
+            Ok(None) => {}
+            // An error response that echoes an opcode the protocol does not define
+            // (PROTOCOL.md section 4): keep its header.
+            Err(proto::DecodeError::UnknownOpcode { header })
+                if header.flags & proto::Flags::IS_RESPONSE != 0 && header.status != 0 =>
+            {
+                out.push(Out {
+                    response: true,
+                    opcode: None,
+                    status: Status::from_u16(header.status).expect("a known status"),
+                    req_id: header.req_id,
+                    body: Vec::new(),
+                });
+            }
+            Err(e) => panic!("the core sent a bad frame: {e}"),
+        }
+    }
+    assert!(dec.is_idle(), "no frame left cut");
+    out
 }
 
 struct Harness<'s> {
@@ -126,39 +166,7 @@ impl<'s> Harness<'s> {
             self.core.sent(key, chunk.len());
             bytes.extend_from_slice(&chunk);
         }
-        let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
-        let mut out = Vec::new();
-        let mut input = &bytes[..];
-        while !input.is_empty() {
-            let (used, res) = dec.decode(input);
-            input = &input[used..];
-            match res {
-                Ok(Some(f)) => out.push(Out {
-                    response: f.header.flags.is_response(),
-                    opcode: Some(f.header.opcode),
-                    status: f.header.status,
-                    req_id: f.header.req_id,
-                    body: f.body.to_vec(),
-                }),
-                Ok(None) => {}
-                // An error response that echoes an opcode the protocol does not define
-                // (PROTOCOL.md section 4): keep its header.
-                Err(proto::DecodeError::UnknownOpcode { header })
-                    if header.flags & proto::Flags::IS_RESPONSE != 0 && header.status != 0 =>
-                {
-                    out.push(Out {
-                        response: true,
-                        opcode: None,
-                        status: Status::from_u16(header.status).expect("a known status"),
-                        req_id: header.req_id,
-                        body: Vec::new(),
-                    });
-                }
-                Err(e) => panic!("the core sent a bad frame: {e}"),
-            }
-        }
-        assert!(dec.is_idle(), "no frame left cut");
-        out
+        frames_of(&bytes)
     }
 
     /// Sends `req` and returns its one response (pushes queued before it are returned too).
@@ -1234,4 +1242,134 @@ fn a_failed_send_drops_the_output_and_closes() {
     h.core.send_failed(c);
     let step = h.core.step(c).expect("open");
     assert!(step.closing && !step.has_output);
+}
+
+/// A backend that plays a script through the real event loop: each turn hands the core the
+/// bytes of that turn, and every send it is asked for is recorded (turn, key, bytes) and taken
+/// whole at once. When the script is over, its turn fails, which ends the loop.
+struct Script {
+    turns: std::collections::VecDeque<Vec<(usize, Vec<u8>)>>,
+    turn: usize,
+    sends: Vec<(usize, usize, Vec<u8>)>,
+}
+
+const SCRIPT_OVER: &str = "the script is over";
+
+impl uring_server::event_loop::Backend for Script {
+    fn sending(&self, _key: usize) -> bool {
+        false
+    }
+    fn in_flight(&self, _key: usize) -> bool {
+        false
+    }
+    fn send(&mut self, core: &mut Core<'_>, key: usize) {
+        let bytes = core.output(key).to_vec();
+        core.sent(key, bytes.len());
+        self.sends.push((self.turn, key, bytes));
+    }
+    fn stop_reading(&mut self, _key: usize) {}
+    fn reset(&mut self, _key: usize) {}
+    fn close(&mut self, _key: usize) {}
+    fn stop_accepting(&mut self) {}
+    fn turn(&mut self, core: &mut Core<'_>, touched: &mut Vec<usize>) -> anyhow::Result<()> {
+        let Some(input) = self.turns.pop_front() else {
+            anyhow::bail!(SCRIPT_OVER);
+        };
+        self.turn += 1;
+        core.tick_clock();
+        for (key, bytes) in input {
+            core.on_bytes(key, &bytes);
+            touched.push(key);
+        }
+        Ok(())
+    }
+    fn finish(&mut self, _core: &mut Core<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_burst_gets_one_send_per_connection_per_turn_with_answers_and_pushes_together() {
+    let seg = segment();
+    let mut h = Harness::new(
+        &seg,
+        Config {
+            flood_burst: 100,
+            ..config()
+        },
+    );
+    let members: Vec<usize> = (0..5).map(|i| h.user(&format!("m{i}"))).collect();
+    let join = Request::JoinRoom(JoinRoomRequest {
+        room: Name::new("burst").expect("name"),
+    });
+    let mut room = 0;
+    for &m in &members {
+        match h.call(m, &join).reply() {
+            Reply::Ok(Response::JoinRoom(j)) => room = j.room_id,
+            other => panic!("{other:?}"),
+        }
+    }
+    // One turn: every member sends three messages, all in one read (15 in all: the test
+    // segment's room ring holds 16).
+    let per_member = 3u64;
+    let mut burst = Vec::new();
+    for (i, &m) in members.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for n in 0..per_member {
+            let text = format!("m{i} #{n}");
+            let req = Request::ChatSend(ChatSendRequest {
+                room_id: room,
+                text: Text::new(&text).expect("text"),
+            });
+            write_request(&mut bytes, 1000 + n, &req, proto::BODY_LEN_LIMIT).expect("encode");
+        }
+        burst.push((m, bytes));
+    }
+    let mut script = Script {
+        turns: [burst, Vec::new()].into_iter().collect(),
+        turn: 0,
+        sends: Vec::new(),
+    };
+    let wakes_before = h.core.ctx.metrics.chat_wakes.get();
+    let shutdown = uring_server::worker::Shutdown {
+        grace: std::time::Duration::ZERO,
+    };
+    let end = uring_server::event_loop::run(&mut h.core, &mut script, &shutdown);
+    assert_eq!(
+        end.expect_err("ends with the script").to_string(),
+        SCRIPT_OVER
+    );
+    assert_eq!(
+        h.core.ctx.metrics.chat_wakes.get() - wakes_before,
+        1,
+        "one cross-worker wake for the whole turn, not one per message"
+    );
+    // Exactly one send per member, all after the burst's turn.
+    let mut sent_to: Vec<usize> = script.sends.iter().map(|(_, k, _)| *k).collect();
+    sent_to.sort_unstable();
+    assert_eq!(sent_to, members, "one send per connection");
+    let total = per_member * members.len() as u64;
+    for (turn, key, bytes) in &script.sends {
+        assert_eq!(*turn, 1, "sent at the end of the burst's turn");
+        let frames = frames_of(bytes);
+        let answers: Vec<u64> = frames
+            .iter()
+            .filter(|f| f.response)
+            .map(|f| {
+                assert_eq!(f.status, Status::Ok);
+                f.req_id
+            })
+            .collect();
+        assert_eq!(answers, (1000..1000 + per_member).collect::<Vec<_>>());
+        // Every message of the turn, in the room's order, in the same send as the answers.
+        let seqs: Vec<u64> = frames
+            .iter()
+            .filter(|f| !f.response)
+            .map(|f| match f.push() {
+                Push::ChatBroadcast(b) => b.message.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "member {key}");
+    }
 }

@@ -50,6 +50,12 @@ pub struct Config {
     pub flood_per_sec: u32,
     /// io_uring's batching wait after a fan-out turn, µs (0: off).
     pub batch_wait_us: u32,
+    /// How many workers the server runs (the modulus of CPU steering).
+    pub workers: u16,
+    /// Steer connections to listener `CPU % workers` (`--steer cpu`), not by hash.
+    pub steer_by_cpu: bool,
+    /// The CPU this worker is pinned to, if any (`--cpu-affinity`).
+    pub cpu: Option<usize>,
 }
 
 /// Where a connection's session stands.
