@@ -19,8 +19,9 @@ const READ_BUF: usize = 64 << 10;
 #[derive(Debug)]
 struct Socket {
     fd: OwnedFd,
-    /// Waiting for EPOLLOUT: the last write found the socket full.
-    want_write: bool,
+    /// What a write left unsent when the socket filled up (`buf[off..]`), sent first once
+    /// EPOLLOUT says there is room; while it is here, EPOLLOUT is watched.
+    rest: Option<(Vec<u8>, usize)>,
     /// EPOLLIN is wanted (until the connection closes).
     reading: bool,
     /// What the epoll set holds for it now.
@@ -69,7 +70,7 @@ impl<'w> EpollBackend<'w> {
         if s.reading {
             flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
-        if s.want_write {
+        if s.rest.is_some() {
             flags |= EpollFlags::EPOLLOUT;
         }
         if flags != s.registered {
@@ -115,7 +116,7 @@ impl<'w> EpollBackend<'w> {
                         key,
                         Socket {
                             fd,
-                            want_write: false,
+                            rest: None,
                             reading: true,
                             registered: flags,
                         },
@@ -127,6 +128,38 @@ impl<'w> EpollBackend<'w> {
                 }
             }
         }
+    }
+
+    /// Writes `buf[off..]` until it is all out (its buffer then goes back to the core) or the
+    /// socket is full (the rest is kept, and EPOLLOUT watched).
+    fn write_out(&mut self, core: &mut Core<'_>, key: usize, buf: Vec<u8>, mut off: usize) {
+        let Some(s) = self.sockets.get_mut(key) else {
+            return;
+        };
+        let fd = s.fd.as_raw_fd();
+        let metrics = core.metrics();
+        while off < buf.len() {
+            metrics.sends.add(1);
+            match nix::sys::socket::send(fd, &buf[off..], nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+            {
+                Ok(n) => {
+                    core.sent(key, n);
+                    off += n;
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    core.send_failed(key);
+                    return;
+                }
+            }
+        }
+        if off < buf.len() {
+            s.rest = Some((buf, off));
+        } else {
+            core.recycle(key, buf);
+        }
+        self.watch(key);
     }
 
     /// Reads everything available on `key` into the core.
@@ -156,44 +189,22 @@ impl<'w> EpollBackend<'w> {
 
 impl Backend for EpollBackend<'_> {
     fn sending(&self, key: usize) -> bool {
-        self.sockets.get(key).is_some_and(|s| s.want_write)
+        self.sockets.get(key).is_some_and(|s| s.rest.is_some())
     }
 
-    fn in_flight(&self, _key: usize) -> bool {
-        // Readiness: nothing is ever in flight once a call returned.
-        false
+    fn in_flight(&self, key: usize) -> bool {
+        // Readiness: no kernel operation outlives a call, but bytes a full socket left over
+        // are still to be written.
+        self.sending(key)
     }
 
     fn send(&mut self, core: &mut Core<'_>, key: usize) {
-        let Some(s) = self.sockets.get(key) else {
+        if self.sending(key) {
             return;
-        };
-        let fd = s.fd.as_raw_fd();
-        let mut full = false;
-        let metrics = core.ctx.metrics;
-        loop {
-            let chunk = core.output(key);
-            if chunk.is_empty() {
-                break;
-            }
-            metrics.sends.add(1);
-            match nix::sys::socket::send(fd, chunk, nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
-                Ok(n) => core.sent(key, n),
-                Err(Errno::EAGAIN) => {
-                    full = true;
-                    break;
-                }
-                Err(Errno::EINTR) => {}
-                Err(_) => {
-                    core.send_failed(key);
-                    break;
-                }
-            }
         }
-        if let Some(s) = self.sockets.get_mut(key) {
-            s.want_write = full;
+        if let Some(buf) = core.take_output(key) {
+            self.write_out(core, key, buf, 0);
         }
-        self.watch(key);
     }
 
     fn stop_reading(&mut self, key: usize) {
@@ -206,8 +217,10 @@ impl Backend for EpollBackend<'_> {
     }
 
     fn reset(&mut self, key: usize) {
-        if let Some(s) = self.sockets.get(key) {
+        if let Some(s) = self.sockets.get_mut(key) {
             crate::worker::reset_on_close(&s.fd);
+            // A reset drops what was not written.
+            s.rest = None;
         }
     }
 
@@ -246,10 +259,12 @@ impl Backend for EpollBackend<'_> {
                     let key = data as usize;
                     let flags = ev.events();
                     if flags.contains(EpollFlags::EPOLLOUT) {
-                        if let Some(s) = self.sockets.get_mut(key) {
-                            // Room again: the loop's settle sends the rest (and watches for
-                            // EPOLLOUT again only if the socket fills up again).
-                            s.want_write = false;
+                        // Room again: the rest goes first (EPOLLOUT stays watched only if the
+                        // socket fills up again); the loop's settle then sends what is new.
+                        if let Some((buf, off)) =
+                            self.sockets.get_mut(key).and_then(|s| s.rest.take())
+                        {
+                            self.write_out(core, key, buf, off);
                         }
                     }
                     if flags.intersects(

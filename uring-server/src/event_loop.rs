@@ -16,8 +16,9 @@ pub trait Backend {
     fn sending(&self, key: usize) -> bool;
     /// True while any operation holds `key`'s socket or output: it may not be closed yet.
     fn in_flight(&self, key: usize) -> bool;
-    /// Sends what [`Core::output`] holds for `key` (epoll: now, as far as the socket takes;
-    /// io_uring: one send submitted).
+    /// Sends what [`Core::take_output`] gives for `key`, owning the buffer until the kernel is
+    /// done with it (epoll: written now, as far as the socket takes, the rest kept for
+    /// EPOLLOUT; io_uring: one send submitted, continued by the backend if partial).
     fn send(&mut self, core: &mut Core<'_>, key: usize);
     /// Nothing more is wanted from `key`'s peer; its output may still be flushing.
     fn stop_reading(&mut self, key: usize);
@@ -62,7 +63,7 @@ pub fn run<B: Backend>(
             break;
         }
         backend.turn(core, &mut touched)?;
-        core.ctx.metrics.loop_turns.add(1);
+        core.metrics().loop_turns.add(1);
         touched.extend(core.deliver());
         touched.extend(core.release_durable());
         if core.now_ms().saturating_sub(last_sweep_ms) >= SWEEP_EVERY_MS {

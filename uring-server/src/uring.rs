@@ -40,18 +40,47 @@ const FUTEX2_SIZE_U32: u32 = 0x02;
 const FUTEX_BITSET_MATCH_ANY: u64 = 0xFFFF_FFFF;
 const KEY_MASK: u64 = (1 << 32) - 1;
 
+/// Where a connection's multishot receive stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// Not armed: armed at the next turn unless the connection is closing.
+    Idle,
+    /// Armed: completions keep coming until one lacks `more`.
+    Armed,
+    /// Asked to stop (a closing connection); its last completion makes it `Stopped`.
+    Cancelling,
+    /// Ended for good: never armed again.
+    Stopped,
+}
+
+/// Where a connection's send stands. The buffer of a send in flight belongs here, to the
+/// backend, until its completion: the kernel reads it, so nothing else may move or free it (a
+/// `Vec`'s heap buffer does not move when the `Vec` itself is moved, and this one is never
+/// grown while in flight).
+#[derive(Debug)]
+enum Send {
+    /// No send in flight.
+    Idle,
+    /// `buf[..off]` has been sent; the send of `buf[off..]` is in flight.
+    InFlight { buf: Vec<u8>, off: usize },
+}
+
 /// A connection's socket and the operations in flight on it.
 #[derive(Debug)]
 struct Socket {
     fd: OwnedFd,
-    /// A multishot receive is armed.
-    recv_armed: bool,
-    /// A send is in flight (it points into the core's output queue for this key).
-    send_busy: bool,
-    /// The armed receive was asked to stop (cancelled), for a closing connection.
-    recv_cancelled: bool,
+    recv: Recv,
+    send: Send,
     /// The socket was shut down for a reset.
     reset: bool,
+}
+
+impl Socket {
+    /// Operations in flight on it (0, 1 or 2).
+    fn in_flight(&self) -> usize {
+        usize::from(matches!(self.recv, Recv::Armed | Recv::Cancelling))
+            + usize::from(matches!(self.send, Send::InFlight { .. }))
+    }
 }
 
 /// The io_uring backend of one worker: its ring, provided buffers, listener and sockets.
@@ -138,8 +167,8 @@ impl<'w> UringBackend<'w> {
 
     fn push(&mut self, e: squeue::Entry) {
         // SAFETY: every entry pushed here refers to memory that outlives its operation: fds
-        // owned by live sockets (closed only once no operation is in flight), send buffers in
-        // the core's output queues that do not move while a send is in flight, the tick's
+        // owned by live sockets (closed only once no operation is in flight), send buffers
+        // owned by the socket's `Send::InFlight` until the send's completion, the tick's
         // timespec and the wake-up's read buffer (boxed in this backend, which outlives the
         // ring's operations: `finish` reaps them all), and the futex word (in the segment,
         // mapped for the life of the process).
@@ -156,10 +185,10 @@ impl<'w> UringBackend<'w> {
         let Some(s) = self.sockets.get_mut(key) else {
             return;
         };
-        if s.recv_armed || closing || s.reset {
+        if s.recv != Recv::Idle || closing || s.reset {
             return;
         }
-        s.recv_armed = true;
+        s.recv = Recv::Armed;
         let e = opcode::RecvMulti::new(Fd(s.fd.as_raw_fd()), BUF_GROUP)
             .build()
             .user_data(RECV | key as u64);
@@ -205,9 +234,8 @@ impl<'w> UringBackend<'w> {
                     key,
                     Socket {
                         fd,
-                        recv_armed: false,
-                        send_busy: false,
-                        recv_cancelled: false,
+                        recv: Recv::Idle,
+                        send: Send::Idle,
                         reset: false,
                     },
                 );
@@ -217,6 +245,50 @@ impl<'w> UringBackend<'w> {
             Err(refusal) => {
                 let _ = nix::unistd::write(&fd, &refusal);
             }
+        }
+    }
+
+    /// Submits the send of `buf[off..]` on `key`'s socket; the buffer is the socket's until the
+    /// completion.
+    fn submit_send(&mut self, key: usize, buf: Vec<u8>, off: usize) {
+        let Some(s) = self.sockets.get_mut(key) else {
+            return;
+        };
+        let fd = s.fd.as_raw_fd();
+        let rest = &buf[off..];
+        let (ptr, len) = (rest.as_ptr(), rest.len().min(u32::MAX as usize) as u32);
+        s.send = Send::InFlight { buf, off };
+        self.sends_queued += 1;
+        let e = opcode::Send::new(Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(SEND | key as u64);
+        self.push(e);
+    }
+
+    /// A send completed with `res`: a partial one goes on from where it stopped, a whole one
+    /// gives its buffer back to the core, a failed one ends the connection.
+    fn send_completed(&mut self, core: &mut Core<'_>, key: usize, res: i32) {
+        let Some(s) = self.sockets.get_mut(key) else {
+            return;
+        };
+        let Send::InFlight { buf, off } = std::mem::replace(&mut s.send, Send::Idle) else {
+            tracing::warn!(key, "a send completion with no send in flight");
+            return;
+        };
+        if res < 0 || s.reset {
+            core.send_failed(key);
+            return;
+        }
+        let n = res as usize;
+        core.sent(key, n);
+        let off = off + n;
+        if off < buf.len() {
+            // The socket took part of it: the rest goes next, before anything queued since.
+            core.metrics().sends.add(1);
+            self.submit_send(key, buf, off);
+        } else {
+            core.recycle(key, buf);
         }
     }
 
@@ -231,11 +303,7 @@ impl<'w> UringBackend<'w> {
 
     /// Operations in flight, on sockets and loop-wide.
     fn outstanding(&self) -> usize {
-        let per_socket: usize = self
-            .sockets
-            .iter()
-            .map(|(_, s)| usize::from(s.recv_armed) + usize::from(s.send_busy))
-            .sum();
+        let per_socket: usize = self.sockets.iter().map(|(_, s)| s.in_flight()).sum();
         per_socket
             + usize::from(self.accept_armed)
             + usize::from(self.tick_armed)
@@ -245,46 +313,38 @@ impl<'w> UringBackend<'w> {
 
 impl Backend for UringBackend<'_> {
     fn sending(&self, key: usize) -> bool {
-        self.sockets.get(key).is_some_and(|s| s.send_busy)
+        self.sockets
+            .get(key)
+            .is_some_and(|s| matches!(s.send, Send::InFlight { .. }))
     }
 
     fn in_flight(&self, key: usize) -> bool {
-        self.sockets
-            .get(key)
-            .is_some_and(|s| s.send_busy || s.recv_armed)
+        self.sockets.get(key).is_some_and(|s| s.in_flight() > 0)
     }
 
     fn send(&mut self, core: &mut Core<'_>, key: usize) {
         let Some(s) = self.sockets.get(key) else {
             return;
         };
-        if s.send_busy || s.reset {
+        if matches!(s.send, Send::InFlight { .. }) || s.reset {
             return;
         }
-        let fd = s.fd.as_raw_fd();
-        let chunk = core.output(key);
-        if chunk.is_empty() {
+        let Some(buf) = core.take_output(key) else {
             return;
-        }
-        let (ptr, len) = (chunk.as_ptr(), chunk.len().min(u32::MAX as usize) as u32);
-        if let Some(s) = self.sockets.get_mut(key) {
-            s.send_busy = true;
-        }
-        core.ctx.metrics.sends.add(1);
-        self.sends_queued += 1;
-        let e = opcode::Send::new(Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(SEND | key as u64);
-        self.push(e);
+        };
+        core.metrics().sends.add(1);
+        self.submit_send(key, buf, 0);
     }
 
     fn stop_reading(&mut self, key: usize) {
         let Some(s) = self.sockets.get_mut(key) else {
             return;
         };
-        if s.recv_armed && !s.recv_cancelled {
-            s.recv_cancelled = true;
+        if s.recv == Recv::Idle {
+            // Nothing armed: nothing to cancel, and nothing will be armed again.
+            s.recv = Recv::Stopped;
+        } else if s.recv == Recv::Armed {
+            s.recv = Recv::Cancelling;
             // Ends the armed receive; its last completion then lets the loop close.
             let e = opcode::AsyncCancel::new(RECV | key as u64)
                 .build()
@@ -308,10 +368,7 @@ impl Backend for UringBackend<'_> {
 
     fn close(&mut self, key: usize) {
         if let Some(s) = self.sockets.remove(key) {
-            debug_assert!(
-                !s.recv_armed && !s.send_busy,
-                "closing with an operation in flight"
-            );
+            debug_assert_eq!(s.in_flight(), 0, "closing with an operation in flight");
         }
     }
 
@@ -332,7 +389,7 @@ impl Backend for UringBackend<'_> {
             // which complete inline on loopback), but once `batch_wait_us` has passed, return
             // with whatever is there (the kernel's min-wait, 6.12+; older kernels ignore it
             // and wait for the first completion).
-            let want = (self.sends_queued + core.conns.len()).min(CQ_ENTRIES as usize / 2);
+            let want = (self.sends_queued + core.open_count()).min(CQ_ENTRIES as usize / 2);
             let ts = types::Timespec::new().sec(1);
             let args = types::SubmitArgs::new()
                 .timespec(&ts)
@@ -392,13 +449,16 @@ impl Backend for UringBackend<'_> {
                     }
                     if let Some(s) = self.sockets.get_mut(key) {
                         if !more {
-                            s.recv_armed = false;
+                            s.recv = match s.recv {
+                                Recv::Cancelling | Recv::Stopped => Recv::Stopped,
+                                Recv::Armed | Recv::Idle => Recv::Idle,
+                            };
                         }
                         if res == 0 || (res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED)
                         {
                             // The peer closed, or the socket failed: nothing more to read.
                             core.peer_closed(key);
-                        } else if !more && !s.recv_cancelled {
+                        } else if s.recv == Recv::Idle {
                             // Out of buffers, or the kernel ended the multishot: re-arm.
                             self.rearm.push(key);
                         }
@@ -406,14 +466,7 @@ impl Backend for UringBackend<'_> {
                     touched.push(key);
                 }
                 SEND => {
-                    if let Some(s) = self.sockets.get_mut(key) {
-                        s.send_busy = false;
-                        if res >= 0 {
-                            core.sent(key, res as usize);
-                        } else {
-                            core.send_failed(key);
-                        }
-                    }
+                    self.send_completed(core, key, res);
                     touched.push(key);
                 }
                 WAKE => self.wake_armed = false,
@@ -437,8 +490,8 @@ impl Backend for UringBackend<'_> {
     /// Closing an fd does not end an io_uring operation that holds its file, and a send in
     /// flight points into its connection's output queue: cancel everything, and reap every
     /// completion before anything is freed.
-    fn finish(&mut self, core: &mut Core<'_>) -> anyhow::Result<()> {
-        let left = self.cancel_and_reap(core);
+    fn finish(&mut self, _core: &mut Core<'_>) -> anyhow::Result<()> {
+        let left = self.cancel_and_reap();
         assert_eq!(
             left, 0,
             "operations still in flight after cancelling all of them"
@@ -455,9 +508,13 @@ impl UringBackend<'_> {
     /// Cancels every operation in flight on the ring and reaps completions until none is left,
     /// or until `REAP_LIMIT`. Returns how many are still outstanding (0 when all ended). Data
     /// that arrives meanwhile is dropped: the connections are being closed.
-    fn cancel_and_reap(&mut self, core: &mut Core<'_>) -> usize {
+    fn cancel_and_reap(&mut self) -> usize {
         let before = self.outstanding();
-        let sends = self.sockets.iter().filter(|(_, s)| s.send_busy).count();
+        let sends = self
+            .sockets
+            .iter()
+            .filter(|(_, s)| matches!(s.send, Send::InFlight { .. }))
+            .count();
         self.accepting = false;
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
             .build()
@@ -501,15 +558,16 @@ impl UringBackend<'_> {
                             self.bufs.publish();
                         }
                         if let Some(s) = self.sockets.get_mut(key) {
-                            s.recv_armed &= more;
+                            if !more {
+                                s.recv = Recv::Stopped;
+                            }
                         }
                     }
                     SEND => {
+                        // The kernel is done with the buffer; nothing more is sent (the
+                        // connections are closing): it is dropped here.
                         if let Some(s) = self.sockets.get_mut(key) {
-                            s.send_busy = false;
-                        }
-                        if res >= 0 {
-                            core.sent(key, res as usize);
+                            s.send = Send::Idle;
                         }
                     }
                     TICK => self.tick_armed &= more,

@@ -223,7 +223,7 @@ fn run_inner(
         wake_fds,
         Box::new(crate::clock::SystemClock::new()),
     )?;
-    let m = core.ctx.metrics;
+    let m = core.metrics();
     m.pid.set(u64::from(std::process::id()));
     m.backend.set(backend.code());
     m.started_ms.set(crate::clock::wall_ms());
@@ -234,7 +234,7 @@ fn run_inner(
     };
     match backend {
         Backend::Uring => {
-            let batch_wait_us = core.ctx.cfg.batch_wait_us;
+            let batch_wait_us = core.config().batch_wait_us;
             let mut io = crate::uring::UringBackend::new(listener, wake_fd, batch_wait_us)?;
             crate::event_loop::run(&mut core, &mut io, &shutdown)?;
         }

@@ -158,9 +158,9 @@ impl std::fmt::Debug for Ctx<'_> {
 #[derive(Debug)]
 pub struct Core<'s> {
     /// Open connections by key.
-    pub conns: Slab<Conn>,
+    conns: Slab<Conn>,
     /// The rest.
-    pub ctx: Ctx<'s>,
+    ctx: Ctx<'s>,
     generation: u64,
     /// Set once a graceful stop began: when draining must end (monotonic ms).
     drain_deadline_ms: Option<u64>,
@@ -252,6 +252,21 @@ impl<'s> Core<'s> {
         Ok(key)
     }
 
+    /// This worker's counters (in shared memory).
+    pub fn metrics(&self) -> &'s WorkerMetrics {
+        self.ctx.metrics
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &Config {
+        &self.ctx.cfg
+    }
+
+    /// Connections open now.
+    pub fn open_count(&self) -> usize {
+        self.conns.len()
+    }
+
     /// What the event loop must do for `key` next; `None` for a key not open.
     pub fn step(&self, key: usize) -> Option<Step> {
         self.conns.get(key).map(|c| Step {
@@ -262,20 +277,24 @@ impl<'s> Core<'s> {
         })
     }
 
-    /// The next bytes to send on `key` (empty when nothing waits). They stay where they are,
-    /// unchanged, until [`Core::sent`] or [`Core::send_failed`]: an io_uring send may point
-    /// into them.
-    pub fn output(&mut self, key: usize) -> &[u8] {
-        match self.conns.get_mut(key) {
-            Some(c) => c.st.out.chunk(),
-            None => &[],
-        }
+    /// Takes everything `key` may send now, for one send: the backend owns the buffer while
+    /// the kernel may read it, reports progress with [`Core::sent`] and gives it back with
+    /// [`Core::recycle`]. `None` when nothing waits (or `key` is not open).
+    pub fn take_output(&mut self, key: usize) -> Option<Vec<u8>> {
+        self.conns.get_mut(key).and_then(|c| c.st.out.take())
     }
 
-    /// `n` bytes of the last [`Core::output`] were sent.
+    /// `n` bytes of the taken output reached the kernel.
     pub fn sent(&mut self, key: usize, n: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.st.out.advance(n);
+        }
+    }
+
+    /// A send finished with its whole buffer: it goes back to `key`'s queue for reuse.
+    pub fn recycle(&mut self, key: usize, buf: Vec<u8>) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.st.out.recycle(buf);
         }
     }
 
@@ -283,7 +302,7 @@ impl<'s> Core<'s> {
     /// closes.
     pub fn send_failed(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
-            c.st.out = OutQueue::default();
+            c.st.out.clear();
             c.st.closing = true;
         }
     }

@@ -7,8 +7,11 @@ use proto::{write_error, write_push, write_response, DecodeError, Push, Response
 
 use super::{ConnState, Ctx};
 
-/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send in flight reads
-/// `sending`, which does not move or grow until the send completes (io_uring holds a pointer).
+/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send takes the whole
+/// pending buffer away ([`OutQueue::take`]) and the backend owns it until the kernel is done
+/// with it, then hands it back for reuse ([`OutQueue::recycle`]): the core never holds memory an
+/// operation in flight points into, so nothing the core does (growing, clearing, dropping the
+/// connection) can move it.
 ///
 /// Answers that must wait for the journal (durable mode) are `held`: each mark says up to which
 /// byte the held output may go once the journal is durable up to its LSN. Once anything is held,
@@ -16,12 +19,17 @@ use super::{ConnState, Ctx};
 #[derive(Debug, Default)]
 pub struct OutQueue {
     pending: Vec<u8>,
-    sending: Vec<u8>,
-    sent: usize,
+    /// Bytes taken by a send and not yet reported sent (they count against the bound).
+    in_flight: usize,
+    /// A buffer a finished send gave back, reused as the next `pending`.
+    spare: Vec<u8>,
     held: Vec<u8>,
     /// (LSN the journal must reach, end of the held bytes it covers), in order.
     marks: std::collections::VecDeque<(u64, usize)>,
 }
+
+/// Capacity a given-back buffer may keep for reuse; a larger one (a burst) is freed.
+const SPARE_CAPACITY_KEEP: usize = 64 << 10;
 
 /// Where a queue stood before a handler wrote into it (see [`OutQueue::hold_since`]).
 #[derive(Debug, Clone, Copy)]
@@ -31,9 +39,9 @@ pub struct Mark {
 }
 
 impl OutQueue {
-    /// Bytes not yet sent, held ones included.
+    /// Bytes not yet sent: pending, in flight and held.
     pub fn len(&self) -> usize {
-        self.pending.len() + self.sending.len() - self.sent + self.held.len()
+        self.pending.len() + self.in_flight + self.held.len()
     }
 
     /// True when bytes wait for the journal.
@@ -41,9 +49,9 @@ impl OutQueue {
         !self.marks.is_empty()
     }
 
-    /// Bytes that may be sent now (not held).
+    /// Bytes that a send may take now (not held, not in flight).
     pub fn ready(&self) -> usize {
-        self.pending.len() + self.sending.len() - self.sent
+        self.pending.len()
     }
 
     /// Where appends go: held output once anything is held, else the pending bytes.
@@ -109,19 +117,39 @@ impl OutQueue {
         true
     }
 
+    /// Takes every pending byte for a send: the caller owns the buffer until it gives it back
+    /// with [`OutQueue::recycle`] (or drops it, if the send failed). `None` when nothing is
+    /// pending. One send at a time: the event loop starts none while one is under way.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        debug_assert_eq!(self.in_flight, 0, "one send at a time");
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.in_flight = self.pending.len();
+        Some(std::mem::replace(
+            &mut self.pending,
+            std::mem::take(&mut self.spare),
+        ))
+    }
+
+    /// Records that `n` bytes of the taken buffer reached the kernel.
+    pub fn advance(&mut self, n: usize) {
+        debug_assert!(n <= self.in_flight);
+        self.in_flight = self.in_flight.saturating_sub(n);
+    }
+
+    /// A finished send gives its buffer back, to be the next pending one.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        self.in_flight = 0;
+        if buf.capacity() <= SPARE_CAPACITY_KEEP && buf.capacity() > self.spare.capacity() {
+            buf.clear();
+            self.spare = buf;
+        }
+    }
+
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The next bytes to send: the rest of `sending`, refilled from `pending` when empty.
-    pub fn chunk(&mut self) -> &[u8] {
-        if self.sent == self.sending.len() {
-            self.sending.clear();
-            self.sent = 0;
-            std::mem::swap(&mut self.sending, &mut self.pending);
-        }
-        &self.sending[self.sent..]
     }
 
     /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
@@ -131,10 +159,10 @@ impl OutQueue {
         self.marks.clear();
     }
 
-    /// Records that `n` bytes of the last chunk were sent.
-    pub fn advance(&mut self, n: usize) {
-        debug_assert!(self.sent + n <= self.sending.len());
-        self.sent = (self.sent + n).min(self.sending.len());
+    /// The peer is gone: nothing more will be sent, what was in flight included.
+    pub fn clear(&mut self) {
+        self.discard_pending();
+        self.in_flight = 0;
     }
 }
 
