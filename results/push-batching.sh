@@ -9,23 +9,19 @@
 #   bash results/push-batching.sh > results/push-batching.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-srv=./target/release/uring-server bc=./target/release/bench-client
-dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
-echo "# bash results/push-batching.sh  (commit $(git rev-parse --short HEAD); $(nproc) cores, kernel $(uname -r))"
+. results/one-server.sh
 echo "# mix pipeline batch_wait_us repeat req_s p99_us pushes_s push_p99_us server_us_per_req client_us_per_req turns sends sends_per_turn wakes"
 for cell in "chat-heavy 1" "chat-heavy 16" "fanout 1" "heartbeat 1"; do
   set -- $cell; mix=$1; pipe=$2
   for r in 1 2 3; do
     for wait in 0 10 20 50; do
       name="pb-$$-$wait"; port=$((20000 + $$ % 10000))
-      taskset -c 0 "$srv" -w 1 --durability none --name "$name" --port "$port" \
-        --batch-wait-us "$wait" --flood-burst 1000000 --flood-per-sec 1000000 >/dev/null 2>&1 &
-      pid=$!
-      for t in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+      start_ns 0 "$name" "$port" -w 1 --durability none --batch-wait-us "$wait" \
+        --flood-burst 1000000 --flood-per-sec 1000000
       "$bc" run --port "$port" --mix "$mix" --pipeline "$pipe" --connections 100 --duration 4 \
         --warmup 1 --client-cpus 1 --server-name "$name" > "$dir/run.out" 2>&1
       "$srv" stats --name "$name" --format json > "$dir/stats.json"
-      kill -INT "$pid"; wait "$pid" || true
+      stop_ns
       python3 - "$mix" "$pipe" "$wait" "$r" "$dir/run.out" "$dir/stats.json" <<'PY'
 import json, re, sys
 mix, pipe, wait, rep, run, stats = sys.argv[1:]

@@ -7,21 +7,17 @@
 #   bash results/workers-scale.sh > results/workers-scale.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-srv=./target/release/uring-server bc=./target/release/bench-client
-dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
-echo "# bash results/workers-scale.sh  (commit $(git rev-parse --short HEAD); $(nproc) cores, kernel $(uname -r))"
+. results/one-server.sh
 echo "# workers steer repeat req_s p99_us server_us_per_req client_us_per_req workers_seen"
 for r in 1 2 3; do
   for cfg in "1 auto" "2 auto" "4 auto" "8 auto" "8 hash"; do
     set -- $cfg; w=$1; steer=$2
     name="ws-$$-$w-$steer"; port=$((20000 + $$ % 10000))
-    "$srv" -w "$w" --steer "$steer" --durability none --name "$name" --port "$port" >/dev/null 2>&1 &
-    pid=$!
-    for t in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    start_ns any "$name" "$port" -w "$w" --steer "$steer" --durability none
     sleep 0.3
     "$bc" run --port "$port" --mix heartbeat --connections 200 --duration 4 --warmup 1 \
       --server-name "$name" > "$dir/run.out" 2>&1
-    kill -INT "$pid"; wait "$pid" || true
+    stop_ns
     awk -v w="$w" -v s="$steer" -v r="$r" '
       $1=="total" {rps=$4; p99=$7}
       /server CPU/ {srv=$6}
