@@ -154,6 +154,7 @@ fn every_resp_mix_runs_against_redis_server_and_its_ledger_audits_over_the_wire(
         Mix::TradeHeavy,
         Mix::ChatHeavy,
         Mix::Mixed,
+        Mix::Fanout,
     ] {
         let cfg = cfg(r.addr, mix, r.pid());
         let res = load::run(&cfg).expect("run");
@@ -181,7 +182,17 @@ fn every_resp_mix_runs_against_redis_server_and_its_ledger_audits_over_the_wire(
             }
             _ => {}
         }
-        if mix.chats() {
+        if mix == Mix::Fanout {
+            // One channel, 12 subscribers, 10 of them publishing: every message reaches all 12
+            // (the window's edges cut a few), and only publishes are sent.
+            let sends = by_op(load::Op::ChatSend);
+            assert_eq!(sends, res.total.requests, "only publishes");
+            assert!(
+                res.pushes >= 10 * sends,
+                "{} pushes for {sends}",
+                res.pushes
+            );
+        } else if mix.chats() {
             // 12 connections in 3 rooms: every message reaches its 4 members, sender included
             // (the window's edges cut a few).
             let sends = by_op(load::Op::ChatSend);

@@ -642,3 +642,41 @@ fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
     assert_eq!(col("server_cpus"), server_cpu.to_string());
     assert_eq!(col("client_cpus"), client_cpu.to_string());
 }
+
+#[test]
+fn fanout_sends_only_from_the_publishers_and_every_member_receives_every_message() {
+    let server = Server::start(&["--flood-burst", "100000", "--flood-per-sec", "100000"]);
+    let cfg = load::Config {
+        protocol: load::Protocol::Ns,
+        addr: server.addr,
+        connections: 12,
+        threads: 2,
+        duration: Duration::from_millis(800),
+        warmup: Duration::from_millis(200),
+        mix: Mix::Fanout,
+        payload: 32,
+        pipeline: 1,
+        rate: None,
+        hot_accounts: 4,
+        rooms: 3,
+        publishers: 3,
+        seed: 77,
+        server_pids: Vec::new(),
+        client_cpus: Vec::new(),
+    };
+    let r = load::run(&cfg).expect("run");
+    let sends = r.ops[load::Op::ChatSend as usize].requests;
+    assert!(r.total.errors.is_empty(), "{:?}", r.total.errors);
+    assert!(sends > 50, "{sends} publishes");
+    assert_eq!(
+        r.total.requests, sends,
+        "only CHAT_SEND in a run shorter than a keep-alive"
+    );
+    // One room of 12 (the `rooms` setting does not apply): each publish reaches all 12 members,
+    // the publisher included; the window's edges cut a few.
+    assert!(
+        r.pushes >= 10 * sends && r.pushes <= 12 * sends + 12 * 3,
+        "{} pushes for {sends} publishes",
+        r.pushes
+    );
+}

@@ -296,9 +296,7 @@ impl<'w> UringBackend<'w> {
     /// and it fanned out (it sent to more connections than it heard from). A turn that only
     /// answered its own requests gains nothing from waiting: each answer is a send anyway.
     fn batching(&self) -> bool {
-        self.batch_wait_us > 0
-            && self.recvs_last_turn >= BATCH_BUSY_RECVS
-            && self.sends_queued > self.recvs_last_turn
+        batching_wanted(self.batch_wait_us, self.recvs_last_turn, self.sends_queued)
     }
 
     /// Operations in flight, on sockets and loop-wide.
@@ -500,6 +498,11 @@ impl Backend for UringBackend<'_> {
     }
 }
 
+/// The batching rule on its own (see `UringBackend::batching`): on, busy, and fanned out.
+fn batching_wanted(batch_wait_us: u32, recvs_last_turn: usize, sends_queued: usize) -> bool {
+    batch_wait_us > 0 && recvs_last_turn >= BATCH_BUSY_RECVS && sends_queued > recvs_last_turn
+}
+
 /// How long the shutdown waits for cancelled operations to complete (the kernel completes a
 /// cancelled one at once; this bounds a kernel that does not).
 const REAP_LIMIT: Duration = Duration::from_secs(2);
@@ -588,5 +591,25 @@ impl UringBackend<'_> {
             );
         }
         left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batching_wanted, BATCH_BUSY_RECVS as BUSY};
+
+    #[test]
+    fn only_a_busy_fan_out_turn_makes_the_next_wait_a_batching_one() {
+        // Fan-out under load: 40 requests in, 90 connections to send to.
+        assert!(batching_wanted(20, 40, 90));
+        // Off.
+        assert!(!batching_wanted(0, 40, 90));
+        // Idle or nearly: never hold the first completion back.
+        assert!(!batching_wanted(20, 0, 0));
+        assert!(!batching_wanted(20, BUSY - 1, 100));
+        assert!(batching_wanted(20, BUSY, BUSY + 1));
+        // Every answer its own send (heartbeats, trades): waiting would only add latency.
+        assert!(!batching_wanted(20, 100, 100));
+        assert!(!batching_wanted(20, 100, 60));
     }
 }
