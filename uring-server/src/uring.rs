@@ -1,10 +1,12 @@
 //! The io_uring backend: one ring per worker, created after the fork.
 //!
 //! Multishot accept on the worker's own listener; multishot receive into a provided buffer ring
-//! (re-armed when the kernel ends it: out of buffers, or an error); sends from each connection's
-//! output queue, one in flight per connection, partial sends continued; a multishot timeout that
-//! ticks once a second for the idle sweep. Each loop turn is one `io_uring_enter` that submits
-//! everything queued and waits for at least one completion.
+//! (re-armed when the kernel ends it: out of buffers, or an error); sends of each connection's
+//! whole pending output, one in flight per connection, its buffer owned here until the
+//! completion (partial sends continued from where they stopped); a multishot timeout that ticks
+//! once a second for the idle sweep. Each loop turn is one `io_uring_enter` that submits
+//! everything queued and waits for at least one completion, or, after a busy fan-out turn, for
+//! a batch with the kernel's min-wait (`--batch-wait-us`, docs/DESIGN.md 5.1).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
