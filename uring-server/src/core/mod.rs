@@ -1,7 +1,8 @@
 //! The protocol logic of a worker, shared by both I/O backends: connections, their decoders and
 //! bounded output queues, the session state machine, login, and the handlers that turn requests
 //! into shared-memory operations and responses. The backends only move bytes: they hand received
-//! bytes to [`Core::on_bytes`] and send what [`Conn::out`] holds.
+//! bytes to [`Core::on_bytes`] and send what [`Core::take_output`] hands them, owning each
+//! buffer until the kernel is done with it ([`Core::recycle`] gives it back).
 
 mod directory;
 mod dispatch;
