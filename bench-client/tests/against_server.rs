@@ -591,10 +591,7 @@ fn allowed_cpus(pid: u32) -> String {
 
 #[test]
 fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
-    let mine = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&c| mine.is_set(c).unwrap_or(false))
-        .collect();
+    let cpus = placement::allowed();
     let (server_cpu, client_cpu) = (cpus[0], *cpus.last().expect("a CPU"));
     let launch = bench_client::server::Launch {
         cpus: vec![server_cpu],

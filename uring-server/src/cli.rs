@@ -232,32 +232,13 @@ impl CpuAffinity {
     }
 }
 
-/// Parses `none`, `auto`, or a CPU list such as `0,2-3`.
+/// Parses `none`, `auto`, or a CPU list as `taskset -c` writes it (`0,2-3`).
 pub fn parse_affinity(s: &str) -> Result<CpuAffinity, String> {
     match s {
-        "none" => return Ok(CpuAffinity::None),
-        "auto" => return Ok(CpuAffinity::Auto),
-        _ => {}
+        "none" => Ok(CpuAffinity::None),
+        "auto" => Ok(CpuAffinity::Auto),
+        list => placement::parse(list).map(CpuAffinity::List),
     }
-    let mut cpus = Vec::new();
-    for part in s.split(',') {
-        let num = |t: &str| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?}: not none, auto or a CPU list like 0,2-3"))
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b || b - a >= 4096 {
-                    return Err(format!("{s:?}: bad CPU range {part:?}"));
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(num(part)?),
-        }
-    }
-    Ok(CpuAffinity::List(cpus))
 }
 
 /// `--registration`.

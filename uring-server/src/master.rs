@@ -154,7 +154,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         restart_at: durable.then(Instant::now),
     };
 
-    let allowed_cpus = allowed_cpus();
+    let allowed_cpus = placement::allowed();
     if workers as usize > allowed_cpus.len().max(1) {
         tracing::warn!(
             workers,
@@ -422,16 +422,6 @@ fn recover_into(seg: &shm::Segment, args: &Args) -> anyhow::Result<()> {
 }
 
 /// True when every worker has published its pid, which it does once its listener is open.
-/// The CPUs this process may run on (its affinity mask), in order.
-fn allowed_cpus() -> Vec<usize> {
-    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
-    }
-}
-
 fn all_listening(seg: &shm::Segment, slots: &[WorkerSlot]) -> bool {
     let metrics = shm::Metrics::of(seg);
     slots.iter().enumerate().all(|(i, s)| {

@@ -149,11 +149,7 @@ pub fn steer_by_cpu(fd: &OwnedFd, workers: u16) -> std::io::Result<()> {
 /// Pins this process to one CPU (best effort: a refusal is logged and the worker runs
 /// anywhere).
 fn pin_to(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    let pinned = set
-        .set(cpu)
-        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-    match pinned {
+    match placement::pin_current(&[cpu]) {
         Ok(()) => tracing::info!(cpu, "worker pinned"),
         Err(e) => tracing::warn!(cpu, error = %e, "could not pin the worker"),
     }

@@ -298,9 +298,7 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
 /// The workers the connections made from a thread pinned to `cpu` landed on.
 fn workers_from_cpu(addr: std::net::SocketAddr, cpu: usize, n: usize) -> Vec<u16> {
     std::thread::spawn(move || {
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu).expect("a CPU index");
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin");
+        placement::pin_current(&[cpu]).expect("pin");
         (0..n)
             .map(|_| Client::connect(addr).worker())
             .collect::<Vec<u16>>()
@@ -311,12 +309,7 @@ fn workers_from_cpu(addr: std::net::SocketAddr, cpu: usize, n: usize) -> Vec<u16
 
 #[test]
 fn steering_by_cpu_gives_a_cpus_connections_to_one_worker_and_hash_spreads_them() {
-    let cpus: Vec<usize> = {
-        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("mask");
-        (0..nix::sched::CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect()
-    };
+    let cpus = placement::allowed();
     let steered = Server::start("steer", &["-w", "4", "--steer", "cpu"]);
     let mut by_cpu = Vec::new();
     for &cpu in cpus.iter().take(2) {
