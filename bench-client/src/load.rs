@@ -568,8 +568,12 @@ impl Tally {
         Ok(())
     }
 
-    /// A chat message delivered: its text starts with `t=<send time in ns>|`.
+    /// A chat message delivered: its text starts with `t=<send time in ns>|`. It counts when it
+    /// was sent after the warm-up and delivered before the end, the window a request counts in.
     fn delivered(&mut self, text: &[u8], done_ns: u64) {
+        if done_ns >= self.end_ns {
+            return;
+        }
         let sent_ns = text.get(2..22).and_then(parse_digits);
         if let Some(sent_ns) = sent_ns.filter(|&t| t >= self.warm_ns) {
             self.pushes += 1;
