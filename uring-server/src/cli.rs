@@ -125,6 +125,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = crate::durable::writer::SyncMethod::Dsync)]
     pub journal_sync: crate::durable::writer::SyncMethod,
 
+    /// on: journal segments are zero-filled ahead of the last write and a segment a checkpoint
+    /// covered is reused, so a synced write overwrites allocated blocks (no ext4 metadata to
+    /// commit; results/journal-prealloc.txt). off: every batch appends to the file.
+    #[arg(long, value_enum, default_value_t = crate::durable::writer::Prealloc::On)]
+    pub journal_prealloc: crate::durable::writer::Prealloc,
+
     /// Start even though the journal is corrupt in the middle: every record from the corrupt
     /// one on is DROPPED (money acknowledged after it is lost). For an operator who has no
     /// better copy; the default refuses to start and names the file and offset.

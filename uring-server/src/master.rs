@@ -146,6 +146,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         dir: args.data_dir.clone(),
         checkpoint_bytes: args.checkpoint_bytes.max(1 << 16),
         sync: args.journal_sync,
+        prealloc: args.journal_prealloc,
     };
     let mut writer = WorkerSlot {
         pid: None,

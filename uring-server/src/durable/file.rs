@@ -110,14 +110,33 @@ pub fn decode(b: &[u8]) -> Result<(u64, Record, usize), Bad> {
     Ok((lsn, rec, len))
 }
 
-/// True when a whole, valid record starts anywhere in `b` (after a bad one: corruption in the
-/// middle rather than a torn tail).
-pub fn any_record_in(b: &[u8]) -> bool {
-    let magic = MAGIC.to_le_bytes();
-    (0..b.len().saturating_sub(FRAME_OVERHEAD))
-        .filter(|&i| b[i..i + 4] == magic)
-        .any(|i| decode(&b[i..]).is_ok())
+/// True when a whole, valid record numbered `min_lsn` or later starts anywhere in `b` (after a
+/// bad one: corruption in the middle rather than a torn tail). Records numbered below it are a
+/// recycled segment's leftovers and do not count.
+pub fn live_record_in(b: &[u8], min_lsn: u64) -> bool {
+    let first = MAGIC.to_le_bytes()[0];
+    let mut i = 0;
+    while let Some(at) = b[i..].iter().position(|&c| c == first) {
+        let start = i + at;
+        if let Ok((lsn, _, _)) = decode(&b[start..]) {
+            if lsn >= min_lsn {
+                return true;
+            }
+        }
+        i = start + 1;
+    }
+    false
 }
+
+/// True when `b` starts where nothing was ever written: a record's first four bytes are its
+/// magic, never zero; a preallocated segment is zero-filled past its last record.
+pub fn unwritten_at(b: &[u8]) -> bool {
+    b.iter().take(4).all(|&c| c == 0)
+}
+
+/// A journal segment kept for reuse after a checkpoint covered it (see the writer's module doc).
+/// Not a `journal-<lsn>.log` name: recovery and listings ignore it.
+pub const SPARE_NAME: &str = "journal.spare";
 
 /// `journal-<lsn>.log`.
 pub fn journal_name(first_lsn: u64) -> String {

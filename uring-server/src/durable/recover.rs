@@ -1,20 +1,27 @@
 //! Recovery: the newest checkpoint, then every journal record after it, replayed into a segment.
 //!
-//! A record that fails its checks is told apart by where it is:
-//! - in the last segment with no valid record anywhere after it: a torn tail (a crash cut the
-//!   last write short). It was never acknowledged (an answer waits for the fdatasync that covers
-//!   it), so it is dropped, logged, and cut off the file so that appends continue after the last
-//!   good record;
+//! A segment's records are consecutive from the LSN it is named after. They end at the end of
+//! the file, or cleanly where nothing was written since the file was made or recycled (zeros of
+//! a preallocated segment, or a valid record numbered below the segment's next one: a recycled
+//! segment's leftover), or at a record that fails its checks. Such a record is told apart by
+//! where it is:
+//! - in the last segment with no valid record of this segment's after it: a torn tail (a crash
+//!   cut the last write short). It was never acknowledged (an answer waits for the sync that
+//!   covers it), so it is dropped, logged, and cut off the file so that appends continue after
+//!   the last good record;
 //! - anywhere else: corruption of records that may have been acknowledged. Recovery stops with
 //!   the file and the offset; nothing is skipped silently. `--journal-truncate-corrupt` is the
 //!   operator's explicit way to drop everything from that point (documented in README).
+//!
+//! A clean end in a segment that is not the last is where that segment stopped: the next one
+//! must start at the LSN that follows (checked), or records are missing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shm::journal::Record;
 
-use super::file::{self, Bad};
+use super::file;
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default)]
@@ -86,10 +93,25 @@ pub fn recover(
                 out.next_lsn
             );
         }
+        // The LSN this segment's next record must have: its records are consecutive from the
+        // one it is named after. A valid record numbered below it is a leftover of the file's
+        // previous life (a recycled segment): the data ends there.
+        let mut seg_next = *first_lsn;
         let mut off = 0usize;
-        while off < bytes.len() {
+        let stop = loop {
+            if off >= bytes.len() {
+                break None;
+            }
             match file::decode(&bytes[off..]) {
+                Ok((lsn, _, _)) if lsn < seg_next => break Some(None),
                 Ok((lsn, rec, len)) => {
+                    if lsn != seg_next {
+                        anyhow::bail!(
+                            "journal {} at offset {off}: record {lsn} where {seg_next} was \
+                             expected (records missing)",
+                            path.display(),
+                        );
+                    }
                     if lsn >= out.next_lsn {
                         if lsn != out.next_lsn {
                             anyhow::bail!(
@@ -108,48 +130,74 @@ pub fn recover(
                         out.replayed += 1;
                         out.next_lsn = lsn + 1;
                     }
+                    seg_next = lsn + 1;
                     off += len;
                 }
-                Err(bad) => {
-                    let torn = last && !file::any_record_in(&bytes[off + 1..]);
-                    if torn {
-                        tracing::warn!(
-                            file = %path.display(), offset = off, bytes = bytes.len() - off,
-                            why = %bad, "journal: torn tail dropped (never acknowledged)"
-                        );
-                        out.torn = Some((path.clone(), off as u64, (bytes.len() - off) as u64));
-                    } else if on_corruption == OnCorruption::Truncate {
-                        tracing::error!(
-                            file = %path.display(), offset = off, why = %bad,
-                            "journal: corrupt record; --journal-truncate-corrupt cuts the \
-                             journal here: every record from this one on is lost"
-                        );
-                        out.truncated_corruption = Some((path.clone(), off as u64));
-                        for (_, later) in &live[i + 1..] {
-                            std::fs::remove_file(later)?;
-                        }
-                    } else {
-                        anyhow::bail!(corrupt_message(path, off, &bad));
-                    }
-                    cut(path, off as u64)?;
+                Err(_) if file::unwritten_at(&bytes[off..]) => break Some(None),
+                Err(bad) => break Some(Some(bad)),
+            }
+        };
+        // Where this segment's records end: the end of the file, or zeros and leftovers (a
+        // clean end: nothing was written there since the file was made or recycled), or a
+        // record that fails its checks.
+        let Some(bad) = stop else {
+            if last {
+                out.tail = Some((path.clone(), bytes.len() as u64));
+            }
+            continue;
+        };
+        let live_after = file::live_record_in(&bytes[off..], seg_next);
+        match bad {
+            None if !live_after => {
+                if last {
+                    // Appends continue here, over the zeros and leftovers: no cut, so the
+                    // segment's blocks stay allocated.
                     out.tail = Some((path.clone(), off as u64));
-                    out.elapsed = start.elapsed();
-                    return Ok(out);
+                }
+                continue;
+            }
+            Some(bad) if last && !live_after => {
+                tracing::warn!(
+                    file = %path.display(), offset = off, bytes = bytes.len() - off,
+                    why = %bad, "journal: torn tail dropped (never acknowledged)"
+                );
+                out.torn = Some((path.clone(), off as u64, (bytes.len() - off) as u64));
+            }
+            bad => {
+                let why = bad.map_or_else(|| "unwritten bytes".to_string(), |b| b.to_string());
+                if on_corruption == OnCorruption::Truncate {
+                    tracing::error!(
+                        file = %path.display(), offset = off, why = %why,
+                        "journal: corrupt record; --journal-truncate-corrupt cuts the \
+                         journal here: every record from this one on is lost"
+                    );
+                    out.truncated_corruption = Some((path.clone(), off as u64));
+                    for (_, later) in &live[i + 1..] {
+                        std::fs::remove_file(later)?;
+                    }
+                } else {
+                    anyhow::bail!(corrupt_message(path, off, &why, live_after));
                 }
             }
         }
-        if last {
-            out.tail = Some((path.clone(), bytes.len() as u64));
-        }
+        cut(path, off as u64)?;
+        out.tail = Some((path.clone(), off as u64));
+        out.elapsed = start.elapsed();
+        return Ok(out);
     }
     out.elapsed = start.elapsed();
     Ok(out)
 }
 
-fn corrupt_message(path: &Path, off: usize, bad: &Bad) -> String {
+fn corrupt_message(path: &Path, off: usize, bad: &str, live_after: bool) -> String {
+    let follow = if live_after {
+        "valid records follow"
+    } else {
+        "a later segment follows"
+    };
     format!(
-        "journal {} is corrupt at offset {off} ({bad}) and valid records follow: refusing to \
-         start rather than skip acknowledged money. Restore the file, or start with \
+        "journal {} is corrupt at offset {off} ({bad}) and {follow}: refusing to start rather \
+         than skip acknowledged money. Restore the file, or start with \
          --journal-truncate-corrupt to drop every record from that offset on",
         path.display()
     )

@@ -6,6 +6,14 @@
 //! the ring; the next batch is everything appended meanwhile. When the disk is idle the first
 //! record goes out at once (the writer sleeps on a futex the appender wakes).
 //!
+//! Writes land on allocated blocks: a segment is zero-filled ahead of its end
+//! ([`ZERO_CHUNK`] at a time, a write of its own while batches go on below it), and a segment a
+//! checkpoint covered is kept as the spare the next rotation renames into place instead of
+//! being removed. A synced overwrite has no file size or block map to commit, so it is one data
+//! write and a cache flush where an append also commits ext4's metadata journal
+//! (results/journal-prealloc.txt). Recovery stops cleanly at the zeros or at a recycled
+//! segment's older records (see `recover`).
+//!
 //! The writer keeps a private copy of the ledger (a segment of its own, fed every record it
 //! writes), exact at the last LSN written. A checkpoint forks: the child writes the copy out
 //! while the writer goes on (the copy-on-write snapshot Redis's BGSAVE uses), and the segments
@@ -31,6 +39,17 @@ pub struct WriterConfig {
     pub checkpoint_bytes: u64,
     /// How a batch is made durable.
     pub sync: SyncMethod,
+    /// Whether segments are zero-filled ahead and reused.
+    pub prealloc: Prealloc,
+}
+
+/// Whether the writer writes over allocated blocks (`--journal-prealloc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prealloc {
+    /// Zero-fill each segment ahead of its last write; keep a covered segment as the spare.
+    On,
+    /// Every batch appends to its segment; covered segments are removed.
+    Off,
 }
 
 /// How the writer makes a batch durable (`--journal-sync`).
@@ -46,6 +65,14 @@ pub enum SyncMethod {
 const BATCH_MAX: usize = 8192;
 /// How long the writer sleeps when nothing is appended (it is woken at once by an append).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Bytes by which a segment is zero-filled ahead of the last batch written.
+pub const ZERO_CHUNK: usize = 2 << 20;
+/// What a zero-fill writes: a static, so no write in flight can outlive it.
+static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+/// user_data of the writes in the writer's ring.
+const UD_WRITE: u64 = 1;
+const UD_SYNC: u64 = 2;
+const UD_ZEROS: u64 = 3;
 /// How long it waits before retrying a failed write.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
@@ -73,6 +100,16 @@ struct Writer<'a> {
     ring: IoUring,
     file: std::fs::File,
     offset: u64,
+    /// Bytes of the segment that are allocated and were written (records, zeros, or a recycled
+    /// segment's old records): a batch below this overwrites.
+    allocated: u64,
+    /// A zero-fill in flight: where it starts (batches stay below it until it completes).
+    zeroing: Option<u64>,
+    /// Zero-filling failed in this segment (a full disk): not tried again until the next one.
+    zeroing_failed: bool,
+    /// A zero-filled range not yet joined to `allocated` (it completed before the batch
+    /// written just below it did).
+    zeroed_range: Option<(u64, u64)>,
     /// Records below this are written and synced.
     written: u64,
     /// A checkpoint being written by a child: its pid and LSN.
@@ -116,6 +153,7 @@ fn run_inner(
     let file = file::open_rw(&path)?;
     file.sync_data()?;
     file::sync_dir(&cfg.dir)?;
+    let allocated = file.metadata()?.len().max(offset);
     let mut w = Writer {
         seg,
         private,
@@ -123,6 +161,10 @@ fn run_inner(
         ring: IoUring::new(8)?,
         file,
         offset,
+        allocated,
+        zeroing: None,
+        zeroing_failed: false,
+        zeroed_range: None,
         written: rec.next_lsn,
         child: None,
         checkpoint_lsn: rec.checkpoint.as_ref().map_or(0, |c| c.1),
@@ -222,11 +264,38 @@ impl Writer<'_> {
     /// One write of `buf[done..]` made durable: with [`SyncMethod::Fdatasync`] linked to an
     /// fdatasync, with [`SyncMethod::Dsync`] a single write flagged RWF_DSYNC. A short write
     /// advances `done` and is continued; a failure starts the batch over (after a failed sync
-    /// the kernel may have dropped the dirty pages: PostgreSQL's "fsyncgate").
+    /// the kernel may have dropped the dirty pages: PostgreSQL's "fsyncgate"). Starts the next
+    /// zero-fill beside it when the batch comes near the end of what is allocated.
     fn write_and_sync(&mut self, buf: &[u8], done: &mut usize) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let fd = types::Fd(self.file.as_raw_fd());
         let linked = self.cfg.sync == SyncMethod::Fdatasync;
+        let end = self.offset + buf.len() as u64;
+        // Never write where zeros are being written: the two could land in either order.
+        if self.zeroing.is_some_and(|at| at < end) {
+            self.finish_zeroing()?;
+        }
+        if self.cfg.prealloc == Prealloc::On
+            && !self.zeroing_failed
+            && self.zeroing.is_none()
+            && self.allocated < end + ZERO_CHUNK as u64 / 2
+        {
+            let at = self.allocated.max(end);
+            let zeros = opcode::Write::new(fd, ZEROS.as_ptr(), ZERO_CHUNK as u32)
+                .offset(at)
+                .rw_flags(libc::RWF_DSYNC)
+                .build()
+                .user_data(UD_ZEROS);
+            // SAFETY: the write reads `ZEROS`, a static; the fd is the segment's, which the writer
+            // keeps open until the write completes (rotate waits for it first).
+            unsafe {
+                self.ring
+                    .submission()
+                    .push(&zeros)
+                    .map_err(|_| std::io::Error::other("sq full"))?;
+            }
+            self.zeroing = Some(at);
+        }
         loop {
             let rest = &buf[*done..];
             let len = rest.len().min(1 << 30) as u32;
@@ -238,11 +307,11 @@ impl Writer<'_> {
             } else {
                 write.build()
             }
-            .user_data(1);
+            .user_data(UD_WRITE);
             let sync = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
-                .user_data(2);
+                .user_data(UD_SYNC);
             let want = if linked { 2 } else { 1 };
             // SAFETY: `rest` stays borrowed and unmoved until every completion is reaped below
             // (submit_and_wait, then draining the queue); the fd outlives the call.
@@ -258,18 +327,24 @@ impl Writer<'_> {
             let mut got = 0;
             let (mut wres, mut sres) = (0i32, 0i32);
             while got < want {
-                match self.ring.submit_and_wait(want - got) {
+                match self.ring.submit_and_wait(1) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                     Err(e) => return Err(e),
                 }
-                for cqe in self.ring.completion() {
-                    got += 1;
-                    if cqe.user_data() == 1 {
-                        wres = cqe.result();
-                    } else {
-                        sres = cqe.result();
+                loop {
+                    let Some(cqe) = self.ring.completion().next() else {
+                        break;
+                    };
+                    match cqe.user_data() {
+                        UD_WRITE => wres = cqe.result(),
+                        UD_SYNC => sres = cqe.result(),
+                        _ => {
+                            self.zeroed(cqe.result());
+                            continue;
+                        }
                     }
+                    got += 1;
                 }
             }
             if wres < 0 {
@@ -277,6 +352,8 @@ impl Writer<'_> {
                 return Err(std::io::Error::from_raw_os_error(-wres));
             }
             *done += wres as usize;
+            self.allocated = self.allocated.max(self.offset + *done as u64);
+            self.join_zeroed();
             if (wres as u32) < len {
                 continue; // Short write: the linked sync was cancelled; write the rest.
             }
@@ -288,6 +365,54 @@ impl Writer<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The zero-fill in flight completed with `res`.
+    fn zeroed(&mut self, res: i32) {
+        let Some(at) = self.zeroing.take() else {
+            return;
+        };
+        if res < 0 {
+            // Not fatal: batches past the allocated end append, as without preallocation.
+            self.zeroing_failed = true;
+            tracing::warn!(
+                error = %std::io::Error::from_raw_os_error(-res),
+                "journal: zero-filling ahead failed; appending instead"
+            );
+        } else {
+            self.zeroed_range = Some((at, at + res as u64));
+            self.join_zeroed();
+        }
+    }
+
+    /// Counts the zero-filled range as allocated once what is below it is.
+    fn join_zeroed(&mut self) {
+        if let Some((from, to)) = self.zeroed_range {
+            if from <= self.allocated {
+                self.allocated = self.allocated.max(to);
+                self.zeroed_range = None;
+            }
+        }
+    }
+
+    /// Waits for the zero-fill in flight, if any.
+    fn finish_zeroing(&mut self) -> std::io::Result<()> {
+        while self.zeroing.is_some() {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            loop {
+                let Some(cqe) = self.ring.completion().next() else {
+                    break;
+                };
+                if cqe.user_data() == UD_ZEROS {
+                    self.zeroed(cqe.result());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts a new segment at `written` and forks a child that writes the checkpoint of the
@@ -327,15 +452,32 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Starts the segment for records from `lsn`: the spare renamed into place if there is
+    /// one (its blocks are allocated; its old records are numbered below `lsn`, which recovery
+    /// reads as the end), else an empty file.
     fn rotate(&mut self, lsn: u64) -> anyhow::Result<()> {
         if self.offset == 0 {
             return Ok(()); // The current segment is empty and already starts here.
         }
+        self.finish_zeroing()?;
         let path = self.cfg.dir.join(file::journal_name(lsn));
+        let spare = self.cfg.dir.join(file::SPARE_NAME);
+        let recycled = self.cfg.prealloc == Prealloc::On && std::fs::rename(&spare, &path).is_ok();
+        self.zeroing_failed = false;
+        self.zeroed_range = None;
         self.file = file::open_rw(&path)?;
-        self.file.set_len(0)?;
+        if !recycled {
+            self.file.set_len(0)?;
+        }
         file::sync_dir(&self.cfg.dir)?;
         self.offset = 0;
+        self.allocated = self.file.metadata()?.len();
+        tracing::debug!(
+            lsn,
+            recycled,
+            bytes = self.allocated,
+            "journal segment started"
+        );
         Ok(())
     }
 
@@ -376,7 +518,7 @@ impl Writer<'_> {
     /// A checkpoint covering records below `lsn` is in place: older segments and checkpoints go.
     fn checkpoint_done(&mut self, lsn: u64) {
         self.checkpoint_lsn = lsn;
-        let removed = remove_covered(&self.cfg.dir, lsn);
+        let removed = remove_covered(&self.cfg.dir, lsn, self.cfg.prealloc == Prealloc::On);
         shm::journal::note_checkpoint(self.seg, lsn, crate::clock::wall_ms());
         tracing::info!(lsn, files_removed = removed, "checkpoint in place");
     }
@@ -399,15 +541,23 @@ impl Writer<'_> {
     }
 }
 
-/// Removes the journal segments and checkpoints wholly below `lsn`; returns how many.
-fn remove_covered(dir: &Path, lsn: u64) -> usize {
+/// Removes the journal segments and checkpoints wholly below `lsn`; returns how many. With
+/// `keep_spare`, the newest covered segment becomes the spare instead, if there is none.
+fn remove_covered(dir: &Path, lsn: u64, keep_spare: bool) -> usize {
     let Ok((journals, checkpoints)) = file::list(dir) else {
         return 0;
     };
     let mut removed = 0;
+    let mut spare = !keep_spare || dir.join(file::SPARE_NAME).exists();
     // A segment is covered when the next one starts at or below `lsn`.
-    for pair in journals.windows(2) {
-        if pair[1].0 <= lsn && std::fs::remove_file(&pair[0].1).is_ok() {
+    for pair in journals.windows(2).rev() {
+        if pair[1].0 > lsn {
+            continue;
+        }
+        if !spare && std::fs::rename(&pair[0].1, dir.join(file::SPARE_NAME)).is_ok() {
+            spare = true;
+            removed += 1;
+        } else if std::fs::remove_file(&pair[0].1).is_ok() {
             removed += 1;
         }
     }
