@@ -231,6 +231,84 @@ fn a_torn_tail_is_dropped_at_every_cut_inside_the_last_record() {
     assert!(log.contains("torn tail dropped"), "{log}");
 }
 
+/// Recovers `dir` into a scratch segment.
+fn recover_dir(dir: &DataDir) -> anyhow::Result<uring_server::durable::recover::Recovered> {
+    uring_server::durable::recover::recover(
+        &dir.0,
+        &scratch_segment(),
+        uring_server::durable::recover::OnCorruption::Stop,
+    )
+}
+
+#[test]
+fn preallocated_and_recycled_segments_end_cleanly_and_a_segment_missing_after_one_is_refused() {
+    let dir = DataDir::new("prealloc");
+    journal_of_three_deposits(&dir);
+    let journals = dir.journals();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    let whole = std::fs::read(&journals[0]).expect("read");
+    let at = boundaries(&whole);
+    let records = at[4];
+    assert!(
+        whole.len() > records && whole[records..].iter().all(|&b| b == 0),
+        "the server's segment is zero-filled past its records ({} of {} bytes)",
+        records,
+        whole.len()
+    );
+    // The real segment: four records, then zeros: a clean end, nothing torn, nothing cut.
+    let r = recover_dir(&dir).expect("recover");
+    assert_eq!((r.replayed, r.next_lsn), (4, 4));
+    assert!(r.torn.is_none(), "zeros are not a torn tail: {:?}", r.torn);
+    assert_eq!(r.tail, Some((journals[0].clone(), records as u64)));
+    assert_eq!(
+        std::fs::metadata(&journals[0]).expect("stat").len(),
+        whole.len() as u64,
+        "the allocated rest is kept for the next writes"
+    );
+    let record = |i: usize| &whole[at[i]..at[i + 1]];
+    // A recycled segment: records 0..=2, then an older life's record 0 (numbered below the
+    // next one): the data ends there, cleanly.
+    let copy = DataDir::new("prealloc-recycled");
+    std::fs::create_dir_all(&copy.0).expect("mkdir");
+    let mut bytes = [record(0), record(1), record(2), record(0), record(1)].concat();
+    bytes.extend_from_slice(&[0xAB; 7]);
+    std::fs::write(copy.0.join(file::journal_name(0)), &bytes).expect("write");
+    let r = recover_dir(&copy).expect("recover a recycled segment");
+    assert_eq!((r.replayed, r.next_lsn), (3, 3));
+    assert!(r.torn.is_none(), "{:?}", r.torn);
+    // A clean end in a segment that is not the last, and the next one starting after it.
+    let copy = DataDir::new("prealloc-two");
+    std::fs::create_dir_all(&copy.0).expect("mkdir");
+    let first = [record(0), record(1), &[0u8; 4096][..]].concat();
+    let second = [record(2), record(3), &[0u8; 4096][..]].concat();
+    std::fs::write(copy.0.join(file::journal_name(0)), &first).expect("write");
+    std::fs::write(copy.0.join(file::journal_name(2)), &second).expect("write");
+    let r = recover_dir(&copy).expect("recover two segments");
+    assert_eq!((r.replayed, r.next_lsn, r.segments), (4, 4, 2));
+    // ... but when the next one starts later, the records between are missing: refused.
+    std::fs::remove_file(copy.0.join(file::journal_name(2))).expect("rm");
+    std::fs::write(
+        copy.0.join(file::journal_name(3)),
+        [record(3), &[0u8; 64][..]].concat(),
+    )
+    .expect("write");
+    let err = recover_dir(&copy).expect_err("a segment is missing");
+    assert!(
+        format!("{err:#}").contains("records are missing"),
+        "{err:#}"
+    );
+    // Zeros in the middle of a segment with its records after them: corruption, not an end.
+    let copy = DataDir::new("prealloc-hole");
+    std::fs::create_dir_all(&copy.0).expect("mkdir");
+    let holed = [record(0), record(1), &[0u8; 512][..], record(2), record(3)].concat();
+    std::fs::write(copy.0.join(file::journal_name(0)), &holed).expect("write");
+    let err = recover_dir(&copy).expect_err("a hole before valid records");
+    assert!(
+        format!("{err:#}").contains("valid records follow"),
+        "{err:#}"
+    );
+}
+
 /// Runs `uring-server ARGS` expecting it to refuse to start; returns its stderr.
 fn refused_start(args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_uring-server"))
