@@ -297,6 +297,30 @@ impl Client {
         }
     }
 
+    /// [`Client::read_frame`], but `None` when nothing whole arrives within `limit` (the
+    /// decoder keeps what it has for the next read).
+    pub fn read_frame_within(&mut self, limit: Duration) -> Option<Got> {
+        self.stream()
+            .set_read_timeout(Some(limit))
+            .expect("timeout");
+        let got = match self.inner.read() {
+            Ok(r) => Some(Got(r)),
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("read: {e}"),
+        };
+        self.stream()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        got
+    }
+
     /// Reads until the response to `req_id`, keeping pushes aside.
     pub fn response(&mut self, req_id: u64) -> Got {
         loop {
