@@ -482,6 +482,11 @@ impl<'s> Journal<'s> {
         }
     }
 
+    /// The next LSN to hand out.
+    pub(crate) fn head(&self) -> u64 {
+        self.ctl.head.load(Ordering::Acquire)
+    }
+
     /// True when records must be appended.
     pub(crate) fn enabled(&self) -> bool {
         self.ctl.mode.load(Ordering::Relaxed) == Mode::Sync as u32

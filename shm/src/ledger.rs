@@ -45,6 +45,10 @@ pub(crate) struct Account {
     /// The highest req_id of a ledger request this user sent that was decided (applied, or
     /// refused under the lock). A copy with a req_id at or below it is never applied again.
     req_id_hw: AtomicU64,
+    /// Durable mode: one past the LSN of the newest journal record that changed this account
+    /// (0: none since the server started; what recovery loaded is on disk). A read of the
+    /// account answers once `durable` reaches it. Stored before the balance (Release).
+    written_lsn: AtomicU64,
 }
 
 /// The decided outcome of one (user, req_id): applied, or refused by a rule checked under the
@@ -351,6 +355,16 @@ impl<'s> Tables<'s> {
 
     /// Stores an intent's absolute values. Idempotent: applying it twice is applying it once.
     fn apply(&self, s: &Slot) {
+        if self.journal.enabled() {
+            let lsn = s.lsn.load(Ordering::Relaxed) + 1;
+            for id in [s.from.load(Ordering::Relaxed), s.to.load(Ordering::Relaxed)] {
+                if id != 0 {
+                    self.accounts[id as usize]
+                        .written_lsn
+                        .fetch_max(lsn, Ordering::Relaxed);
+                }
+            }
+        }
         self.apply_txn(&intent_txn(s));
         store_u128(&s.deposits, load_u128(&s.new_deposits));
         store_u128(&s.withdrawals, load_u128(&s.new_withdrawals));
@@ -362,8 +376,9 @@ impl<'s> Tables<'s> {
         for (id, new) in [(x.from, x.from_new), (x.to, x.to_new)] {
             if id != 0 {
                 let a = &self.accounts[id as usize];
-                a.balance.store(new, Ordering::Relaxed);
-                a.last_txn_id.store(x.txn_id, Ordering::Relaxed);
+                // Release: a reader that sees the balance sees `written_lsn` (set before).
+                a.balance.store(new, Ordering::Release);
+                a.last_txn_id.store(x.txn_id, Ordering::Release);
             }
         }
         self.write_log(x);
@@ -511,6 +526,9 @@ pub struct Ledger<'s> {
     t: Tables<'s>,
     users: Users<'s>,
     slot_index: u32,
+    /// Durable mode: the `durable` the last operation's answer waits for (see
+    /// [`Ledger::take_rests_on`]).
+    rests_on: core::cell::Cell<Option<u64>>,
 }
 
 /// Who asks for a ledger operation: the user whose account it debits (or credits, for a
@@ -559,6 +577,7 @@ impl<'s> Ledger<'s> {
             t: Tables::of(seg),
             users: Users::of(seg),
             slot_index: slot,
+            rests_on: core::cell::Cell::new(None),
         };
         let owner = ledger.slot().pid.load(Ordering::Acquire);
         if owner != 0 && owner != std::process::id() && process_alive(owner) {
@@ -582,6 +601,16 @@ impl<'s> Ledger<'s> {
     /// The slot this handle owns.
     pub fn slot_index(&self) -> u32 {
         self.slot_index
+    }
+
+    /// Durable mode: what the answer of the operation since the last call rests on, as the
+    /// value `shm::journal::durable` must reach before it may be sent: one past its own
+    /// record's LSN when it appended one (applied, or refused under the lock: everything it
+    /// read has smaller LSNs), the journal's head when it answered from the outcome table (the
+    /// original's record may still be in flight), `None` when it decided nothing (refused on
+    /// its input alone, or because the journal cannot write).
+    pub fn take_rests_on(&self) -> Option<u64> {
+        self.rests_on.take()
     }
 
     fn lock_accounts(&self, a: u32, b: u32) -> Result<Held<'s>, LedgerError> {
@@ -642,6 +671,9 @@ impl<'s> Ledger<'s> {
         let e = self.t.result_entry(caller, req_id);
         let op = e.opcode.load(Ordering::Acquire);
         if op != 0 && e.req_id.load(Ordering::Relaxed) == req_id {
+            if self.t.journal.enabled() {
+                self.rests_on.set(Some(self.t.journal.head()));
+            }
             if op != opcode
                 || e.target.load(Ordering::Relaxed) != target
                 || e.amount.load(Ordering::Relaxed) != amount
@@ -664,6 +696,9 @@ impl<'s> Ledger<'s> {
             .req_id_hw
             .load(Ordering::Relaxed);
         if req_id <= hw {
+            if self.t.journal.enabled() {
+                self.rests_on.set(Some(self.t.journal.head()));
+            }
             // Every decided req_id above `hw - k` has its own entry (they map to distinct
             // entries), so one that is not there was never decided, and never will be now.
             return Some(Err(LedgerError::Stale {
@@ -699,6 +734,7 @@ impl<'s> Ledger<'s> {
             if let Err(u) = j.check() {
                 return LedgerError::Unavailable(u);
             }
+            self.rests_on.set(Some(j.head() + 1));
             j.push(&Record::Refusal(OutcomeRec {
                 user: caller,
                 opcode,
@@ -777,6 +813,7 @@ impl<'s> Ledger<'s> {
         store_u128(&s.new_withdrawals, wd);
         if let Some(j) = &journal {
             s.lsn.store(j.head(), Ordering::Relaxed);
+            self.rests_on.set(Some(j.head() + 1));
         }
         s.state.store(INTENT_PREPARED, Ordering::Release);
         if let Some(j) = journal {
@@ -1108,6 +1145,16 @@ pub fn balance(seg: &Segment, user: u32) -> Result<u64, LedgerError> {
     Ok(Tables::of(seg)
         .account(user)?
         .balance
+        .load(Ordering::Acquire))
+}
+
+/// Durable mode: what a read of `user`'s account just made rests on, as the value
+/// `shm::journal::durable` must reach before its answer may be sent (0: nothing undurable).
+/// Call it after the read: a balance or history entry seen was stored after this was.
+pub fn read_rests_on(seg: &Segment, user: u32) -> Result<u64, LedgerError> {
+    Ok(Tables::of(seg)
+        .account(user)?
+        .written_lsn
         .load(Ordering::Acquire))
 }
 

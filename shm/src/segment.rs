@@ -24,7 +24,7 @@ use crate::users::UserRecord;
 /// `"NSSHM\0"` and the layout version in the low bytes.
 pub const MAGIC: u64 = 0x4E53_5348_4D00_0000;
 /// Bumped whenever any shared struct changes; a tool built for another layout refuses to attach.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// How the ledger serialises operations. Fixed when the segment is created: every process must
 /// use the same one, or they would not exclude each other.

@@ -1390,3 +1390,137 @@ fn a_burst_gets_one_send_per_connection_per_turn_with_answers_and_pushes_togethe
         assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "member {key}");
     }
 }
+
+/// A segment with the journal on from LSN 0 (no writer: tests move `durable` by hand).
+fn journaled_segment() -> Segment {
+    let seg = segment();
+    shm::journal::start_at(&seg, 0);
+    shm::journal::set_mode(&seg, shm::journal::Mode::Sync);
+    seg
+}
+
+/// The journal is on disk up to `lsn` (exclusive): what the writer says after a sync.
+fn durable_to(h: &mut Harness<'_>, seg: &Segment, lsn: u64) {
+    shm::journal::set_durable(seg, lsn);
+    h.core.release_durable();
+}
+
+/// Registers and logs in `user` with the journal on: REGISTER's answer waits for its record.
+fn journaled_user(h: &mut Harness<'_>, seg: &Segment, user: &str) -> usize {
+    let key = h.connect();
+    let secret = ClientSecret::derive(b"pw", &[7; 16], 4096);
+    let stored = secret.stored();
+    let id = h.send(
+        key,
+        &Request::Register(RegisterRequest {
+            username: Name::new(user).expect("name"),
+            salt: Salt::new(&[7; 16]).expect("salt"),
+            iterations: 4096,
+            stored_key: stored.stored_key,
+            server_key: stored.server_key,
+        }),
+    );
+    assert!(h.take(key).is_empty(), "REGISTER waits for its record");
+    durable_to(h, seg, shm::journal::head(seg));
+    let got = h.take(key);
+    assert_eq!(
+        (got.len(), got[0].req_id, got[0].status),
+        (1, id, Status::Ok)
+    );
+    assert_eq!(h.login(key, user, "pw").status, Status::Ok);
+    key
+}
+
+#[test]
+fn with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw() {
+    let seg = journaled_segment();
+    let mut h = Harness::new(&seg, config());
+    let amy = journaled_user(&mut h, &seg, "amy");
+    let ben = journaled_user(&mut h, &seg, "ben");
+    // Ben's deposit: held until its record is durable, then answered.
+    let ben_dep = h.send(ben, &deposit(50));
+    assert!(h.take(ben).is_empty(), "held for its record");
+    let ben_lsn = shm::journal::head(&seg) - 1;
+    durable_to(&mut h, &seg, ben_lsn);
+    assert!(
+        h.take(ben).is_empty(),
+        "durable below its record is not enough"
+    );
+    durable_to(&mut h, &seg, ben_lsn + 1);
+    let got = h.take(ben);
+    assert_eq!((got[0].req_id, got[0].status), (ben_dep, Status::Ok));
+    // Amy's deposit is decided but not durable: its answer waits ...
+    let amy_dep = h.send(amy, &deposit(100));
+    let amy_lsn = shm::journal::head(&seg) - 1;
+    assert!(h.take(amy).is_empty());
+    // ... while Ben's balance rests only on Ben's durable record: answered at once.
+    assert_eq!(h.balance(ben), 50, "a read of durable state is not held");
+    // Amy's own balance saw her undurable deposit: held too, behind it, in order.
+    let amy_bal = h.send(amy, &Request::Balance(Empty {}));
+    assert!(
+        h.take(amy).is_empty(),
+        "a read that saw an undurable write is held"
+    );
+    // A refusal decided under the lock is a record of its own: held until it is durable.
+    let amy_wd = h.send(amy, &withdraw(1_000));
+    let refusal_lsn = shm::journal::head(&seg) - 1;
+    assert!(refusal_lsn > amy_lsn);
+    durable_to(&mut h, &seg, amy_lsn + 1);
+    let got = h.take(amy);
+    let ids: Vec<(u64, Status)> = got.iter().map(|f| (f.req_id, f.status)).collect();
+    assert_eq!(
+        ids,
+        vec![(amy_dep, Status::Ok), (amy_bal, Status::Ok)],
+        "the deposit and the read that rests on it go; the refusal waits for its record"
+    );
+    match got[1].reply() {
+        Reply::Ok(Response::Balance(b)) => assert_eq!(b.balance, 100),
+        other => panic!("{other:?}"),
+    }
+    durable_to(&mut h, &seg, refusal_lsn + 1);
+    let got = h.take(amy);
+    assert_eq!(
+        (got.len(), got[0].req_id, got[0].status),
+        (1, amy_wd, Status::ErrInsufficientFunds)
+    );
+    // A retry answered from the outcome table waits for everything appended so far (the
+    // original's record may still be in flight): with Ben's new deposit not yet durable, the
+    // retry is held too, and goes once the journal has caught up.
+    h.send(ben, &deposit(1));
+    h.send_id(amy, amy_dep, &deposit(100));
+    assert!(h.take(amy).is_empty(), "a retry rests on the head");
+    durable_to(&mut h, &seg, shm::journal::head(&seg));
+    let got = h.take(amy);
+    assert_eq!((got[0].req_id, got[0].status), (amy_dep, Status::Ok));
+    assert_eq!(h.take(ben).len(), 1);
+    assert_eq!(h.balance(amy), 100, "applied once");
+}
+
+#[test]
+fn with_the_journal_on_a_send_takes_what_came_before_a_held_answer_and_keeps_the_rest() {
+    let seg = journaled_segment();
+    let mut h = Harness::new(&seg, config());
+    let amy = journaled_user(&mut h, &seg, "amy");
+    // One read of the socket: a heartbeat, a deposit, a heartbeat.
+    let mut bytes = Vec::new();
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 1 });
+    for (id, req) in [(501, &hb), (502, &deposit(7)), (503, &hb)] {
+        write_request(&mut bytes, id, req, proto::BODY_LEN_LIMIT).expect("encode");
+    }
+    h.send_bytes(amy, &bytes);
+    let ids = |frames: Vec<Out>| frames.iter().map(|f| f.req_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(h.take(amy)),
+        vec![501],
+        "the first heartbeat goes; the deposit and what follows it wait"
+    );
+    // More output behind the held answer stays behind it.
+    h.send_id(amy, 504, &hb);
+    assert!(h.take(amy).is_empty());
+    durable_to(&mut h, &seg, shm::journal::head(&seg));
+    assert_eq!(
+        ids(h.take(amy)),
+        vec![502, 503, 504],
+        "in order, once durable"
+    );
+}

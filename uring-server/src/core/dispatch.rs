@@ -78,16 +78,7 @@ impl Ctx<'_> {
             "request"
         );
         let id = h.req_id;
-        let waits_for_journal = self.journal_on
-            && matches!(
-                req,
-                Request::Register(_)
-                    | Request::Deposit(_)
-                    | Request::Withdraw(_)
-                    | Request::Transfer(_)
-                    | Request::Balance(_)
-                    | Request::TxnHistory(_)
-            );
+        self.hold_until = None;
         let mark = st.out.mark();
         let result = match (req, logged_in) {
             (Request::Hello(_), _) => {
@@ -118,20 +109,21 @@ impl Ctx<'_> {
             (req, Some(user)) => self.operation(st, user, id, req),
             (_, None) => Err(HandlerError::new(Status::ErrUnauthorized, "log in first")),
         };
-        let mut waits_for_journal = waits_for_journal;
+        let mut hold_until = self.hold_until.take();
         if let Err(e) = result {
             let status = e.status();
             // "Not applied: the journal cannot write" rests on nothing the disk must hold.
-            waits_for_journal &= status != Status::ErrStorageUnavailable;
+            if status == Status::ErrStorageUnavailable {
+                hold_until = None;
+            }
             self.error(st, id, op.as_u16(), status, &e.to_string());
             if status == Status::ErrSessionSuperseded {
                 self.kick_superseded(st);
             }
         }
-        if waits_for_journal {
-            // Whatever this answer says (applied, refused, a balance) may rest on records not
-            // yet on disk: it goes out once the journal is durable up to where it stands now.
-            let need = shm::journal::head(self.seg);
+        // The handler said what its answer rests on (a record of its own, or what a read saw);
+        // the answer goes out once the journal is durable that far.
+        if let Some(need) = hold_until.filter(|_| self.journal_on) {
             if need > shm::journal::durable(self.seg) {
                 // A connection joins the holding list when its queue starts holding; while it
                 // holds it is listed already (no search on this path).

@@ -31,10 +31,17 @@ impl Ctx<'_> {
         withdraw: bool,
     ) -> Handled {
         let caller = self.caller(st, user);
-        let resp = if withdraw {
-            Response::Withdraw(answer(self.ledger.withdraw(caller, id, amount)?))
+        let done = if withdraw {
+            self.ledger.withdraw(caller, id, amount)
         } else {
-            Response::Deposit(answer(self.ledger.deposit(caller, id, amount)?))
+            self.ledger.deposit(caller, id, amount)
+        };
+        self.hold_until = self.ledger.take_rests_on();
+        let a = answer(done?);
+        let resp = if withdraw {
+            Response::Withdraw(a)
+        } else {
+            Response::Deposit(a)
         };
         self.respond(st, id, &resp);
         Ok(())
@@ -55,7 +62,9 @@ impl Ctx<'_> {
             })?,
         };
         let caller = self.caller(st, user);
-        let done = self.ledger.transfer(caller, to, id, t.amount)?;
+        let done = self.ledger.transfer(caller, to, id, t.amount);
+        self.hold_until = self.ledger.take_rests_on();
+        let done = done?;
         self.respond(st, id, &Response::Transfer(answer(done)));
         Ok(())
     }
@@ -75,6 +84,7 @@ impl Ctx<'_> {
     pub(super) fn balance(&mut self, st: &mut ConnState, user: u32, id: u64) -> Handled {
         self.journal_readable()?;
         let balance = ledger::balance(self.seg, user)?;
+        self.hold_until = Some(ledger::read_rests_on(self.seg, user)?);
         self.respond(st, id, &Response::Balance(BalanceResponse { balance }));
         Ok(())
     }
@@ -104,6 +114,7 @@ impl Ctx<'_> {
                 time_ms: t.time_ms,
             })
             .collect();
+        self.hold_until = Some(ledger::read_rests_on(self.seg, user)?);
         let resp = Response::TxnHistory(TxnHistoryResponse {
             txns: List::new(txns)?,
         });

@@ -136,6 +136,9 @@ pub struct Ctx<'s> {
     wake_pending: bool,
     /// Durable mode: ledger answers wait for the journal.
     journal_on: bool,
+    /// Set by a handler whose answer rests on journal records: the `durable` its answer waits
+    /// for (see `dispatch`).
+    hold_until: Option<u64>,
     /// Connections with answers waiting for the journal.
     holding: Vec<usize>,
     /// This worker's counters.
@@ -197,6 +200,7 @@ impl<'s> Core<'s> {
                 wake_fds,
                 wake_pending: false,
                 journal_on: shm::journal::mode(seg) == shm::journal::Mode::Sync,
+                hold_until: None,
                 holding: Vec::new(),
                 seg,
                 ledger,

@@ -7,15 +7,18 @@ use proto::{write_error, write_push, write_response, DecodeError, Push, Response
 
 use super::{ConnState, Ctx};
 
-/// Bytes waiting to be sent on one connection. Appends go to `pending`; a send takes the whole
-/// pending buffer away ([`OutQueue::take`]) and the backend owns it until the kernel is done
-/// with it, then hands it back for reuse ([`OutQueue::recycle`]): the core never holds memory an
+/// Bytes waiting to be sent on one connection, in one buffer. Appends go to `pending`; a send
+/// takes what may go ([`OutQueue::take`]) and the backend owns it until the kernel is done with
+/// it, then hands it back for reuse ([`OutQueue::recycle`]): the core never holds memory an
 /// operation in flight points into, so nothing the core does (growing, clearing, dropping the
 /// connection) can move it.
 ///
-/// Answers that must wait for the journal (durable mode) are `held`: each mark says up to which
-/// byte the held output may go once the journal is durable up to its LSN. Once anything is held,
-/// everything queued after it is held too, so the connection's frames keep their order.
+/// Answers that must wait for the journal (durable mode) are held where they were written:
+/// `held_from` is the offset from which nothing may be sent yet, and each mark says up to which
+/// byte the bytes may go once the journal is durable up to its LSN. Once anything is held,
+/// everything queued after it is held too, so the connection's frames keep their order. Held
+/// bytes are copied only if a send comes while some are held and some are not (the held tail
+/// stays behind); a release copies nothing.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     pending: Vec<u8>,
@@ -23,8 +26,10 @@ pub struct OutQueue {
     in_flight: usize,
     /// A buffer a finished send gave back, reused as the next `pending`.
     spare: Vec<u8>,
-    held: Vec<u8>,
-    /// (LSN the journal must reach, end of the held bytes it covers), in order.
+    /// Where the held bytes of `pending` start; `None` when nothing is held.
+    held_from: Option<usize>,
+    /// (the `durable` the journal must reach, end in `pending` of the bytes it covers), in
+    /// order and rising in both.
     marks: std::collections::VecDeque<(u64, usize)>,
 }
 
@@ -35,101 +40,95 @@ const SPARE_CAPACITY_KEEP: usize = 64 << 10;
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
     pending: usize,
-    held: usize,
 }
 
 impl OutQueue {
-    /// Bytes not yet sent: pending, in flight and held.
+    /// Bytes not yet sent: pending (held or not) and in flight.
     pub fn len(&self) -> usize {
-        self.pending.len() + self.in_flight + self.held.len()
+        self.pending.len() + self.in_flight
     }
 
     /// True when bytes wait for the journal.
     pub fn holding(&self) -> bool {
-        !self.marks.is_empty()
+        self.held_from.is_some()
     }
 
     /// Bytes that a send may take now (not held, not in flight).
     pub fn ready(&self) -> usize {
-        self.pending.len()
+        self.held_from.unwrap_or(self.pending.len())
     }
 
-    /// Where appends go: held output once anything is held, else the pending bytes.
+    /// Where appends go.
     fn buf(&mut self) -> &mut Vec<u8> {
-        if self.marks.is_empty() {
-            &mut self.pending
-        } else {
-            &mut self.held
-        }
+        &mut self.pending
     }
 
     /// The queue's end now.
     pub fn mark(&self) -> Mark {
         Mark {
             pending: self.pending.len(),
-            held: self.held.len(),
         }
     }
 
-    /// Holds what was queued since `m` until the journal is durable up to `lsn`.
-    pub fn hold_since(&mut self, m: Mark, lsn: u64) {
-        if self.marks.is_empty() {
-            if self.pending.len() == m.pending {
-                return;
-            }
-            self.held.extend_from_slice(&self.pending[m.pending..]);
-            self.pending.truncate(m.pending);
-        } else if self.held.len() == m.held {
+    /// Holds what was queued since `m` until the journal is durable up to `need` (the value
+    /// `shm::journal::durable` must reach).
+    pub fn hold_since(&mut self, m: Mark, need: u64) {
+        let end = self.pending.len();
+        if end == m.pending {
             return;
         }
-        let end = self.held.len();
+        if self.held_from.is_none() {
+            self.held_from = Some(m.pending);
+        }
         match self.marks.back_mut() {
-            // Same LSN as the last mark: one mark covers both.
-            Some((l, e)) if *l == lsn => *e = end,
-            _ => self.marks.push_back((lsn, end)),
+            // Released in order anyway: a need no higher than the last mark's joins it.
+            Some((n, e)) if *n >= need => *e = end,
+            _ => self.marks.push_back((need, end)),
         }
     }
 
-    /// Releases what the journal has made durable (below `durable`); true if any was.
+    /// Releases what the journal has made durable (`durable` reached); true if any was.
     pub fn release(&mut self, durable: u64) -> bool {
-        let mut upto = 0;
-        while let Some(&(lsn, end)) = self.marks.front() {
-            if lsn > durable {
+        let Some(from) = self.held_from else {
+            return false;
+        };
+        let mut upto = from;
+        while let Some(&(need, end)) = self.marks.front() {
+            if need > durable {
                 break;
             }
             upto = end;
             self.marks.pop_front();
         }
-        if upto == 0 {
+        if upto == from {
             return false;
         }
-        self.pending.extend_from_slice(&self.held[..upto]);
-        if self.marks.is_empty() {
-            // Bytes after the last mark (a push queued behind held answers) go too.
-            self.pending.extend_from_slice(&self.held[upto..]);
-            self.held.clear();
-        } else {
-            self.held.drain(..upto);
-            for (_, e) in self.marks.iter_mut() {
-                *e -= upto;
-            }
-        }
+        // Bytes after the last mark (a push queued behind held answers) go with it.
+        self.held_from = (!self.marks.is_empty()).then_some(upto);
         true
     }
 
-    /// Takes every pending byte for a send: the caller owns the buffer until it gives it back
-    /// with [`OutQueue::recycle`] (or drops it, if the send failed). `None` when nothing is
-    /// pending. One send at a time: the event loop starts none while one is under way.
+    /// Takes every byte that may be sent for a send: the caller owns the buffer until it gives
+    /// it back with [`OutQueue::recycle`] (or drops it, if the send failed). `None` when nothing
+    /// may go. One send at a time: the event loop starts none while one is under way.
     pub fn take(&mut self) -> Option<Vec<u8>> {
         debug_assert_eq!(self.in_flight, 0, "one send at a time");
-        if self.pending.is_empty() {
+        let ready = self.ready();
+        if ready == 0 {
             return None;
         }
-        self.in_flight = self.pending.len();
-        Some(std::mem::replace(
-            &mut self.pending,
-            std::mem::take(&mut self.spare),
-        ))
+        let mut rest = std::mem::take(&mut self.spare);
+        if let Some(from) = self.held_from {
+            // The held tail stays: copied into the next buffer, its offsets moved with it.
+            rest.extend_from_slice(&self.pending[from..]);
+            self.pending.truncate(from);
+            self.held_from = Some(0);
+            for (_, e) in self.marks.iter_mut() {
+                *e -= from;
+            }
+        }
+        self.in_flight = ready;
+        Some(std::mem::replace(&mut self.pending, rest))
     }
 
     /// Records that `n` bytes of the taken buffer reached the kernel.
@@ -155,7 +154,7 @@ impl OutQueue {
     /// Drops what is not yet being sent (a send in flight keeps its buffer until it completes).
     pub fn discard_pending(&mut self) {
         self.pending = Vec::new();
-        self.held = Vec::new();
+        self.held_from = None;
         self.marks.clear();
     }
 

@@ -50,7 +50,12 @@ impl Ctx<'_> {
             stored_key: r.stored_key,
             server_key: r.server_key,
         };
-        let user_id = self.users.register(r.username.as_str(), &creds)?;
+        let registered = self.users.register(r.username.as_str(), &creds);
+        // A registration's record is appended by the journal lock itself, with every other
+        // user not yet journaled (shm::journal), so its own LSN is not known here: the answer,
+        // and a refusal that rests on another registration, wait for all appended so far.
+        self.hold_until = Some(shm::journal::head(self.seg));
+        let user_id = registered?;
         tracing::info!(user = r.username.as_str(), user_id, "registered");
         self.respond(st, id, &Response::Register(RegisterResponse { user_id }));
         Ok(())
