@@ -134,6 +134,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = crate::durable::writer::Prealloc::On)]
     pub journal_prealloc: crate::durable::writer::Prealloc,
 
+    /// direct: the journal bypasses the page cache (O_DIRECT, each batch padded to 4 KiB;
+    /// results/journal-prealloc.txt); buffered: through it. direct falls back to buffered, with
+    /// a log line, where the filesystem refuses O_DIRECT.
+    #[arg(long, value_enum, default_value_t = crate::durable::writer::JournalIo::Direct)]
+    pub journal_io: crate::durable::writer::JournalIo,
+
     /// Start even though the journal is corrupt in the middle: every record from the corrupt
     /// one on is DROPPED (money acknowledged after it is lost). For an operator who has no
     /// better copy; the default refuses to start and names the file and offset.

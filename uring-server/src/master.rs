@@ -147,6 +147,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         checkpoint_bytes: args.checkpoint_bytes.max(1 << 16),
         sync: args.journal_sync,
         prealloc: args.journal_prealloc,
+        io: args.journal_io,
     };
     let mut writer = WorkerSlot {
         pid: None,

@@ -5,6 +5,12 @@
 //! whose power went at that instant would find on its disk. A server recovered from the copy
 //! must show every deposit that was acknowledged before the freeze.
 //!
+//! The copy sees what left the page cache, not what left a disk's volatile write cache: with
+//! `--journal-io direct` (O_DIRECT) writes go straight to the loop device, so the copy would hold
+//! them even without the cache flush a sync sends. Each run therefore also counts the flushes
+//! the loop device received while the load ran: at least one per journal sync, or a sync did not
+//! reach the disk's cache-flush (both modes are run).
+//!
 //! Needs root, losetup and mkfs.ext4 (`.ci/run` installs them); without them it fails unless
 //! NS_SKIP_POWER_CUT=1. results/without-sync.patch is the negative control: with the writer's
 //! sync taken out, this test fails.
@@ -68,6 +74,16 @@ impl LoopFs {
     fn data_dir(&self) -> String {
         self.mnt.join("data").to_str().expect("utf-8").to_string()
     }
+
+    /// Cache flushes the loop device has been sent (the 16th field of its block stat).
+    fn flushes(&self) -> u64 {
+        let dev = self.dev.trim_start_matches("/dev/");
+        let stat = std::fs::read_to_string(format!("/sys/block/{dev}/stat")).expect("block stat");
+        stat.split_whitespace()
+            .nth(15)
+            .and_then(|f| f.parse().ok())
+            .expect("a flush count (Linux 5.5+)")
+    }
 }
 
 impl Drop for LoopFs {
@@ -103,7 +119,7 @@ const USERS: usize = 4;
 const PIPELINE: usize = 16;
 
 #[test]
-fn a_power_cut_loses_no_acknowledged_deposit() {
+fn a_power_cut_loses_no_acknowledged_deposit_and_every_sync_flushed_the_disk() {
     if let Some(why) = unavailable() {
         assert!(
             std::env::var_os("NS_SKIP_POWER_CUT").is_some(),
@@ -111,12 +127,22 @@ fn a_power_cut_loses_no_acknowledged_deposit() {
         );
         return;
     }
+    for io in ["buffered", "direct"] {
+        power_cut(io);
+    }
+}
+
+fn power_cut(io: &str) {
     let base = std::env::temp_dir().join(unique_name("power-cut"));
     std::fs::create_dir_all(&base).expect("mkdir");
     let fs = LoopFs::create(base.join("disk.img"), 128).expect("a loop-mounted ext4");
     let data = fs.data_dir();
     let name = unique_name("power");
-    let mut server = Server::start_named_logged(&name, &["-w", "2", "--data-dir", &data], &[]);
+    let mut server = Server::start_named_logged(
+        &name,
+        &["-w", "2", "--data-dir", &data, "--journal-io", io],
+        &[],
+    );
     let mut clients: Vec<Client> = (0..USERS)
         .map(|i| {
             let mut c = server.client();
@@ -130,6 +156,12 @@ fn a_power_cut_loses_no_acknowledged_deposit() {
     pids.push(server.master_pid());
     pids.push(json["journal"]["writer_pid"].as_u64().expect("writer pid") as u32);
     assert!(pids.iter().all(|&p| p > 1), "{pids:?}");
+    let syncs = |server: &Server| {
+        server.stats_json()["journal"]["syncs"]
+            .as_u64()
+            .expect("syncs")
+    };
+    let (syncs0, flushes0) = (syncs(&server), fs.flushes());
     // The freeze comes from another thread at an instant the load does not choose, so that
     // deposits are decided, in the journal's ring, in a write, or in a sync when it comes.
     let freezer = std::thread::spawn(move || {
@@ -200,11 +232,17 @@ fn a_power_cut_loses_no_acknowledged_deposit() {
         in_flight.iter().any(|&n| n > 0),
         "deposits were in flight at the freeze: {in_flight:?}"
     );
+    let (synced, flushed) = (syncs(&server) - syncs0, fs.flushes() - flushes0);
+    eprintln!("{io}: {synced} journal syncs, {flushed} cache flushes sent to the disk");
+    assert!(
+        flushed >= synced && synced > 0,
+        "{io}: {synced} syncs but {flushed} flushes reached the disk"
+    );
     // The power goes: what the device holds now is all there is.
     let copy = base.join("after.img");
     std::fs::copy(&fs.image, &copy).expect("copy the disk");
     eprintln!(
-        "power cut {:?} after the freeze; acknowledged {acked:?}, sent {sent:?}",
+        "{io}: power cut {:?} after the freeze; acknowledged {acked:?}, sent {sent:?}",
         frozen_at.elapsed()
     );
     server.inner.crash().expect("kill every server process");
@@ -232,7 +270,7 @@ fn a_power_cut_loses_no_acknowledged_deposit() {
             sent[i]
         );
     }
-    eprintln!("recovered balances {recovered:?}");
+    eprintln!("{io}: recovered balances {recovered:?}");
     assert!(server.inner.audit(), "the recovered ledger audits clean");
     drop(server);
     drop(fs);

@@ -128,6 +128,21 @@ pub fn live_record_in(b: &[u8], min_lsn: u64) -> bool {
     false
 }
 
+/// Where the records continue after the zeros at `off` in `b` when those zeros are a batch's
+/// padding: zeros up to the next [`BLOCK`] boundary, and something written there (a record, or
+/// the bytes the caller then finds are not one).
+pub fn after_padding(b: &[u8], off: usize) -> Option<usize> {
+    let boundary = off.div_ceil(BLOCK) * BLOCK;
+    if boundary == off
+        || boundary >= b.len()
+        || b[off..boundary].iter().any(|&c| c != 0)
+        || unwritten_at(&b[boundary..])
+    {
+        return None;
+    }
+    Some(boundary)
+}
+
 /// True when `b` starts where nothing was ever written: a record's first four bytes are its
 /// magic, never zero; a preallocated segment is zero-filled past its last record.
 pub fn unwritten_at(b: &[u8]) -> bool {
@@ -173,6 +188,22 @@ pub fn list(dir: &Path) -> std::io::Result<(ByLsn, ByLsn)> {
     journals.sort();
     checkpoints.sort();
     Ok((journals, checkpoints))
+}
+
+/// The block a journal written with O_DIRECT aligns each batch to; the zeros between a batch's
+/// last record and the next block are padding, which recovery steps over.
+pub const BLOCK: usize = 4096;
+
+/// [`open_rw`] with O_DIRECT.
+pub fn open_rw_direct(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
 }
 
 /// Opens (creating, mode 0600) a file for writing; `append` keeps what it holds.

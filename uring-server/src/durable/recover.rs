@@ -13,6 +13,9 @@
 //!   the file and the offset; nothing is skipped silently. `--journal-truncate-corrupt` is the
 //!   operator's explicit way to drop everything from that point (documented in README).
 //!
+//! Zeros up to the next 4 KiB block with something written there are the padding of a batch
+//! written with O_DIRECT, and are stepped over (what is there is then checked like any record).
+//!
 //! A clean end in a segment that is not the last is where that segment stopped: the next one
 //! must start at the LSN that follows (checked), or records are missing.
 
@@ -133,7 +136,12 @@ pub fn recover(
                     seg_next = lsn + 1;
                     off += len;
                 }
-                Err(_) if file::unwritten_at(&bytes[off..]) => break Some(None),
+                Err(_) if file::unwritten_at(&bytes[off..]) => {
+                    match file::after_padding(&bytes, off) {
+                        Some(next) => off = next,
+                        None => break Some(None),
+                    }
+                }
                 Err(bad) => break Some(Some(bad)),
             }
         };

@@ -41,6 +41,19 @@ pub struct WriterConfig {
     pub sync: SyncMethod,
     /// Whether segments are zero-filled ahead and reused.
     pub prealloc: Prealloc,
+    /// Whether the journal bypasses the page cache.
+    pub io: JournalIo,
+}
+
+/// How the writer's writes reach the disk (`--journal-io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JournalIo {
+    /// O_DIRECT: each batch is padded to a whole block and written from an aligned buffer;
+    /// io_uring issues it from the writer itself (no io-wq thread, no page-cache copy). Falls
+    /// back to buffered, with a log line, where the filesystem refuses O_DIRECT.
+    Direct,
+    /// Through the page cache.
+    Buffered,
 }
 
 /// Whether the writer writes over allocated blocks (`--journal-prealloc`).
@@ -67,8 +80,13 @@ const BATCH_MAX: usize = 8192;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Bytes by which a segment is zero-filled ahead of the last batch written.
 pub const ZERO_CHUNK: usize = 2 << 20;
-/// What a zero-fill writes: a static, so no write in flight can outlive it.
-static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+/// What a zero-fill writes: a static, so no write in flight can outlive it; block-aligned for
+/// O_DIRECT.
+#[repr(C, align(4096))]
+struct Zeros([u8; ZERO_CHUNK]);
+static ZEROS: Zeros = Zeros([0; ZERO_CHUNK]);
+/// The block O_DIRECT writes are aligned and padded to (file::BLOCK).
+const BLOCK: usize = file::BLOCK;
 /// user_data of the writes in the writer's ring.
 const UD_WRITE: u64 = 1;
 const UD_SYNC: u64 = 2;
@@ -99,6 +117,8 @@ struct Writer<'a> {
     cfg: &'a WriterConfig,
     ring: IoUring,
     file: std::fs::File,
+    /// The segment is open with O_DIRECT: writes are whole blocks at block offsets.
+    direct: bool,
     offset: u64,
     /// Bytes of the segment that are allocated and were written (records, zeros, or a recycled
     /// segment's old records): a batch below this overwrites.
@@ -150,7 +170,7 @@ fn run_inner(
         Some((p, len)) => (p.clone(), *len),
         None => (cfg.dir.join(file::journal_name(rec.next_lsn)), 0),
     };
-    let file = file::open_rw(&path)?;
+    let (file, direct) = open_segment(&path, cfg.io == JournalIo::Direct)?;
     file.sync_data()?;
     file::sync_dir(&cfg.dir)?;
     let allocated = file.metadata()?.len().max(offset);
@@ -160,6 +180,7 @@ fn run_inner(
         cfg,
         ring: IoUring::new(8)?,
         file,
+        direct,
         offset,
         allocated,
         zeroing: None,
@@ -177,9 +198,15 @@ fn run_inner(
         shm::journal::set_durable(seg, w.written);
         shm::wake::notify_all(seg, wake_fds);
     }
+    if w.direct && w.offset % BLOCK as u64 != 0 {
+        // Recovery left the tail mid-block: O_DIRECT writes whole blocks, and rewriting the
+        // block would put acknowledged records at risk, so appends go to a new segment.
+        w.rotate(w.written)?;
+    }
     shm::journal::set_writer_pid(seg, std::process::id());
     tracing::info!(
         next_lsn = w.written,
+        direct = w.direct,
         file = %path.display(),
         ms = started.elapsed().as_millis() as u64,
         "journal writer ready"
@@ -188,7 +215,11 @@ fn run_inner(
         grace: Duration::ZERO,
     };
     let mut batch: Vec<(u64, Record)> = Vec::with_capacity(BATCH_MAX);
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    // Never grows past this (BATCH_MAX records of at most WORDS words, padding, alignment), so
+    // the block-aligned offset found in it stays aligned.
+    let mut buf: Vec<u8> = Vec::with_capacity(
+        BATCH_MAX * (file::FRAME_OVERHEAD + 8 * shm::journal::WORDS) + 2 * BLOCK,
+    );
     loop {
         w.reap_child(false);
         batch.clear();
@@ -204,20 +235,33 @@ fn run_inner(
             continue;
         }
         buf.clear();
+        // O_DIRECT: the batch starts at a block boundary of the buffer and is padded with
+        // zeros to whole blocks (recovery steps over the padding to the next block).
+        let start = if w.direct {
+            buf.as_ptr().align_offset(BLOCK)
+        } else {
+            0
+        };
+        buf.resize(start, 0);
         for (lsn, r) in &batch {
             file::encode(&mut buf, *lsn, r);
         }
-        let took = w.write_durably(&buf);
-        w.offset += buf.len() as u64;
+        let bytes = buf.len() - start;
+        if w.direct {
+            buf.resize(start + bytes.div_ceil(BLOCK) * BLOCK, 0);
+            debug_assert_eq!(buf[start..].as_ptr() as usize % BLOCK, 0);
+        }
+        let took = w.write_durably(&buf[start..]);
+        w.offset += (buf.len() - start) as u64;
         w.written = end;
         shm::journal::set_durable(seg, end);
-        shm::journal::note_sync(seg, batch.len() as u64, buf.len() as u64, took);
+        shm::journal::note_sync(seg, batch.len() as u64, bytes as u64, took);
         shm::wake::notify_all(seg, wake_fds);
         for (lsn, r) in &batch {
             shm::ledger::replay(&w.private, r)
                 .map_err(|e| anyhow::anyhow!("record {lsn} does not apply to the copy: {e}"))?;
         }
-        w.bytes_since_checkpoint += buf.len() as u64;
+        w.bytes_since_checkpoint += bytes as u64;
         if w.bytes_since_checkpoint >= cfg.checkpoint_bytes && w.child.is_none() {
             w.start_checkpoint()?;
         }
@@ -280,8 +324,8 @@ impl Writer<'_> {
             && self.zeroing.is_none()
             && self.allocated < end + ZERO_CHUNK as u64 / 2
         {
-            let at = self.allocated.max(end);
-            let zeros = opcode::Write::new(fd, ZEROS.as_ptr(), ZERO_CHUNK as u32)
+            let at = self.allocated.max(end).next_multiple_of(BLOCK as u64);
+            let zeros = opcode::Write::new(fd, ZEROS.0.as_ptr(), ZERO_CHUNK as u32)
                 .offset(at)
                 .rw_flags(libc::RWF_DSYNC)
                 .build()
@@ -354,6 +398,11 @@ impl Writer<'_> {
             *done += wres as usize;
             self.allocated = self.allocated.max(self.offset + *done as u64);
             self.join_zeroed();
+            if self.direct {
+                // O_DIRECT goes on from a block boundary: the part block is written again (it
+                // holds only this batch's records, none acknowledged).
+                *done -= *done % BLOCK;
+            }
             if (wres as u32) < len {
                 continue; // Short write: the linked sync was cancelled; write the rest.
             }
@@ -465,7 +514,7 @@ impl Writer<'_> {
         let recycled = self.cfg.prealloc == Prealloc::On && std::fs::rename(&spare, &path).is_ok();
         self.zeroing_failed = false;
         self.zeroed_range = None;
-        self.file = file::open_rw(&path)?;
+        (self.file, self.direct) = open_segment(&path, self.direct)?;
         if !recycled {
             self.file.set_len(0)?;
         }
@@ -539,6 +588,25 @@ impl Writer<'_> {
         );
         Ok(())
     }
+}
+
+/// Opens a segment for writing, with O_DIRECT when `direct` and the filesystem takes it (a
+/// refusal is logged and the segment opened buffered). Returns the file and whether it is direct.
+fn open_segment(path: &Path, direct: bool) -> std::io::Result<(std::fs::File, bool)> {
+    if direct {
+        match file::open_rw_direct(path) {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the filesystem refuses O_DIRECT: the journal is written through the page \
+                     cache (--journal-io buffered)"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((file::open_rw(path)?, false))
 }
 
 /// Removes the journal segments and checkpoints wholly below `lsn`; returns how many. With
