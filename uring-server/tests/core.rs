@@ -181,18 +181,7 @@ impl<'s> Harness<'s> {
     }
 
     fn register(&mut self, key: usize, user: &str, password: &str) -> Status {
-        let secret = ClientSecret::derive(password.as_bytes(), &[7; 16], 4096);
-        let stored = secret.stored();
-        self.status(
-            key,
-            &Request::Register(RegisterRequest {
-                username: Name::new(user).expect("name"),
-                salt: Salt::new(&[7; 16]).expect("salt"),
-                iterations: 4096,
-                stored_key: stored.stored_key,
-                server_key: stored.server_key,
-            }),
-        )
+        self.status(key, &register_request(user, password))
     }
 
     /// LOGIN + LOGIN_PROOF; the LOGIN_PROOF response (or the LOGIN refusal).
@@ -255,6 +244,19 @@ impl<'s> Harness<'s> {
     fn closing(&self, key: usize) -> bool {
         self.core.step(key).is_some_and(|st| st.closing)
     }
+}
+
+/// REGISTER for `user` with `password` (a fixed salt, the minimum iterations).
+fn register_request<'a>(user: &'a str, password: &str) -> Request<'a> {
+    let secret = ClientSecret::derive(password.as_bytes(), &[7; 16], 4096);
+    let stored = secret.stored();
+    Request::Register(RegisterRequest {
+        username: Name::new(user).expect("name"),
+        salt: Salt::new(&[7; 16]).expect("salt"),
+        iterations: 4096,
+        stored_key: stored.stored_key,
+        server_key: stored.server_key,
+    })
 }
 
 fn deposit(amount: u64) -> Request<'static> {
@@ -1408,18 +1410,7 @@ fn durable_to(h: &mut Harness<'_>, seg: &Segment, lsn: u64) {
 /// Registers and logs in `user` with the journal on: REGISTER's answer waits for its record.
 fn journaled_user(h: &mut Harness<'_>, seg: &Segment, user: &str) -> usize {
     let key = h.connect();
-    let secret = ClientSecret::derive(b"pw", &[7; 16], 4096);
-    let stored = secret.stored();
-    let id = h.send(
-        key,
-        &Request::Register(RegisterRequest {
-            username: Name::new(user).expect("name"),
-            salt: Salt::new(&[7; 16]).expect("salt"),
-            iterations: 4096,
-            stored_key: stored.stored_key,
-            server_key: stored.server_key,
-        }),
-    );
+    let id = h.send(key, &register_request(user, "pw"));
     assert!(h.take(key).is_empty(), "REGISTER waits for its record");
     durable_to(h, seg, shm::journal::head(seg));
     let got = h.take(key);

@@ -196,24 +196,22 @@ pub const BLOCK: usize = 4096;
 
 /// [`open_rw`] with O_DIRECT.
 pub fn open_rw_direct(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
+    open_rw_flags(path, libc::O_DIRECT)
 }
 
-/// Opens (creating, mode 0600) a file for writing; `append` keeps what it holds.
+/// Opens (creating, mode 0600) a file for writing, keeping what it holds.
 pub fn open_rw(path: &Path) -> std::io::Result<File> {
+    open_rw_flags(path, 0)
+}
+
+fn open_rw_flags(path: &Path, flags: i32) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(flags)
         .open(path)
 }
 

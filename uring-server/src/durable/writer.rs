@@ -371,20 +371,12 @@ impl Writer<'_> {
             let mut got = 0;
             let (mut wres, mut sres) = (0i32, 0i32);
             while got < want {
-                match self.ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => return Err(e),
-                }
-                loop {
-                    let Some(cqe) = self.ring.completion().next() else {
-                        break;
-                    };
-                    match cqe.user_data() {
-                        UD_WRITE => wres = cqe.result(),
-                        UD_SYNC => sres = cqe.result(),
+                for (ud, res) in self.wait_completions()? {
+                    match ud {
+                        UD_WRITE => wres = res,
+                        UD_SYNC => sres = res,
                         _ => {
-                            self.zeroed(cqe.result());
+                            self.zeroed(res);
                             continue;
                         }
                     }
@@ -447,21 +439,28 @@ impl Writer<'_> {
     /// Waits for the zero-fill in flight, if any.
     fn finish_zeroing(&mut self) -> std::io::Result<()> {
         while self.zeroing.is_some() {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-            loop {
-                let Some(cqe) = self.ring.completion().next() else {
-                    break;
-                };
-                if cqe.user_data() == UD_ZEROS {
-                    self.zeroed(cqe.result());
+            for (ud, res) in self.wait_completions()? {
+                if ud == UD_ZEROS {
+                    self.zeroed(res);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Submits what is queued, waits for at least one completion, and returns every completion
+    /// there is as (user_data, result). An interrupted wait returns none.
+    fn wait_completions(&mut self) -> std::io::Result<Vec<(u64, i32)>> {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        Ok(self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect())
     }
 
     /// Starts a new segment at `written` and forks a child that writes the checkpoint of the
