@@ -1,8 +1,9 @@
-//! `uring-server` as a library: the master (`master`), the worker (`worker`) and its two event
-//! loops, io_uring (`uring`) and epoll (`epoll`), over its own SO_REUSEPORT listener; both loops
-//! drive the same protocol logic (`core`), which works on the shared segment of the `shm` crate.
-//! The binary (`main.rs`) parses the command line and calls in here; tests drive the core
-//! directly, without sockets or processes.
+//! `uring-server` as a library: the master (`master`, a shell of forks, reaps and signals
+//! around the decisions of `supervisor`), the worker (`worker`) and its two event loops,
+//! io_uring (`uring`) and epoll (`epoll`), over its own SO_REUSEPORT listener; both loops drive
+//! the same protocol logic (`core`), which works on the shared segment of the `shm` crate. The
+//! binary (`main.rs`) parses the command line and calls in here; tests drive the core and the
+//! supervisor directly, without sockets or processes.
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod event_loop;
 pub mod master;
 pub mod sockets;
 pub mod status;
+pub mod supervisor;
 pub mod tools;
 pub mod uring;
 pub mod uring_setup;

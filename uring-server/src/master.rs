@@ -12,6 +12,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::cli::{Args, Durability, IoMode, LockModeArg, Registration};
 use crate::core::Config;
+use crate::supervisor::{Action, Child, Supervisor};
 
 /// The I/O backend the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,13 +75,6 @@ static SIGNALS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::Relaxed);
-}
-
-struct WorkerSlot {
-    pid: Option<Pid>,
-    started: Instant,
-    backoff: Duration,
-    restart_at: Option<Instant>,
 }
 
 /// Runs the server until a signal stops it; returns the process exit code.
@@ -149,187 +143,25 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         prealloc: args.journal_prealloc,
         io: args.journal_io,
     };
-    let mut writer = WorkerSlot {
-        pid: None,
-        started: Instant::now(),
-        backoff: Duration::ZERO,
-        restart_at: durable.then(Instant::now),
-    };
-
     let allowed_cpus = placement::allowed();
-    if workers as usize > allowed_cpus.len().max(1) {
-        tracing::warn!(
-            workers,
-            cpus = allowed_cpus.len(),
-            steer = ?args.steer,
-            "more workers than CPUs: with --steer hash they time-slice the same cores; with \
-             --steer cpu or auto only the first {} take connections, the others are standbys",
-            allowed_cpus.len()
-        );
-    }
-    let steer_by_cpu = match args.steer {
-        crate::cli::Steer::Cpu => true,
-        crate::cli::Steer::Hash => false,
-        crate::cli::Steer::Auto => workers as usize > allowed_cpus.len(),
-    };
-    let base = |worker: u16| Config {
-        worker,
-        max_conns: args.max_conns,
-        idle_timeout_ms: args.idle_timeout_ms,
-        body_len_max: args.body_len_max,
-        out_max_bytes: args.out_max_bytes,
-        frame_timeout_ms: args.frame_timeout_ms,
-        registration_open: args.registration == Registration::Open,
-        flood_burst: args.flood_burst,
-        flood_per_sec: args.flood_per_sec,
-        batch_wait_us: args.batch_wait_us,
-        workers: workers as u16,
+    let steer_by_cpu = steering(args, workers as usize, allowed_cpus.len());
+    let mut shell = Shell {
+        seg: &seg,
+        args,
+        sup: Supervisor::new(workers as usize, durable, Instant::now()),
+        worker_pids: vec![None; workers as usize],
+        writer_pid: None,
+        addr,
+        backend,
+        master,
+        wake_fds: wake_fds.as_ref(),
+        writer_cfg,
+        allowed_cpus,
         steer_by_cpu,
-        cpu: args.cpu_affinity.cpu_of(usize::from(worker), &allowed_cpus),
+        announced: false,
+        kill_logged: false,
     };
-    let mut slots: Vec<WorkerSlot> = (0..workers)
-        .map(|_| WorkerSlot {
-            pid: None,
-            started: Instant::now(),
-            backoff: Duration::ZERO,
-            restart_at: Some(Instant::now()),
-        })
-        .collect();
-    let mut stopping: Option<Instant> = None;
-    let mut writer_told = false;
-    let mut announced = false;
-    let mut code = 0;
-    loop {
-        if !announced && all_listening(&seg, &slots) {
-            announced = true;
-            // Printed once every worker listens: tests and scripts read the address from it.
-            println!(
-                "listening on {addr} backend {} workers {workers}",
-                backend.name()
-            );
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        }
-        let signals = SIGNALS.load(Ordering::Relaxed);
-        if signals >= 1 && stopping.is_none() {
-            tracing::info!("signal received: stopping workers (a second signal stops at once)");
-            stopping = Some(Instant::now() + Duration::from_secs(5));
-            for s in &slots {
-                if let Some(pid) = s.pid {
-                    let _ = kill(pid, Signal::SIGTERM);
-                }
-            }
-        }
-        if signals >= 2 || stopping.is_some_and(|d| Instant::now() >= d) {
-            if signals >= 2 {
-                tracing::warn!("second signal: killing workers now");
-                code = 1;
-            } else {
-                tracing::warn!("workers did not stop in time: killing them");
-            }
-            for s in slots.iter().chain([&writer]) {
-                if let Some(pid) = s.pid {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-        }
-        // Reap.
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { break };
-                    if writer.pid == Some(pid) {
-                        writer.pid = None;
-                        let clean = matches!(status, WaitStatus::Exited(_, 0));
-                        if stopping.is_some() && clean {
-                            tracing::info!(pid = pid.as_raw(), "journal writer exited");
-                        } else {
-                            tracing::warn!(
-                                pid = pid.as_raw(), status = ?status,
-                                "journal writer died: ledger answers wait until its successor \
-                                 has synced the journal"
-                            );
-                            if stopping.is_none() {
-                                writer.backoff = restart_backoff(writer.started, writer.backoff);
-                                writer.restart_at = Some(Instant::now() + writer.backoff);
-                            }
-                        }
-                        continue;
-                    }
-                    let Some(i) = slots.iter().position(|s| s.pid == Some(pid)) else {
-                        continue;
-                    };
-                    slots[i].pid = None;
-                    let how = match status {
-                        WaitStatus::Exited(_, c) => format!("exit code {c}"),
-                        WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
-                        other => format!("{other:?}"),
-                    };
-                    clean_up_after(&seg, i as u32, pid, &how, stopping.is_some());
-                    if stopping.is_none() {
-                        let s = &mut slots[i];
-                        s.backoff = restart_backoff(s.started, s.backoff);
-                        s.restart_at = Some(Instant::now() + s.backoff);
-                        if let Some(m) = shm::Metrics::of(&seg).worker(i) {
-                            m.restarts.add(1);
-                        }
-                    }
-                }
-            }
-        }
-        if stopping.is_some() {
-            if slots.iter().all(|s| s.pid.is_none()) {
-                // The workers are gone, their answers flushed: now the writer writes what is
-                // left and a final checkpoint.
-                match writer.pid {
-                    None => break,
-                    Some(pid) if !writer_told => {
-                        writer_told = true;
-                        let _ = kill(pid, Signal::SIGTERM);
-                    }
-                    Some(_) => {}
-                }
-            }
-        } else {
-            if writer.pid.is_none() && writer.restart_at.is_some_and(|t| Instant::now() >= t) {
-                writer.restart_at = None;
-                writer.started = Instant::now();
-                // SAFETY: the master is single-threaded, as for the workers below.
-                match unsafe { fork() }? {
-                    ForkResult::Child => crate::durable::writer::run(
-                        &seg,
-                        writer_cfg.clone(),
-                        wake_fds.as_ref(),
-                        master,
-                    ),
-                    ForkResult::Parent { child } => {
-                        tracing::info!(pid = child.as_raw(), "journal writer started");
-                        writer.pid = Some(child);
-                    }
-                }
-            }
-            for (i, s) in slots.iter_mut().enumerate() {
-                if s.pid.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
-                    s.restart_at = None;
-                    s.started = Instant::now();
-                    let cfg = base(i as u16);
-                    // SAFETY: the master is single-threaded (no thread was ever spawned), so the
-                    // child may run arbitrary code after the fork.
-                    match unsafe { fork() }? {
-                        ForkResult::Child => {
-                            crate::worker::run(cfg, &seg, addr, backend, master, wake_fds.as_ref())
-                        }
-                        ForkResult::Parent { child } => {
-                            tracing::info!(worker = i, pid = child.as_raw(), "worker started");
-                            s.pid = Some(child);
-                        }
-                    }
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let code = shell.run()?;
     drop(reserve);
     seg.unlink()?;
     tracing::info!(
@@ -339,12 +171,219 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// A process that died young is restarted with growing delays.
-fn restart_backoff(started: Instant, backoff: Duration) -> Duration {
-    if started.elapsed() < Duration::from_secs(2) {
-        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
-    } else {
-        Duration::ZERO
+/// Whether workers are steered by CPU (`--steer`); warns when there are more workers than CPUs.
+fn steering(args: &Args, workers: usize, cpus: usize) -> bool {
+    if workers > cpus.max(1) {
+        tracing::warn!(
+            workers,
+            cpus,
+            steer = ?args.steer,
+            "more workers than CPUs: with --steer hash they time-slice the same cores; with \
+             --steer cpu or auto only the first {cpus} take connections, the others are standbys"
+        );
+    }
+    match args.steer {
+        crate::cli::Steer::Cpu => true,
+        crate::cli::Steer::Hash => false,
+        crate::cli::Steer::Auto => workers > cpus,
+    }
+}
+
+/// The master's side effects around the [`Supervisor`]'s decisions: the children's pids, forks,
+/// reaps and signals.
+struct Shell<'a> {
+    seg: &'a shm::Segment,
+    args: &'a Args,
+    sup: Supervisor,
+    worker_pids: Vec<Option<Pid>>,
+    writer_pid: Option<Pid>,
+    addr: SocketAddr,
+    backend: Backend,
+    master: u32,
+    wake_fds: Option<&'a shm::wake::WakeFds>,
+    writer_cfg: crate::durable::writer::WriterConfig,
+    allowed_cpus: Vec<usize>,
+    steer_by_cpu: bool,
+    announced: bool,
+    kill_logged: bool,
+}
+
+impl Shell<'_> {
+    /// Every 20 ms: signals, exits, then what the supervisor says is due. Returns the exit code.
+    fn run(&mut self) -> anyhow::Result<i32> {
+        loop {
+            self.announce_once();
+            let was_stopping = self.sup.stopping();
+            let mut actions = self
+                .sup
+                .on_signals(SIGNALS.load(Ordering::Relaxed), Instant::now());
+            if !was_stopping && self.sup.stopping() {
+                tracing::info!("signal received: stopping workers (a second signal stops at once)");
+            }
+            self.reap();
+            actions.extend(self.sup.due(Instant::now()));
+            for action in actions {
+                if let Some(code) = self.act(action)? {
+                    return Ok(code);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Prints the address once every worker listens: tests and scripts read it from there.
+    fn announce_once(&mut self) {
+        if self.announced || !all_listening(self.seg, &self.worker_pids) {
+            return;
+        }
+        self.announced = true;
+        println!(
+            "listening on {} backend {} workers {}",
+            self.addr,
+            self.backend.name(),
+            self.worker_pids.len()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Reaps every child that exited, cleans up after a dead worker and tells the supervisor.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let Some(pid) = status.pid() else { return };
+            if self.writer_pid == Some(pid) {
+                self.writer_pid = None;
+                let clean = matches!(status, WaitStatus::Exited(_, 0));
+                if self.sup.stopping() && clean {
+                    tracing::info!(pid = pid.as_raw(), "journal writer exited");
+                } else {
+                    tracing::warn!(
+                        pid = pid.as_raw(), status = ?status,
+                        "journal writer died: ledger answers wait until its successor has \
+                         synced the journal"
+                    );
+                }
+                self.sup.on_exit(Child::Writer, Instant::now());
+                continue;
+            }
+            let Some(i) = self.worker_pids.iter().position(|p| *p == Some(pid)) else {
+                continue;
+            };
+            self.worker_pids[i] = None;
+            let how = match status {
+                WaitStatus::Exited(_, c) => format!("exit code {c}"),
+                WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
+                other => format!("{other:?}"),
+            };
+            clean_up_after(self.seg, i as u32, pid, &how, self.sup.stopping());
+            if self.sup.on_exit(Child::Worker(i), Instant::now()) {
+                if let Some(m) = shm::Metrics::of(self.seg).worker(i) {
+                    m.restarts.add(1);
+                }
+            }
+        }
+    }
+
+    fn pid_of(&self, c: Child) -> Option<Pid> {
+        match c {
+            Child::Worker(i) => self.worker_pids[i],
+            Child::Writer => self.writer_pid,
+        }
+    }
+
+    /// Does one action; `Some(code)` when the master is to exit.
+    fn act(&mut self, action: Action) -> anyhow::Result<Option<i32>> {
+        match action {
+            Action::Start(c) => self.start(c)?,
+            Action::Term(c) => {
+                if let Some(pid) = self.pid_of(c) {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+            Action::Kill(c) => {
+                if !self.kill_logged {
+                    self.kill_logged = true;
+                    if self.sup.code() == 1 {
+                        tracing::warn!("second signal: killing workers now");
+                    } else {
+                        tracing::warn!("workers did not stop in time: killing them");
+                    }
+                }
+                if let Some(pid) = self.pid_of(c) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+            Action::Exit(code) => return Ok(Some(code)),
+        }
+        Ok(None)
+    }
+
+    /// Forks child `c`.
+    fn start(&mut self, c: Child) -> anyhow::Result<()> {
+        let cfg = match c {
+            Child::Worker(i) => Some(self.worker_config(i as u16)),
+            Child::Writer => None,
+        };
+        // SAFETY: the master is single-threaded (no thread was ever spawned), so the child may
+        // run arbitrary code after the fork; neither child returns into this code.
+        match unsafe { fork() }? {
+            ForkResult::Child => match cfg {
+                Some(cfg) => crate::worker::run(
+                    cfg,
+                    self.seg,
+                    self.addr,
+                    self.backend,
+                    self.master,
+                    self.wake_fds,
+                ),
+                None => crate::durable::writer::run(
+                    self.seg,
+                    self.writer_cfg.clone(),
+                    self.wake_fds,
+                    self.master,
+                ),
+            },
+            ForkResult::Parent { child } => {
+                match c {
+                    Child::Worker(i) => {
+                        tracing::info!(worker = i, pid = child.as_raw(), "worker started");
+                        self.worker_pids[i] = Some(child);
+                    }
+                    Child::Writer => {
+                        tracing::info!(pid = child.as_raw(), "journal writer started");
+                        self.writer_pid = Some(child);
+                    }
+                }
+                self.sup.started(c, Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Worker `worker`'s settings.
+    fn worker_config(&self, worker: u16) -> Config {
+        let args = self.args;
+        Config {
+            worker,
+            max_conns: args.max_conns,
+            idle_timeout_ms: args.idle_timeout_ms,
+            body_len_max: args.body_len_max,
+            out_max_bytes: args.out_max_bytes,
+            frame_timeout_ms: args.frame_timeout_ms,
+            registration_open: args.registration == Registration::Open,
+            flood_burst: args.flood_burst,
+            flood_per_sec: args.flood_per_sec,
+            batch_wait_us: args.batch_wait_us,
+            workers: self.worker_pids.len() as u16,
+            steer_by_cpu: self.steer_by_cpu,
+            cpu: args
+                .cpu_affinity
+                .cpu_of(usize::from(worker), &self.allowed_cpus),
+        }
     }
 }
 
@@ -424,10 +463,10 @@ fn recover_into(seg: &shm::Segment, args: &Args) -> anyhow::Result<()> {
 }
 
 /// True when every worker has published its pid, which it does once its listener is open.
-fn all_listening(seg: &shm::Segment, slots: &[WorkerSlot]) -> bool {
+fn all_listening(seg: &shm::Segment, pids: &[Option<Pid>]) -> bool {
     let metrics = shm::Metrics::of(seg);
-    slots.iter().enumerate().all(|(i, s)| {
-        s.pid.is_some_and(|pid| {
+    pids.iter().enumerate().all(|(i, p)| {
+        p.is_some_and(|pid| {
             metrics
                 .worker(i)
                 .is_some_and(|m| m.pid.get() == pid.as_raw() as u64)
