@@ -1,15 +1,13 @@
 //! Bad input over the wire, on both backends: the right status where the stream can go on, a
 //! clean close where it cannot, every case counted, and a neighbour connection undisturbed.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
 use proto::body::*;
 use proto::header::{offset, RawHeader};
 use proto::{Opcode, Request, Status, HEADER_LEN};
+use test_support::*;
 
 /// A logged-in client whose balance is checked after every case: nothing may disturb it.
 fn neighbour(server: &Server) -> Client {

@@ -3,18 +3,16 @@
 //! worker survives, the neighbour sees no error, and its latency is reported with and without
 //! the battery.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use proto::body::*;
 use proto::header::RawHeader;
 use proto::{Request, HEADER_LEN};
+use test_support::*;
 
 /// The neighbour's BALANCE latencies (µs) until `stop`.
 fn neighbour_latencies(c: &mut Client, stop: &AtomicBool) -> Vec<u64> {

@@ -1,14 +1,12 @@
 //! Chat across workers, on both backends: every member gets every message of its room once, in
 //! the room's order; history, room lists, membership errors, and the flood limit.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use common::*;
 use proto::body::*;
 use proto::codec::Name;
 use proto::{Push, Reply, Request, Response, Status};
+use test_support::*;
 
 fn send(c: &mut Client, room_id: u32, text: &str) -> Result<u64, Status> {
     match c
@@ -58,7 +56,12 @@ fn every_member_on_every_worker_gets_every_message_in_order() {
         let mut clients: Vec<Client> = Vec::new();
         let mut on = [0usize; 2];
         let mut i = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
         while clients.len() < 8 || on.iter().any(|&n| n < 2) {
+            assert!(
+                Instant::now() < deadline,
+                "SO_REUSEPORT never spread the connections"
+            );
             let mut c = server.client();
             let w = c.worker() as usize;
             i += 1;
@@ -157,12 +160,7 @@ fn direct_messages_reach_a_user_on_any_worker() {
         // One client on each worker.
         let mut a = server.client();
         let wa = a.worker();
-        let mut b = loop {
-            let mut c = server.client();
-            if c.worker() != wa {
-                break c;
-            }
-        };
+        let mut b = client_on_worker(&server, 1 - wa);
         a.join_as("ann");
         b.join_as("ben");
         let dm = |c: &mut Client, to: &str, text: &str| {

@@ -1,14 +1,12 @@
 //! Chat at scale and under faults: 200 clients over 4 workers in 20 rooms; a member that stops
 //! reading; kill -9 of a worker with members.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
 use proto::body::*;
 use proto::{Push, Request, Status, HEADER_LEN};
+use test_support::*;
 
 fn send_frame(c: &mut Client, room_id: u32, text: &str) -> u64 {
     let id = c.next_req_id();
@@ -280,18 +278,9 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
                 std::mem::forget(c.stream().try_clone().expect("keep the read side open"));
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if counts(&mut observer) == (1, 1) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still {:?}",
-                counts(&mut observer)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(5), "one user and one room left", || {
+            counts(&mut observer) == (1, 1)
+        });
     }
 }
 

@@ -3,15 +3,13 @@
 //! corrupt journal, a disk that refuses writes, checkpoints, and what a second server is refused.
 //! Outcomes are read back over the wire and compared with what the client sent and was told.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use proto::body::*;
 use proto::{Request, Status};
+use test_support::*;
 use uring_server::durable::file;
 
 /// A data directory of this test's own, removed on drop.
@@ -446,14 +444,11 @@ fn a_failing_disk_refuses_ledger_writes_keeps_chat_and_recovers_by_itself() {
         set_file_size_limit(writer, size);
         let held = a.next_req_id();
         a.send_raw(&Client::frame(held, &deposit(5)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.stats_json()["journal"]["error"].as_u64() == Some(0) {
-            assert!(
-                Instant::now() < deadline,
-                "{io}: the writer never reported the failure"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{io}: the writer reports the failure"),
+            || server.stats_json()["journal"]["error"].as_u64() != Some(0),
+        );
         // Alice's deposit is decided but not on disk: it is not acknowledged.
         a.stream().set_nonblocking(true).expect("nonblocking");
         let mut byte = [0u8; 1];
@@ -554,11 +549,9 @@ fn checkpoints_bound_the_journal_and_a_clean_stop_leaves_nothing_to_replay() {
         a.ledger(&deposit(i)).expect("deposit");
         total += i;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.stats_json()["journal"]["checkpoints"].as_u64() < Some(1) {
-        assert!(Instant::now() < deadline, "no checkpoint was written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(10), "a checkpoint is written", || {
+        server.stats_json()["journal"]["checkpoints"].as_u64() >= Some(1)
+    });
     let (checkpoints, journals) = {
         let (j, c) = file::list(&dir.0).expect("list");
         (c, j)
@@ -615,18 +608,14 @@ fn a_killed_journal_writer_is_restarted_and_nothing_acknowledged_is_lost() {
         a.ledger(&deposit(1000))
             .expect("deposit across the writer's restart");
         total += 1000;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let now = writer(&server);
-            if now > 1 && now != old {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the writer was not restarted"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            &format!("round {round}: the writer is restarted"),
+            || {
+                let now = writer(&server);
+                now > 1 && now != old
+            },
+        );
     }
     assert_eq!(a.balance(), total);
     crash_everything(&mut server);

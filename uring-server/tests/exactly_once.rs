@@ -5,30 +5,13 @@
 //! Each test checks outcomes by reading BALANCE and TXN_HISTORY back over the wire and comparing
 //! them with what the client itself sent and was told.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use proto::body::TxnKind;
 use proto::Status;
-
-/// A connection (not logged in) served by worker `w`.
-fn client_on(server: &Server, w: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no connection landed on worker {w}"
-        );
-        let mut c = server.client();
-        if c.worker() == w {
-            return c;
-        }
-    }
-}
+use test_support::*;
 
 /// Signals one worker. A pid of 0 or 1 would signal a whole process group or init: refused.
 fn signal(pid: u32, sig: Signal) {
@@ -38,14 +21,11 @@ fn signal(pid: u32, sig: Signal) {
 
 /// Waits for the worker at `index` to be a running process other than `old`.
 fn wait_restarted(server: &Server, index: usize, old: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.worker_pids().get(index).copied().unwrap_or(0) == old {
-        assert!(
-            Instant::now() < deadline,
-            "worker {index} was not restarted"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        &format!("worker {index} is restarted"),
+        || server.worker_pids().get(index).copied().unwrap_or(0) != old,
+    );
 }
 
 /// The sequence of issue 10: worker a is slow to read request R (here: stopped); the client
@@ -64,11 +44,11 @@ fn a_late_copy_on_a_superseded_session_is_never_applied_after_its_retry_was_answ
             &["-w", "2", "--io", backend, "--lock-mode", lock_mode],
         );
         let pids = server.worker_pids();
-        let mut a = client_on(&server, 0);
+        let mut a = client_on_worker(&server, 0);
         a.join_as("late");
         let r = a.next_req_id();
         // The retry's connection, opened while worker 0 still accepts and answers HELLO.
-        let mut b = client_on(&server, 1);
+        let mut b = client_on_worker(&server, 1);
         // Worker 0 stops before it can read R: R waits in the socket's receive buffer.
         signal(pids[0], Signal::SIGSTOP);
         a.send_raw(&Client::frame(r, &deposit(1001)));
@@ -180,13 +160,13 @@ fn a_retry_after_the_worker_was_killed_gets_the_first_answer_or_applies_once() {
         for (case, read_first) in [(1, true), (2, false)] {
             let pids = server.worker_pids();
             let user = format!("payer{case}");
-            let mut a = client_on(&server, 0);
+            let mut a = client_on_worker(&server, 0);
             a.join_as(&user);
             a.ledger(&deposit(10_000)).expect("fund");
             let payer = a.user_id;
             let payee_before = shm::ledger::balance(&seg, peer.user_id).expect("balance");
             let r = a.next_req_id();
-            let mut b = client_on(&server, 1);
+            let mut b = client_on_worker(&server, 1);
             if !read_first {
                 signal(pids[0], Signal::SIGSTOP);
             }

@@ -1,15 +1,13 @@
 //! Faults under load, on both backends: kill -9 of a worker (restarted, state recovered, other
 //! workers' clients untouched) and SIGINT (graceful: exit 0, shared memory gone, whole frames).
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
 use proto::{Request, Status};
+use test_support::*;
 
 /// Opens connections until `per_worker` clients are logged in on each of `workers` workers.
 fn clients_by_worker(server: &Server, workers: u16, per_worker: usize) -> Vec<Vec<Client>> {
@@ -94,15 +92,10 @@ fn kill_9_of_a_worker_under_load_is_recovered_and_others_see_no_error() {
         )
         .expect("kill the worker");
         // The master restarts it.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_until(Duration::from_secs(10), "worker 0 is restarted", || {
             let now = server.worker_pids();
-            if now[0] != 0 && now[0] != victim_pid {
-                break;
-            }
-            assert!(Instant::now() < deadline, "worker 0 was not restarted");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            now[0] != 0 && now[0] != victim_pid
+        });
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         for t in victim_threads {
@@ -206,14 +199,15 @@ fn kill_9_of_the_master_takes_the_workers_and_the_next_start_replaces_the_segmen
     assert_eq!(workers.len(), 2);
     server.kill_master();
     // PR_SET_PDEATHSIG: the workers die with the master.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while workers
-        .iter()
-        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !zombie(*p))
-    {
-        assert!(Instant::now() < deadline, "a worker outlived the master");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the workers die with the master",
+        || {
+            !workers
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !zombie(*p))
+        },
+    );
     assert!(
         std::path::Path::new(&server.shm_path()).exists(),
         "the segment was left behind"

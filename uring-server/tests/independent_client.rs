@@ -1,9 +1,7 @@
 //! Runs `independent_client.py`, a client written from docs/PROTOCOL.md alone in Python's
 //! standard library, against the real server on both backends.
 
-mod common;
-
-use common::*;
+use test_support::*;
 
 #[test]
 fn a_client_written_from_the_document_alone_interoperates() {

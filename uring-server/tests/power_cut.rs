@@ -15,14 +15,12 @@
 //! NS_SKIP_POWER_CUT=1. results/without-sync.patch is the negative control: with the writer's
 //! sync taken out, this test fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use proto::Status;
+use test_support::*;
 
 /// An ext4 filesystem in a file, attached to a loop device and mounted; all of it undone on
 /// drop.
@@ -133,8 +131,9 @@ fn a_power_cut_loses_no_acknowledged_deposit_and_every_sync_flushed_the_disk() {
 }
 
 fn power_cut(io: &str) {
-    let base = std::env::temp_dir().join(unique_name("power-cut"));
-    std::fs::create_dir_all(&base).expect("mkdir");
+    // Removed last (declared first): the loop devices are detached before.
+    let scratch = ScratchDir::new("power-cut");
+    let base = scratch.path();
     let fs = LoopFs::create(base.join("disk.img"), 128).expect("a loop-mounted ext4");
     let data = fs.data_dir();
     let name = unique_name("power");
@@ -274,5 +273,4 @@ fn power_cut(io: &str) {
     assert!(server.inner.audit(), "the recovered ledger audits clean");
     drop(server);
     drop(fs);
-    let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,11 +1,9 @@
 //! The real server over loopback, on both backends: sessions, login, the ledger, idempotent
 //! retries, pipelining, 1-byte writes, stats and audit.
 
-mod common;
-
-use common::*;
 use proto::body::*;
 use proto::{Reply, Request, Response, Status};
+use test_support::*;
 
 #[test]
 fn the_whole_session_and_ledger_flow() {

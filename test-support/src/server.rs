@@ -1,12 +1,9 @@
-//! Test support, on bench-client's own client and launcher (one client implementation in the
-//! workspace): the real server binary on a free port with its own shared memory, and a thin
-//! layer that turns the client's errors into test failures and checks what tests rely on
-//! (responses in request order, no frame cut short).
-
-#![allow(dead_code)]
+//! The real server in tests, on bench-client's own client and launcher (one client
+//! implementation in the workspace): the `uring-server` binary on a free port with its own
+//! shared memory, and a thin layer that turns the client's errors into test failures and checks
+//! what tests rely on (responses in request order, no frame cut short).
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bench_client::server::{Launch, SpawnedServer};
@@ -16,22 +13,15 @@ use proto::codec::Name;
 use proto::scram::ClientSecret;
 use proto::{write_request, Field, Push, Reply, Request, Response, Status, BODY_LEN_LIMIT};
 
-/// A unique instance name for this test.
-pub fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "it-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use crate::unique_name;
 
 /// Both backends, for tests that must pass on each.
 pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
-/// The server binary cargo built for these tests.
-fn exe() -> std::path::PathBuf {
-    env!("CARGO_BIN_EXE_uring-server").into()
+/// The server binary cargo built beside the test (target/<profile>/uring-server, which cargo
+/// builds for the server's own tests and for `cargo test --workspace`).
+pub fn exe() -> std::path::PathBuf {
+    bench_client::server::locate().expect("the uring-server binary (cargo build)")
 }
 
 /// A running server, stopped (and its shared memory removed) on drop.
@@ -334,6 +324,7 @@ impl Client {
     }
 
     /// The next frame.
+    #[allow(clippy::should_implement_trait)] // A blocking read that fails the test, not an iterator.
     pub fn next(&mut self) -> Option<Got> {
         self.read_frame()
     }

@@ -1,0 +1,90 @@
+//! What the workspace's tests share, in one place (a dev-dependency of the crates whose tests
+//! need it):
+//! - [`server`]: the real `uring-server` on a free port with its own shared memory, and a client
+//!   that fails the test on protocol errors ([`Server`], [`Client`], request helpers);
+//! - [`wait_until`]: every wait has a deadline and says what it waited for;
+//! - [`client_on_worker`]: a connection that SO_REUSEPORT landed on a given worker;
+//! - [`ScratchDir`]: a directory removed on drop;
+//! - [`unique_name`]: names no other test, process or run uses (segments, data directories).
+//!
+//! Everything here panics on failure: it is for tests.
+
+#![allow(clippy::unwrap_used)]
+// The server and client wrappers hold launcher and socket state that has no useful Debug.
+#![allow(missing_debug_implementations)]
+
+pub mod server;
+
+pub use server::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A name no other test in this process, and no other process, uses.
+pub fn unique_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `done` every 5 ms until it is true; fails the test naming `what` if `limit` passes.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A connection (not logged in) that the kernel's SO_REUSEPORT spreading gave to worker `w`;
+/// fails the test if none lands there within 20 s.
+pub fn client_on_worker(server: &Server, w: u16) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = server.client();
+        if c.worker() == w {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection landed on worker {w} in 20 s"
+        );
+    }
+}
+
+/// A fresh directory under the system's temporary directory, removed with what it holds on drop.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A new, empty directory named after `tag`.
+    pub fn new(tag: &str) -> ScratchDir {
+        let d = std::env::temp_dir().join(format!("ns-test-{}", unique_name(tag)));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create a scratch directory");
+        ScratchDir(d)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Its path as a string, for command lines.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary directory")
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
