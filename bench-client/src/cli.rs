@@ -89,8 +89,8 @@ pub struct PeersArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
     /// uring-server's I/O backend.
-    #[arg(long, default_value = "uring")]
-    pub io: String,
+    #[arg(long, value_enum, default_value_t = ServerIo::Uring)]
+    pub io: ServerIo,
     /// The uring-server binary (default: beside this program).
     #[arg(long)]
     pub server: Option<PathBuf>,
@@ -100,12 +100,9 @@ pub struct PeersArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// CPUs both servers' processes may run on (`taskset -c` syntax); default: any.
-    #[arg(long)]
-    pub server_cpus: Option<crate::cpus::CpuList>,
-    /// CPUs the client's threads may run on; default: any.
-    #[arg(long)]
-    pub client_cpus: Option<crate::cpus::CpuList>,
+    /// Where server and client run.
+    #[command(flatten)]
+    pub place: Placement,
     /// CSV to append to (required); the summary goes to `<out>-summary.csv` and the
     /// side-by-side table to `<out>-table.md`.
     #[arg(long)]
@@ -115,12 +112,9 @@ pub struct PeersArgs {
 /// `bench-client chaos`.
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
-    /// Server host.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 9000)]
-    pub port: u16,
+    /// Where the server listens.
+    #[command(flatten)]
+    pub target: Target,
     /// The server's `--name`, when it runs on this machine: workers are killed (their pids come
     /// from its shared memory) and the ledger audited after every kill. Without it: no kills.
     #[arg(long)]
@@ -163,20 +157,17 @@ pub struct ChaosArgs {
     /// With --restart: the server's worker count.
     #[arg(long, default_value_t = 2)]
     pub workers: u32,
-    /// With --restart: the server's I/O backend (auto, uring or epoll).
-    #[arg(long, default_value = "auto")]
-    pub io: String,
+    /// With --restart: the server's I/O backend.
+    #[arg(long, value_enum, default_value_t = ServerIo::Auto)]
+    pub io: ServerIo,
 }
 
 /// `bench-client chat`.
 #[derive(Debug, clap::Args)]
 pub struct ChatArgs {
-    /// Server host.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 9000)]
-    pub port: u16,
+    /// Where the server listens.
+    #[command(flatten)]
+    pub target: Target,
     /// Your user name.
     #[arg(long)]
     pub user: String,
@@ -222,8 +213,8 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// The server's I/O backend.
-    #[arg(long, default_value = "uring")]
-    pub io: String,
+    #[arg(long, value_enum, default_value_t = ServerIo::Uring)]
+    pub io: ServerIo,
     /// The server binary (default: uring-server beside this program).
     #[arg(long)]
     pub server: Option<PathBuf>,
@@ -242,13 +233,9 @@ pub struct SweepArgs {
     /// beside `--out`, named after it: `results/x.csv` → `results/x-hgrm/`).
     #[arg(long)]
     pub hist_dir: Option<PathBuf>,
-    /// CPUs the spawned server's processes may run on (`taskset -c` syntax: `0`, `0-1`, `0,2`);
-    /// default: any.
-    #[arg(long)]
-    pub server_cpus: Option<crate::cpus::CpuList>,
-    /// CPUs the client's threads may run on; default: any.
-    #[arg(long)]
-    pub client_cpus: Option<crate::cpus::CpuList>,
+    /// Where server and client run.
+    #[command(flatten)]
+    pub place: Placement,
 }
 
 impl SweepArgs {
@@ -267,12 +254,9 @@ impl SweepArgs {
 /// `bench-client run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Server host.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 9000)]
-    pub port: u16,
+    /// Where the server listens.
+    #[command(flatten)]
+    pub target: Target,
     /// The protocol: `ns` (this server) or `resp` (a Redis-compatible server: the mixes'
     /// Redis equivalents, see `bench-client peers --help`).
     #[arg(long, value_enum, default_value_t = crate::load::Protocol::Ns)]
@@ -332,11 +316,84 @@ pub struct RunArgs {
     /// Write HdrHistogram percentile files (.hgrm) per operation into this directory.
     #[arg(long)]
     pub hist_dir: Option<PathBuf>,
-    /// CPUs the client's threads may run on (`taskset -c` syntax); default: any. Pin the
-    /// server yourself (`taskset -c 0 uring-server ...`) and say so with `--server-cpus`.
-    #[arg(long)]
-    pub client_cpus: Option<crate::cpus::CpuList>,
-    /// The CPUs the server was pinned to, recorded in the CSV (this command does not pin it).
+    /// Where server and client run. `run` pins only the client: pin the server yourself
+    /// (`taskset -c 0 uring-server ...`) and say so with `--server-cpus`, which the CSV records.
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+/// Where the server listens: the commands that talk to one already running.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port.
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+}
+
+impl Target {
+    /// The address to connect to.
+    pub fn resolve(&self) -> anyhow::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", self.host))
+    }
+}
+
+/// Where server and client run (`taskset -c` syntax: `0`, `0-1`, `0,2`; default: any CPU). The
+/// commands that start their own servers pin them there; `run` records it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Placement {
+    /// CPUs the server's processes run on: `peers` and `sweep` pin the servers they start
+    /// there; `run` only records it in the CSV (pin the server yourself: `taskset -c 0
+    /// uring-server ...`).
     #[arg(long)]
     pub server_cpus: Option<crate::cpus::CpuList>,
+    /// CPUs the client's threads run on.
+    #[arg(long)]
+    pub client_cpus: Option<crate::cpus::CpuList>,
+}
+
+impl Placement {
+    /// The server's CPUs (empty: any).
+    pub fn server(&self) -> Vec<usize> {
+        self.server_cpus.clone().unwrap_or_default().0
+    }
+
+    /// The client's CPUs (empty: any).
+    pub fn client(&self) -> Vec<usize> {
+        self.client_cpus.clone().unwrap_or_default().0
+    }
+}
+
+/// uring-server's `--io`, for the servers a command starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerIo {
+    /// io_uring, or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+    /// io_uring where available, else epoll.
+    Auto,
+}
+
+impl ServerIo {
+    /// The value uring-server takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerIo::Uring => "uring",
+            ServerIo::Epoll => "epoll",
+            ServerIo::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

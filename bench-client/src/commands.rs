@@ -1,7 +1,6 @@
 //! What each subcommand does: start servers and run sweeps, run one configuration and report
 //! it, the chaos run, the interactive chat. Arguments come from [`crate::cli`].
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::cli::{ChaosArgs, ChatArgs, RunArgs, SweepArgs};
@@ -23,8 +22,8 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let mut rows = 0usize;
     let mut cell = 0u64;
     let hist_dir = a.hist_dir();
-    let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
-    let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
+    let server_cpus = a.place.server();
+    let client_cpus = a.place.client();
     let threads = crate::cpus::client_threads(a.threads, &client_cpus);
     println!(
         "{:>6} {:>7} {:>11} {:>7} {:>5} {:>10} {:>8} {:>8} {:>10} {:>6}",
@@ -57,7 +56,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     "-w",
                     &w,
                     "--io",
-                    &a.io,
+                    a.io.as_str(),
                     "--durability",
                     "sync",
                     "--flood-burst",
@@ -187,10 +186,7 @@ pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
         restarter = Some(r);
         out
     } else {
-        let addr: SocketAddr = (a.host.as_str(), a.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+        let addr = a.target.resolve()?;
         (addr, a.server_name.clone())
     };
     let cfg = crate::chaos::ChaosConfig {
@@ -277,7 +273,7 @@ pub fn restart_args(a: &ChaosArgs, data_dir: &std::path::Path) -> anyhow::Result
         "-w",
         &a.workers.to_string(),
         "--io",
-        &a.io,
+        a.io.as_str(),
         "--txn-log",
         "1048576",
         // Checkpoints every 4 MiB of journal, so crashes also land during and after them.
@@ -313,10 +309,7 @@ fn port_below_ephemeral() -> anyhow::Result<u16> {
 
 /// `bench-client chat`: the client for people.
 pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
-    let addr: SocketAddr = (a.host.as_str(), a.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let addr = a.target.resolve()?;
     let password = match a.password {
         Some(p) => p,
         None => std::env::var("NS_PASSWORD")
@@ -327,10 +320,7 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
 
 /// `bench-client run`: one configuration against a running server; console and CSV.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let addr: SocketAddr = (a.host.as_str(), a.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", a.host))?;
+    let addr = a.target.resolve()?;
     let seed = a.seed.unwrap_or_else(|| {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
@@ -346,10 +336,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         addr,
         protocol: a.protocol,
         connections: a.connections,
-        threads: crate::cpus::client_threads(
-            a.threads,
-            &a.client_cpus.clone().unwrap_or_default().0,
-        ),
+        threads: crate::cpus::client_threads(a.threads, &a.place.client()),
         duration: Duration::from_secs_f64(a.duration),
         warmup: Duration::from_secs_f64(a.warmup),
         mix: a.mix,
@@ -361,7 +348,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         publishers: a.publishers,
         seed,
         server_pids,
-        client_cpus: a.client_cpus.clone().unwrap_or_default().0,
+        client_cpus: a.place.client(),
     };
     println!(
         "bench-client: {} to {addr}, {} connections, {} threads, mix {}, payload {} B, {}, seed {seed}",
@@ -406,7 +393,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         println!("  percentile files in {}", dir.display());
     }
     if let Some(path) = a.out {
-        let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
+        let server_cpus = a.place.server();
         CsvRow::new(&cfg, &a.backend, &r, audit, &git_commit(), &server_cpus).append(&path)?;
         println!("  appended to {}", path.display());
     }

@@ -85,8 +85,8 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
             crate::server::REDIS_MISSING
         );
     }
-    let server_cpus = a.server_cpus.clone().unwrap_or_default().0;
-    let client_cpus = a.client_cpus.clone().unwrap_or_default().0;
+    let server_cpus = a.place.server();
+    let client_cpus = a.place.client();
     let threads = crate::cpus::client_threads(a.threads, &client_cpus);
     let mut summary = Summary::default();
     println!(
@@ -213,7 +213,7 @@ fn start_ns(
             "-w",
             &a.workers.to_string(),
             "--io",
-            &a.io,
+            a.io.as_str(),
             "--durability",
             durability.name(),
             "--flood-burst",
@@ -323,8 +323,8 @@ fn side_by_side(s: &Summary, a: &PeersArgs, threads: usize, with_redis: bool) ->
         a.repeat,
         a.workers,
         a.io,
-        place(&a.server_cpus),
-        place(&a.client_cpus),
+        place(&a.place.server_cpus),
+        place(&a.place.client_cpus),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())

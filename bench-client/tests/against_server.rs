@@ -377,13 +377,14 @@ fn a_person_who_logs_in_again_can_still_deposit() {
 /// then every account is read back over the wire.
 #[test]
 fn chaos_with_full_crashes_recovers_from_the_journal_and_the_wire_shows_each_ack_exactly_once() {
-    for (i, io) in ["uring", "epoll"].into_iter().enumerate() {
+    use bench_client::cli::ServerIo;
+    for (i, io) in [ServerIo::Uring, ServerIo::Epoll].into_iter().enumerate() {
         let exe = server_exe();
         let scratch = ScratchDir::new(&format!("ns-chaos-test-{io}")).expect("scratch dir");
         let dir = scratch.join("data");
         let args = bench_client::cli::ChaosArgs {
             workers: 2,
-            io: io.to_string(),
+            io,
             ..chaos_defaults()
         };
         let mut r = bench_client::chaos::Restarter::start(

@@ -4,7 +4,7 @@
 //!   that fails the test on protocol errors ([`Server`], [`Client`], request helpers);
 //! - [`wait_until`]: every wait has a deadline and says what it waited for;
 //! - [`client_on_worker`]: a connection that SO_REUSEPORT landed on a given worker;
-//! - [`ScratchDir`]: a directory removed on drop;
+//! - [`ScratchDir`] (bench-client's): a directory removed on drop;
 //! - [`unique_name`]: names no other test, process or run uses (segments, data directories).
 //!
 //! Everything here panics on failure: it is for tests.
@@ -15,9 +15,9 @@
 
 pub mod server;
 
+pub use bench_client::scratch::ScratchDir;
 pub use server::*;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -56,35 +56,5 @@ pub fn client_on_worker(server: &Server, w: u16) -> Client {
             Instant::now() < deadline,
             "no connection landed on worker {w} in 20 s"
         );
-    }
-}
-
-/// A fresh directory under the system's temporary directory, removed with what it holds on drop.
-#[derive(Debug)]
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    /// A new, empty directory named after `tag`.
-    pub fn new(tag: &str) -> ScratchDir {
-        let d = std::env::temp_dir().join(format!("ns-test-{}", unique_name(tag)));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("create a scratch directory");
-        ScratchDir(d)
-    }
-
-    /// Its path.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Its path as a string, for command lines.
-    pub fn arg(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 temporary directory")
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -132,7 +132,7 @@ fn a_power_cut_loses_no_acknowledged_deposit_and_every_sync_flushed_the_disk() {
 
 fn power_cut(io: &str) {
     // Removed last (declared first): the loop devices are detached before.
-    let scratch = ScratchDir::new("power-cut");
+    let scratch = ScratchDir::new("ns-power-cut").expect("a scratch directory");
     let base = scratch.path();
     let fs = LoopFs::create(base.join("disk.img"), 128).expect("a loop-mounted ext4");
     let data = fs.data_dir();
