@@ -100,7 +100,7 @@ impl<'w> EpollBackend<'w> {
             };
             // SAFETY: accept4 returned a new fd nobody else owns.
             let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-            crate::worker::tune_socket(&fd);
+            crate::net::tune_socket(&fd);
             match core.open() {
                 Ok(key) => {
                     let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
@@ -218,7 +218,7 @@ impl Backend for EpollBackend<'_> {
 
     fn reset(&mut self, key: usize) {
         if let Some(s) = self.sockets.get_mut(key) {
-            crate::worker::reset_on_close(&s.fd);
+            crate::net::reset_on_close(&s.fd);
             // A reset drops what was not written.
             s.rest = None;
         }

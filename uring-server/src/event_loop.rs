@@ -5,7 +5,7 @@
 //! flight.
 
 use crate::core::Core;
-use crate::worker::Shutdown;
+use crate::stop::Shutdown;
 
 /// What the loop asks of an I/O backend. Connections are known by the core's keys: the backend
 /// registers a socket under the key [`Core::open`] returned and forgets it in

@@ -14,40 +14,40 @@ use crate::cli::{Args, Durability, IoMode, LockModeArg, Registration};
 use crate::core::Config;
 use crate::supervisor::{Action, Child, Supervisor};
 
-/// The I/O backend the workers run.
+/// The I/O backend the workers run (the loops themselves implement `event_loop::Backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum IoBackend {
     /// io_uring.
     Uring,
     /// epoll.
     Epoll,
 }
 
-impl Backend {
+impl IoBackend {
     /// The code `stats` reads from the metrics.
     pub fn code(self) -> u64 {
         match self {
-            Backend::Uring => 1,
-            Backend::Epoll => 2,
+            IoBackend::Uring => 1,
+            IoBackend::Epoll => 2,
         }
     }
 
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
-            Backend::Uring => "io_uring",
-            Backend::Epoll => "epoll",
+            IoBackend::Uring => "io_uring",
+            IoBackend::Epoll => "epoll",
         }
     }
 }
 
 /// Decides the backend: probes io_uring with the workers' exact setup unless told epoll.
-pub fn choose_backend(mode: IoMode) -> anyhow::Result<Backend> {
+pub fn choose_backend(mode: IoMode) -> anyhow::Result<IoBackend> {
     if mode == IoMode::Epoll {
-        return Ok(Backend::Epoll);
+        return Ok(IoBackend::Epoll);
     }
     match crate::uring::probe() {
-        Ok(()) => Ok(Backend::Uring),
+        Ok(()) => Ok(IoBackend::Uring),
         Err(e) => {
             let why = match e.raw_os_error() {
                 Some(libc::EPERM) => format!(
@@ -66,7 +66,7 @@ pub fn choose_backend(mode: IoMode) -> anyhow::Result<Backend> {
                 anyhow::bail!("--io uring: {why}");
             }
             tracing::warn!(reason = %why, "io_uring unavailable: falling back to epoll");
-            Ok(Backend::Epoll)
+            Ok(IoBackend::Epoll)
         }
     }
 }
@@ -118,12 +118,12 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     }
     // Reserve the port: a bound, non-listening SO_REUSEPORT socket kept by the master, so that
     // port 0 resolves once and restarted workers can always bind it again.
-    let reserve = crate::worker::reuseport_socket(SocketAddr::new(host, args.port), false)?;
-    let port = crate::worker::local_port(&reserve)?;
+    let reserve = crate::net::reuseport_socket(SocketAddr::new(host, args.port), false)?;
+    let port = crate::net::local_port(&reserve)?;
     let addr = SocketAddr::new(host, port);
     // Workers that cannot wait on the futex word through io_uring wake on eventfds, created
     // here so every worker, and every replacement, inherits all of them.
-    let wake_fds = if backend == Backend::Uring && crate::uring::futex_supported() {
+    let wake_fds = if backend == IoBackend::Uring && crate::uring::futex_supported() {
         None
     } else {
         Some(shm::wake::WakeFds::new(workers as usize)?)
@@ -198,7 +198,7 @@ struct Shell<'a> {
     worker_pids: Vec<Option<Pid>>,
     writer_pid: Option<Pid>,
     addr: SocketAddr,
-    backend: Backend,
+    backend: IoBackend,
     master: u32,
     wake_fds: Option<&'a shm::wake::WakeFds>,
     writer_cfg: crate::durable::writer::WriterConfig,

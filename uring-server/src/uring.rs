@@ -229,7 +229,7 @@ impl<'w> UringBackend<'w> {
     }
 
     fn accepted(&mut self, core: &mut Core<'_>, fd: OwnedFd) {
-        crate::worker::tune_socket(&fd);
+        crate::net::tune_socket(&fd);
         match core.open() {
             Ok(key) => {
                 self.sockets.insert(
@@ -361,7 +361,7 @@ impl Backend for UringBackend<'_> {
             s.reset = true;
             // Shut the socket: an in-flight send fails at once and the receive ends; the fd
             // is closed (with a reset) when both have completed.
-            crate::worker::reset_on_close(&s.fd);
+            crate::net::reset_on_close(&s.fd);
             let _ = nix::sys::socket::shutdown(s.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     }

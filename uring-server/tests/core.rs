@@ -1350,7 +1350,7 @@ fn a_burst_gets_one_send_per_connection_per_turn_with_answers_and_pushes_togethe
         sends: Vec::new(),
     };
     let wakes_before = h.core.metrics().chat_wakes.get();
-    let shutdown = uring_server::worker::Shutdown {
+    let shutdown = uring_server::stop::Shutdown {
         grace: std::time::Duration::ZERO,
     };
     let end = uring_server::event_loop::run(&mut h.core, &mut script, &shutdown);

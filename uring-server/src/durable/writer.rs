@@ -153,7 +153,7 @@ fn run_inner(
     if nix::unistd::getppid().as_raw() as u32 != master {
         anyhow::bail!("the master died before the journal writer started");
     }
-    crate::worker::install_stop_handler()?;
+    crate::stop::install_stop_handler()?;
     // A file-size limit must fail the write with EFBIG (a status the workers report), not kill
     // the writer.
     // SAFETY: setting SIGXFSZ's disposition to ignore installs no handler code.
@@ -211,7 +211,7 @@ fn run_inner(
         ms = started.elapsed().as_millis() as u64,
         "journal writer ready"
     );
-    let shutdown = crate::worker::Shutdown {
+    let shutdown = crate::stop::Shutdown {
         grace: Duration::ZERO,
     };
     let mut batch: Vec<(u64, Record)> = Vec::with_capacity(BATCH_MAX);
