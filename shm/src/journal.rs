@@ -93,12 +93,14 @@ pub(crate) struct JournalCtl {
     sync_sample_next: AtomicU64,
     sync_us: [AtomicU32; SYNC_SAMPLES],
 }
+crate::layout!(JournalCtl, 4480, 128);
 
 /// One ring entry: a record as words (see [`Record::to_words`]).
 #[repr(C)]
 pub(crate) struct RingEntry {
     w: [AtomicU64; WORDS],
 }
+crate::layout!(RingEntry, 256, 8);
 
 /// Why a record could not be appended. Nothing was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

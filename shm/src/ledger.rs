@@ -50,6 +50,7 @@ pub(crate) struct Account {
     /// account answers once `durable` reaches it. Stored before the balance (Release).
     written_lsn: AtomicU64,
 }
+crate::layout!(Account, 128, 128);
 
 /// The decided outcome of one (user, req_id): applied, or refused by a rule checked under the
 /// lock. A user's results live at `req_id % results_per_user`, so the table holds the outcome of
@@ -68,9 +69,9 @@ pub(crate) struct ResultEntry {
     balance: AtomicU64,
     txn_id: AtomicU64,
 }
+crate::layout!(ResultEntry, 48, 8);
 
 // 48 bytes: the layout's outcome table is (users + 1) × results_per_user of these.
-const _: () = assert!(core::mem::size_of::<ResultEntry>() == 48);
 
 const REFUSAL_NONE: u32 = 0;
 const REFUSAL_FUNDS: u32 = 1;
@@ -93,6 +94,7 @@ pub(crate) struct LogEntry {
     from_prev: AtomicU64,
     to_prev: AtomicU64,
 }
+crate::layout!(LogEntry, 72, 8);
 
 const INTENT_IDLE: u32 = 0;
 const INTENT_PREPARED: u32 = 1;
@@ -130,6 +132,7 @@ pub(crate) struct Slot {
     pub(crate) lock_waits: AtomicU64,
     pub(crate) lock_wait_ns: AtomicU64,
 }
+crate::layout!(Slot, 256, 128);
 
 fn load_u128(w: &[AtomicU64; 2]) -> u128 {
     u128::from(w[0].load(Ordering::Relaxed)) | (u128::from(w[1].load(Ordering::Relaxed)) << 64)

@@ -13,6 +13,23 @@
 
 #![warn(missing_docs)]
 
+/// Asserts at compile time the size and alignment of a type every process maps: each shared
+/// struct has one, next to its definition, so a change to the layout fails the build until the
+/// figure (and `segment::LAYOUT_VERSION`) are updated on purpose.
+macro_rules! layout {
+    ($t:ty, $size:expr, $align:expr) => {
+        const _: () = assert!(
+            core::mem::size_of::<$t>() == $size && core::mem::align_of::<$t>() == $align,
+            concat!(
+                "the shared layout of ",
+                stringify!($t),
+                " changed: update its size and LAYOUT_VERSION"
+            )
+        );
+    };
+}
+pub(crate) use layout;
+
 pub mod journal;
 pub mod ledger;
 pub mod limits;

@@ -53,6 +53,7 @@ impl std::error::Error for LockError {}
 pub struct RobustMutex {
     inner: UnsafeCell<libc::pthread_mutex_t>,
 }
+crate::layout!(RobustMutex, 40, 8);
 
 // SAFETY: the mutex is designed for concurrent use from many threads and processes; every access
 // goes through pthread calls, which synchronise internally.

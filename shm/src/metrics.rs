@@ -93,6 +93,7 @@ pub struct WorkerMetrics {
     /// Cross-worker chat wake-ups issued (at most one per turn that published).
     pub chat_wakes: Counter,
 }
+crate::layout!(WorkerMetrics, 768, 128);
 
 /// The metrics tables of a segment.
 #[derive(Clone, Copy)]

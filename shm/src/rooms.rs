@@ -29,6 +29,7 @@ pub(crate) struct Room {
     name: [AtomicU64; NAME_LEN_MAX / 8],
     last_seq: AtomicU64,
 }
+crate::layout!(Room, 128, 128);
 
 /// One member of a room: a user on a worker's connection. `user` 0 marks a free entry.
 #[repr(C)]
@@ -37,6 +38,7 @@ pub(crate) struct Member {
     worker: AtomicU32,
     conn: AtomicU64,
 }
+crate::layout!(Member, 16, 8);
 
 const TEXT_WORDS: usize = TEXT_LEN_MAX.div_ceil(8);
 
@@ -52,6 +54,7 @@ pub(crate) struct RoomEvent {
     sender_name: [AtomicU64; NAME_LEN_MAX / 8],
     text: [AtomicU64; TEXT_WORDS],
 }
+crate::layout!(RoomEvent, 4096, 64);
 
 /// Who joins: a user on a connection of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,6 +73,7 @@ pub struct Capacities {
     /// Process slots: one per worker (and per test helper process).
     pub workers: u32,
 }
+crate::layout!(Capacities, 28, 4);
 
 impl Default for Capacities {
     fn default() -> Self {
@@ -141,6 +142,7 @@ pub(crate) struct Header {
     created_ms: AtomicU64,
     caps: [AtomicU32; 7],
 }
+crate::layout!(Header, 72, 8);
 
 const STATE_READY: u32 = 0x5245_4459; // "REDY"
 
@@ -172,6 +174,7 @@ pub struct Globals {
     /// Bumped after every room event; workers wait on it (futex word).
     pub chat_epoch: AtomicU32,
 }
+crate::layout!(Globals, 384, 128);
 
 impl fmt::Debug for Globals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -30,6 +30,7 @@ pub(crate) struct UserRecord {
     session: AtomicU64,
     last_failure_ms: AtomicU64,
 }
+crate::layout!(UserRecord, 192, 64);
 
 /// What a server stores to check a SCRAM login: never the password, nor anything that logs in.
 #[derive(Clone, PartialEq, Eq)]
