@@ -135,7 +135,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         }
     }
     for (key, h) in &hists {
-        load::write_hgrm(&hist_dir.join(format!("{key}.hgrm")), h)?;
+        crate::hgrm::write_hgrm(&hist_dir.join(format!("{key}.hgrm")), h)?;
     }
     let summary_path = crate::summary::summary_path(&a.out);
     summary.write_csv(&summary_path)?;
@@ -383,10 +383,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         for (name, o) in OPS.iter().zip(&r.ops) {
             if o.requests > 0 {
                 let file = dir.join(format!("{}-{}.hgrm", cfg.mix.name(), name.to_lowercase()));
-                load::write_hgrm(&file, &o.latency_us)?;
+                crate::hgrm::write_hgrm(&file, &o.latency_us)?;
             }
         }
-        load::write_hgrm(
+        crate::hgrm::write_hgrm(
             &dir.join(format!("{}-total.hgrm", cfg.mix.name())),
             &r.total.latency_us,
         )?;

@@ -10,7 +10,9 @@ pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod cpu_time;
 pub mod cpus;
+pub mod hgrm;
 pub mod interactive;
 pub mod load;
 pub mod peers;
@@ -20,6 +22,7 @@ pub mod resp_mix;
 pub mod rng;
 pub mod scratch;
 pub mod server;
+mod setup;
 pub mod summary;
 
 pub use client::{Client, ClientError, Received, Retry};

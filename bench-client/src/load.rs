@@ -21,7 +21,6 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use proto::body::*;
 use proto::{write_request, FrameDecoder, Push, Request, Status, BODY_LEN_LIMIT};
 
-use crate::client::Client;
 use crate::resp_mix::RespSetup;
 
 /// The wire protocol a run speaks.
@@ -239,175 +238,6 @@ struct LoadConn {
     next_req_id: u64,
 }
 
-/// CPU seconds the given processes have run, every thread of each counted (io_uring's
-/// io-wq workers, Redis's background threads), from /proc/PID/task/TID/schedstat (nanosecond
-/// precision). A thread that exits takes its time with it: none of these servers' threads
-/// come and go during a run but io-wq's, which idle 5 s before they exit.
-pub fn server_cpu_seconds(pids: &[u32]) -> f64 {
-    let ns_of = |path: std::path::PathBuf| {
-        std::fs::read_to_string(path).ok().and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-    };
-    pids.iter()
-        .map(|p| match std::fs::read_dir(format!("/proc/{p}/task")) {
-            Ok(tasks) => tasks
-                .flatten()
-                .filter_map(|t| ns_of(t.path().join("schedstat")))
-                .sum::<u64>(),
-            Err(_) => 0,
-        })
-        .sum::<u64>() as f64
-        / 1e9
-}
-
-/// Writes a histogram as an HdrHistogram percentile file (.hgrm): value (µs), percentile, total
-/// count, 1/(1-percentile); gnuplot plots column 4 on a log axis against column 1.
-pub fn write_hgrm(path: &std::path::Path, h: &Histogram<u64>) -> std::io::Result<()> {
-    use std::fmt::Write as _;
-    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-    let mut count = 0u64;
-    for v in h.iter_quantiles(5) {
-        count += v.count_since_last_iteration();
-        let q = v.quantile_iterated_to();
-        let inv = if q < 1.0 {
-            1.0 / (1.0 - q)
-        } else {
-            f64::INFINITY
-        };
-        if inv.is_finite() {
-            let _ = writeln!(
-                out,
-                "{:12.3} {:14.12} {:10} {:14.2}",
-                v.value_iterated_to() as f64,
-                q,
-                count,
-                inv
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "{:12.3} {:14.12} {:10}",
-                v.value_iterated_to() as f64,
-                q,
-                count
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
-        h.mean(),
-        h.stdev(),
-        h.max() as f64,
-        h.len()
-    );
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, out)
-}
-
-fn cpu_seconds() -> f64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
-    })
-}
-
-/// A connection set up for the load: logged in (NS) or funded and subscribed (RESP).
-struct Ready {
-    stream: TcpStream,
-    user_id: u32,
-    room_id: u32,
-    next_req_id: u64,
-}
-
-/// NS: every connection logs in as its own user (registered and funded if new) and joins its
-/// room for the chat mixes. Returns the connections, the hot accounts' user ids and the
-/// number of distinct workers the connections landed on.
-fn setup_ns(cfg: &Config) -> anyhow::Result<(Vec<Ready>, Vec<u32>, usize)> {
-    let salt = [0x42u8; 16];
-    let secret =
-        proto::scram::ClientSecret::derive(b"bench", &salt, proto::scram::ITERATIONS_DEFAULT);
-    // Setup in parallel: logins cost a few round trips each.
-    let clients = in_parallel(cfg, move |cfg, i| {
-        let mut c = Client::connect(cfg.addr, Duration::from_secs(10))?;
-        let w = c.hello("bench-client")?.worker_id;
-        let user = format!("b{}x{i}", cfg.seed % 1_000_000);
-        match c.register_secret(&user, &salt, &secret) {
-            Ok(_) => {}
-            Err(crate::ClientError::Refused(Status::ErrAlreadyExists, _)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        c.login_secret(&user, secret.clone())?;
-        if c.balance()? < 1_000_000 {
-            c.ledger(&Request::Deposit(AmountRequest { amount: 1_000_000 }))?;
-        }
-        let room = if cfg.mix.chats() {
-            c.join(&format!("r{}", i % cfg.room_count()))?.0
-        } else {
-            0
-        };
-        Ok((c, w, room))
-    })?;
-    let workers_seen = clients
-        .iter()
-        .map(|(_, w, _)| *w)
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    let hot: Vec<u32> = clients
-        .iter()
-        .take(cfg.hot_accounts.max(2))
-        .map(|(c, _, _)| c.user_id)
-        .collect();
-    let ready = clients
-        .into_iter()
-        .map(|(c, _, room_id)| Ready {
-            user_id: c.user_id,
-            room_id,
-            // The connection keeps counting where its login left off: above the user's
-            // high-water mark, so a second run with the same users is not refused as stale.
-            next_req_id: c.last_req_id(),
-            stream: c.into_stream(),
-        })
-        .collect();
-    Ok((ready, hot, workers_seen))
-}
-
-/// Runs `one(cfg, i)` for every connection index on `cfg.threads` threads (connections are
-/// set up a few round trips each: in parallel, staggered a little); results in index order.
-pub(crate) fn in_parallel<T: Send + 'static>(
-    cfg: &Config,
-    one: impl Fn(&Config, usize) -> anyhow::Result<T> + Send + Clone + 'static,
-) -> anyhow::Result<Vec<T>> {
-    let per = cfg.connections.div_ceil(cfg.threads);
-    let setups: Vec<_> = (0..cfg.threads)
-        .map(|t| {
-            let (cfg, one) = (cfg.clone(), one.clone());
-            std::thread::spawn(move || -> anyhow::Result<Vec<T>> {
-                let mut out = Vec::new();
-                for i in (t * per)..((t + 1) * per).min(cfg.connections) {
-                    out.push(one(&cfg, i)?);
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Ok(out)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for s in setups {
-        all.extend(
-            s.join()
-                .map_err(|_| anyhow::anyhow!("a setup thread panicked"))??,
-        );
-    }
-    Ok(all)
-}
-
 /// Sets every connection up (in the run's protocol), spreads them over the threads, runs the
 /// load, and merges the threads' histograms.
 pub fn run(cfg: &Config) -> anyhow::Result<Results> {
@@ -416,30 +246,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         "connections and threads > 0"
     );
     anyhow::ensure!(cfg.pipeline > 0, "pipeline > 0");
-    let (ready, hot, workers_seen, resp) = match cfg.protocol {
-        Protocol::Ns => {
-            let (ready, hot, seen) = setup_ns(cfg)?;
-            (ready, hot, seen, None)
-        }
-        Protocol::Resp => {
-            let setup = RespSetup::prepare(cfg)?;
-            let ready = in_parallel(cfg, {
-                let setup = setup.clone();
-                move |cfg, i| {
-                    let (stream, room_id) = setup.connection(cfg, i)?;
-                    Ok(Ready {
-                        stream,
-                        user_id: i as u32,
-                        room_id,
-                        next_req_id: 0,
-                    })
-                }
-            })?;
-            let hot = (0..cfg.hot_accounts.max(2).min(cfg.connections) as u32).collect();
-            // One event loop serves every command in Redis.
-            (ready, hot, 1, Some(setup))
-        }
-    };
+    let (ready, hot, workers_seen, resp) = crate::setup::connect_all(cfg)?;
     let base = Instant::now();
     let warm_end = base + cfg.warmup;
     let end = warm_end + cfg.duration;
@@ -486,9 +293,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         .collect();
     // This thread only watches the clock: CPU of both sides over exactly the measured window.
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
-    let (client0, server0) = (cpu_seconds(), server_cpu_seconds(&cfg.server_pids));
+    let (client0, server0) = (
+        crate::cpu_time::cpu_seconds(),
+        crate::cpu_time::server_cpu_seconds(&cfg.server_pids),
+    );
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
-    let (client1, server1) = (cpu_seconds(), server_cpu_seconds(&cfg.server_pids));
+    let (client1, server1) = (
+        crate::cpu_time::cpu_seconds(),
+        crate::cpu_time::server_cpu_seconds(&cfg.server_pids),
+    );
     let mut ops: Vec<OpStats> = OPS.iter().map(|_| OpStats::new()).collect();
     let mut pushes = 0;
     let mut push_latency_us = hist();

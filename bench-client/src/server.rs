@@ -491,7 +491,7 @@ impl SpawnedRedis {
         anyhow::bail!("{last}")
     }
 
-    /// Its pid (one process; its threads are counted by [`crate::load::server_cpu_seconds`]).
+    /// Its pid (one process; its threads are counted by [`crate::cpu_time::server_cpu_seconds`]).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
