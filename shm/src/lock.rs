@@ -5,7 +5,7 @@
 //! by any means (SIGKILL included) it marks each one `OWNER_DIED` and wakes a waiter. The next
 //! locker gets the lock with [`Locked::OwnerDied`], repairs what the dead owner left half done,
 //! and calls [`RobustMutex::mark_consistent`]. The kernel only reports the death; repairing the
-//! data is the caller's job (see `ledger.rs`).
+//! data is the caller's job (see `ledger/intent.rs`).
 
 use core::cell::UnsafeCell;
 use core::fmt;
