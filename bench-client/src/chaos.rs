@@ -26,7 +26,7 @@
 //! audit (with `server_name`) run the server's own tools on this machine.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto::body::*;
@@ -342,7 +342,7 @@ fn drive(
     let mut out = ThreadOutcome::default();
     // Connections given up on but left open, so the server may still read them late; the
     // oldest are closed as new ones come.
-    let mut left_open: VecDeque<TcpStream> = VecDeque::new();
+    let mut left_open: VecDeque<crate::Stream> = VecDeque::new();
     while !shared.stop.load(Relaxed) {
         for c in group.iter_mut() {
             let stalled = shared.stalled.load(Relaxed);

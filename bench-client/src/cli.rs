@@ -331,9 +331,60 @@ pub struct Target {
     /// Server port.
     #[arg(long, default_value_t = 9000)]
     pub port: u16,
+    /// How to speak TLS to it.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS on the client's side: off unless `--tls`; the server's certificate is verified unless
+/// `--tls-insecure`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Speak TLS (the server runs with --tls-cert).
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust the CAs in this PEM file (`uring-server gen-cert` writes ca.pem); default: the
+    /// system's CA bundle.
+    #[arg(long, requires = "tls")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Do not verify the server's certificate (tests, self-signed setups).
+    #[arg(long, requires = "tls", conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+    /// The name the server's certificate must carry (default: --host).
+    #[arg(long, requires = "tls")]
+    pub tls_server_name: Option<String>,
+    /// Present this client certificate (PEM chain) when the server asks for one.
+    #[arg(long, requires_all = ["tls", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client TLS configuration, or `None` without `--tls`. `host` is the name the
+    /// certificate is checked against unless `--tls-server-name` says another.
+    pub fn client(&self, host: &str) -> anyhow::Result<Option<crate::ClientTls>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let trust = match (&self.tls_ca, self.tls_insecure) {
+            (Some(ca), _) => crate::Trust::Ca(ca.clone()),
+            (None, true) => crate::Trust::Insecure,
+            (None, false) => crate::Trust::System,
+        };
+        let name = self.tls_server_name.as_deref().unwrap_or(host);
+        let cert = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        Ok(Some(crate::ClientTls::new(&trust, name, cert)?))
+    }
 }
 
 impl Target {
+    /// The client TLS configuration for this server, if `--tls`.
+    pub fn tls(&self) -> anyhow::Result<Option<crate::ClientTls>> {
+        self.tls.client(&self.host)
+    }
+
     /// The address to connect to.
     pub fn resolve(&self) -> anyhow::Result<std::net::SocketAddr> {
         use std::net::ToSocketAddrs;

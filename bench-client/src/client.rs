@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use crate::transport::{ClientTls, Stream};
 use std::time::Duration;
 
 use proto::body::*;
@@ -129,7 +131,9 @@ impl Default for Retry {
 #[derive(Debug)]
 pub struct Client {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
+    /// TLS for this connection and every reconnect, or plaintext.
+    tls: Option<ClientTls>,
     decoder: FrameDecoder,
     pending: VecDeque<Received>,
     /// Pushes that arrived while waiting for responses.
@@ -150,7 +154,17 @@ pub struct Client {
 impl Client {
     /// Connects with `timeout` for connecting, reading and writing.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = Self::open(addr, timeout)?;
+        Self::connect_with(addr, timeout, None)
+    }
+
+    /// [`Client::connect`], over TLS when `tls` is given (the handshake is done before this
+    /// returns; a refused certificate fails it).
+    pub fn connect_with(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
+        let stream = Self::open(addr, timeout, tls)?;
         // Start request ids from the clock, so they rise across reconnects and runs even before
         // a login tells the server's high-water mark (PROTOCOL.md 8.4, rule 1).
         let now = std::time::SystemTime::now()
@@ -159,6 +173,7 @@ impl Client {
         Ok(Client {
             addr,
             stream,
+            tls: tls.cloned(),
             decoder: FrameDecoder::new(BODY_LEN_LIMIT),
             pending: VecDeque::new(),
             pushes: VecDeque::new(),
@@ -172,7 +187,11 @@ impl Client {
         })
     }
 
-    fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+    fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Stream, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         // With nothing listening on a port in the ephemeral range, a loopback connect can be
         // given that very port as its own and connect to itself (TCP simultaneous open): it
@@ -186,11 +205,14 @@ impl Client {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(match tls {
+            Some(tls) => Stream::tls(stream, tls)?,
+            None => Stream::Plain(stream),
+        })
     }
 
-    /// The socket, for event loops that take the connection over after login.
-    pub fn into_stream(self) -> TcpStream {
+    /// The stream, for event loops that take the connection over after login.
+    pub fn into_stream(self) -> Stream {
         self.stream
     }
 
@@ -225,7 +247,7 @@ impl Client {
     }
 
     /// The socket itself (half-closes, timeouts, raw writes in tests).
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut Stream {
         &mut self.stream
     }
 
@@ -395,8 +417,9 @@ impl Client {
     /// Like [`Client::reconnect`], and hands back the old connection instead of closing it: a
     /// client that gave up waiting on a connection it leaves open (what it sent there may still
     /// be read by the server, late). The new login ends the old connection's session.
-    pub fn reconnect_keeping_old(&mut self) -> Result<TcpStream, ClientError> {
-        let old = std::mem::replace(&mut self.stream, Self::open(self.addr, self.timeout)?);
+    pub fn reconnect_keeping_old(&mut self) -> Result<Stream, ClientError> {
+        let fresh = Self::open(self.addr, self.timeout, self.tls.as_ref())?;
+        let old = std::mem::replace(&mut self.stream, fresh);
         self.decoder = FrameDecoder::new(BODY_LEN_LIMIT);
         self.pending.clear();
         self.worker = None;

@@ -78,6 +78,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         cell += 1;
                         let cfg = load::Config {
                             addr,
+                            tls: None,
                             protocol: load::Protocol::Ns,
                             connections,
                             threads,
@@ -334,6 +335,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     server_pids.extend(&a.server_pid);
     let cfg = load::Config {
         addr,
+        tls: a.target.tls()?,
         protocol: a.protocol,
         connections: a.connections,
         threads: crate::cpus::client_threads(a.threads, &a.place.client()),
@@ -368,7 +370,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut audit = "";
     if cfg.protocol == load::Protocol::Resp {
         audit = ledger_audit(cfg.mix, || {
-            let a = crate::resp_mix::audit(cfg.addr, cfg.seed)?;
+            let a = crate::resp_mix::audit(cfg.addr, cfg.seed, cfg.tls.as_ref())?;
             println!(
                 "  audit over the wire: {} accounts sum to {}, deposits total {}, {} below zero",
                 a.accounts, a.sum, a.deposited, a.negative

@@ -41,7 +41,11 @@ pub fn run(addr: SocketAddr, user: &str, password: &str, register: bool) -> anyh
     // Go on counting above the user's high-water mark (PROTOCOL.md 8.4): a second session of
     // the same user must not reuse the first one's req_ids.
     let mut req_id = c.last_req_id();
-    let stream = c.into_stream();
+    // A reader thread and writer threads share the socket through clones of it: plaintext only
+    // (one rustls connection cannot be split across threads).
+    let crate::Stream::Plain(stream) = c.into_stream() else {
+        anyhow::bail!("chat by hand does not speak TLS");
+    };
     stream.set_read_timeout(None)?;
     let reader_stream = stream.try_clone()?;
     let rooms: Rooms = Arc::new(Mutex::new(HashMap::new()));

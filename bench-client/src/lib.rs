@@ -24,5 +24,7 @@ pub mod scratch;
 pub mod server;
 mod setup;
 pub mod summary;
+pub mod transport;
 
 pub use client::{Client, ClientError, Received, Retry};
+pub use transport::{ClientTls, Stream, Trust};

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,8 @@ impl Mix {
 pub struct Config {
     /// Server address.
     pub addr: SocketAddr,
+    /// TLS on every connection (`--tls`), or plaintext.
+    pub tls: Option<crate::ClientTls>,
     /// What the server speaks.
     pub protocol: Protocol,
     /// Connections, each logged in as its own user.
@@ -223,7 +225,7 @@ enum Decoder {
 }
 
 struct LoadConn {
-    stream: TcpStream,
+    stream: crate::Stream,
     decoder: Decoder,
     out: Vec<u8>,
     inflight: VecDeque<InFlight>,
@@ -255,7 +257,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Results> {
         .map(|r| (1e9 * cfg.senders() as f64 / r.max(1.0)) as u64);
     let mut groups: Vec<Vec<LoadConn>> = (0..cfg.threads).map(|_| Vec::new()).collect();
     for (i, r) in ready.into_iter().enumerate() {
-        r.stream.set_nonblocking(true)?;
+        r.stream.tcp().set_nonblocking(true)?;
         groups[i % cfg.threads].push(LoadConn {
             stream: r.stream,
             decoder: match cfg.protocol {
@@ -555,7 +557,7 @@ fn top_up(
 /// Writes what `c` has queued; if the socket takes only part, connection `i` goes on the
 /// `unsent` list, retried next turn.
 fn flush(c: &mut LoadConn, i: usize, unsent: &mut Vec<usize>) -> anyhow::Result<()> {
-    if c.out.is_empty() {
+    if c.out.is_empty() && !c.stream.wants_write() {
         return Ok(());
     }
     match c.stream.write(&c.out) {
@@ -565,7 +567,8 @@ fn flush(c: &mut LoadConn, i: usize, unsent: &mut Vec<usize>) -> anyhow::Result<
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(e.into()),
     }
-    if !c.out.is_empty() && !unsent.contains(&i) {
+    // TLS: records the socket did not take wait in rustls, retried like unsent bytes.
+    if (!c.out.is_empty() || c.stream.wants_write()) && !unsent.contains(&i) {
         unsent.push(i);
     }
     Ok(())

@@ -58,7 +58,9 @@ impl Peer {
     fn audit(&self, cfg: &load::Config) -> anyhow::Result<&'static str> {
         crate::commands::ledger_audit(cfg.mix, || match self {
             Peer::Ns(s) => Ok(s.audit()),
-            Peer::Redis(_) => Ok(crate::resp_mix::audit(cfg.addr, cfg.seed)?.holds()),
+            Peer::Redis(_) => {
+                Ok(crate::resp_mix::audit(cfg.addr, cfg.seed, cfg.tls.as_ref())?.holds())
+            }
         })
     }
 
@@ -123,6 +125,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                     for peer in order {
                         let cfg = load::Config {
                             addr: peer.addr(),
+                            tls: None,
                             protocol: peer.protocol(),
                             connections: a.connections,
                             threads,

@@ -344,16 +344,26 @@ fn drain<E: From<RespError>>(
 /// A blocking RESP connection for setup and tests: one command, one reply.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: crate::Stream,
     buf: Vec<u8>,
 }
 
 impl Conn {
     /// Connects (and sets a read timeout, so a silent server is an error, not a hang).
-    pub fn connect(addr: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<Conn> {
+    /// Over TLS when `tls` is given (`redis-server --tls-port`).
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+        tls: Option<&crate::ClientTls>,
+    ) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let stream = match tls {
+            Some(tls) => crate::Stream::tls(stream, tls)?,
+            None => crate::Stream::Plain(stream),
+        };
         Ok(Conn {
             stream,
             buf: Vec::new(),
@@ -404,12 +414,12 @@ impl Conn {
     }
 
     /// The socket, for the event loop (anything already buffered must have been consumed).
-    pub fn into_stream(self) -> anyhow::Result<TcpStream> {
+    pub fn into_stream(self) -> anyhow::Result<crate::Stream> {
         anyhow::ensure!(
             self.buf.is_empty(),
             "unread bytes left on a RESP connection"
         );
-        self.stream.set_read_timeout(None)?;
+        self.stream.tcp().set_read_timeout(None)?;
         Ok(self.stream)
     }
 }

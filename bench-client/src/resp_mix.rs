@@ -22,7 +22,6 @@
 //! forbids commands on a subscribed connection, so chat connections speak RESP3 (`HELLO 3`,
 //! Redis 6 or later), where a message arrives as a push beside the replies.
 
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,7 +110,7 @@ const ONE: &[u8] = b"$1\r\n1\r\n";
 impl RespSetup {
     /// Loads the scripts (SCRIPT LOAD, on a connection of its own) and encodes the keys.
     pub fn prepare(cfg: &Config) -> anyhow::Result<Arc<RespSetup>> {
-        let mut conn = Conn::connect(cfg.addr, Duration::from_secs(10))?;
+        let mut conn = Conn::connect(cfg.addr, Duration::from_secs(10), cfg.tls.as_ref())?;
         let transfer_sha = load_script(&mut conn, TRANSFER_SCRIPT)?;
         let deposit_sha = load_script(&mut conn, DEPOSIT_SCRIPT)?;
         Ok(Arc::new(RespSetup::new(
@@ -155,8 +154,8 @@ impl RespSetup {
     /// Connection `i`: funded to 1,000,000 by the deposit script if below it (as NS's setup
     /// deposits), and for the chat mixes switched to RESP3 and subscribed to its room's
     /// channel. Returns the socket and the room's number.
-    pub fn connection(&self, cfg: &Config, i: usize) -> anyhow::Result<(TcpStream, u32)> {
-        let mut c = Conn::connect(cfg.addr, Duration::from_secs(10))?;
+    pub fn connection(&self, cfg: &Config, i: usize) -> anyhow::Result<(crate::Stream, u32)> {
+        let mut c = Conn::connect(cfg.addr, Duration::from_secs(10), cfg.tls.as_ref())?;
         let key = format!("{}bal:{i}", self.prefix);
         let balance = c.call(&[b"GET", key.as_bytes()], |v| Ok(v.as_int().unwrap_or(0)))?;
         if balance < 1_000_000 {
@@ -262,8 +261,12 @@ impl Audit {
 }
 
 /// Reads a run's accounts over the wire (SCAN + MGET, never KEYS) and its deposits total.
-pub fn audit(addr: std::net::SocketAddr, seed: u64) -> anyhow::Result<Audit> {
-    let mut c = Conn::connect(addr, Duration::from_secs(10))?;
+pub fn audit(
+    addr: std::net::SocketAddr,
+    seed: u64,
+    tls: Option<&crate::ClientTls>,
+) -> anyhow::Result<Audit> {
+    let mut c = Conn::connect(addr, Duration::from_secs(10), tls)?;
     let p = prefix(seed);
     let pattern = format!("{p}bal:*");
     let mut cursor = b"0".to_vec();

@@ -465,12 +465,13 @@ impl SpawnedRedis {
                     );
                     break;
                 }
-                let ping = crate::resp::Conn::connect(addr, std::time::Duration::from_secs(1))
-                    .and_then(|mut c| {
-                        c.call(&[b"PING"], |v| {
-                            Ok(v.clone() == crate::resp::Value::Simple(b"PONG"))
-                        })
-                    });
+                let ping =
+                    crate::resp::Conn::connect(addr, std::time::Duration::from_secs(1), None)
+                        .and_then(|mut c| {
+                            c.call(&[b"PING"], |v| {
+                                Ok(v.clone() == crate::resp::Value::Simple(b"PONG"))
+                            })
+                        });
                 if let Ok(true) = ping {
                     return Ok(SpawnedRedis {
                         child,

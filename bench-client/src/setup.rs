@@ -1,7 +1,6 @@
 //! Before the load: every connection set up in its protocol, in parallel (NS: logged in as its
 //! own user, funded, in its room; RESP: funded and subscribed).
 
-use std::net::TcpStream;
 use std::time::Duration;
 
 use proto::body::*;
@@ -50,8 +49,8 @@ pub(crate) fn connect_all(cfg: &Config) -> anyhow::Result<Connected> {
 
 /// A connection set up for the load: logged in (NS) or funded and subscribed (RESP).
 pub(crate) struct Ready {
-    /// The socket, logged in and ready for the load.
-    pub(crate) stream: TcpStream,
+    /// The stream, logged in and ready for the load.
+    pub(crate) stream: crate::Stream,
     /// Its user (NS) or account index (RESP).
     pub(crate) user_id: u32,
     /// The room (NS) or channel (RESP) it is in for the chat mixes.
@@ -69,7 +68,7 @@ fn setup_ns(cfg: &Config) -> anyhow::Result<(Vec<Ready>, Vec<u32>, usize)> {
         proto::scram::ClientSecret::derive(b"bench", &salt, proto::scram::ITERATIONS_DEFAULT);
     // Setup in parallel: logins cost a few round trips each.
     let clients = in_parallel(cfg, move |cfg, i| {
-        let mut c = Client::connect(cfg.addr, Duration::from_secs(10))?;
+        let mut c = Client::connect_with(cfg.addr, Duration::from_secs(10), cfg.tls.as_ref())?;
         let w = c.hello("bench-client")?.worker_id;
         let user = format!("b{}x{i}", cfg.seed % 1_000_000);
         match c.register_secret(&user, &salt, &secret) {

@@ -64,7 +64,7 @@ fn the_scripts_refuse_what_the_server_refuses_and_then_change_nothing() {
     let Some(r) = redis(Durability::None) else {
         return;
     };
-    let mut c = Conn::connect(r.addr, Duration::from_secs(5)).expect("connect");
+    let mut c = Conn::connect(r.addr, Duration::from_secs(5), None).expect("connect");
     let (t, d) = (sha(&mut c, TRANSFER_SCRIPT), sha(&mut c, DEPOSIT_SCRIPT));
     let seed = 77;
     let p = resp_mix::prefix(seed);
@@ -107,7 +107,7 @@ fn the_scripts_refuse_what_the_server_refuses_and_then_change_nothing() {
     assert_eq!(transfer(&mut c, a, b, b"10"), "[0, 3]");
     assert_eq!(get(&mut c, &p_key(&p, "bal:1")), Some(15));
     assert_eq!(transfer(&mut c, a, b, b"1"), "ERR_INSUFFICIENT_FUNDS");
-    let audit = resp_mix::audit(r.addr, seed).expect("audit");
+    let audit = resp_mix::audit(r.addr, seed, None).expect("audit");
     assert_eq!(
         (audit.accounts, audit.sum, audit.deposited, audit.negative),
         (2, 15, 15, 0)
@@ -115,7 +115,7 @@ fn the_scripts_refuse_what_the_server_refuses_and_then_change_nothing() {
     assert!(audit.holds());
     // Money made outside the scripts is seen.
     c.ok(&[b"INCRBY", a, b"1"]).expect("INCRBY");
-    assert!(!resp_mix::audit(r.addr, seed).expect("audit").holds());
+    assert!(!resp_mix::audit(r.addr, seed, None).expect("audit").holds());
 }
 
 fn p_key(p: &str, k: &str) -> String {
@@ -124,6 +124,7 @@ fn p_key(p: &str, k: &str) -> String {
 
 fn cfg(addr: SocketAddr, mix: Mix, pid: u32) -> load::Config {
     load::Config {
+        tls: None,
         addr,
         protocol: Protocol::Resp,
         connections: 12,
@@ -207,7 +208,7 @@ fn every_resp_mix_runs_against_redis_server_and_its_ledger_audits_over_the_wire(
             assert_eq!(res.pushes, 0, "{mix:?}");
         }
         if matches!(mix, Mix::TradeHeavy | Mix::Mixed) {
-            let a = resp_mix::audit(r.addr, cfg.seed).expect("audit");
+            let a = resp_mix::audit(r.addr, cfg.seed, None).expect("audit");
             assert_eq!(a.accounts, 12, "{mix:?}");
             // Funded with 1,000,000 each, plus the deposits of 1 that ran.
             assert!(a.deposited > 12 * 1_000_000, "{mix:?}: {a:?}");
@@ -221,7 +222,7 @@ fn a_durable_redis_writes_its_append_only_file_and_the_mixes_run_on_it() {
     let Some(r) = redis(Durability::Sync) else {
         return;
     };
-    let mut c = Conn::connect(r.addr, Duration::from_secs(5)).expect("connect");
+    let mut c = Conn::connect(r.addr, Duration::from_secs(5), None).expect("connect");
     let conf = |c: &mut Conn, key: &[u8]| {
         c.call(&[b"CONFIG", b"GET", key], |v| match v {
             Value::Array(kv) => match kv.to_vec().as_slice() {

@@ -102,6 +102,7 @@ fn a_short_closed_loop_run_measures_every_request() {
     let server = Server::start(&["--flood-burst", "100000", "--flood-per-sec", "100000"]);
     for mix in [Mix::Balance, Mix::TradeHeavy, Mix::Mixed] {
         let cfg = load::Config {
+            tls: None,
             protocol: load::Protocol::Ns,
             addr: server.addr,
             connections: 12,
@@ -219,6 +220,7 @@ fn stall_server_later(
 fn open_loop_shows_a_server_stall_that_closed_loop_hides() {
     let server = Server::start(&[]);
     let cfg = |rate: Option<f64>| load::Config {
+        tls: None,
         protocol: load::Protocol::Ns,
         addr: server.addr,
         connections: 10,
@@ -645,6 +647,7 @@ fn server_and_client_pinned_to_cpus_run_there_and_the_csv_says_so() {
 fn fanout_sends_only_from_the_publishers_and_every_member_receives_every_message() {
     let server = Server::start(&["--flood-burst", "100000", "--flood-per-sec", "100000"]);
     let cfg = load::Config {
+        tls: None,
         protocol: load::Protocol::Ns,
         addr: server.addr,
         connections: 12,

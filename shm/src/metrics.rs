@@ -92,6 +92,13 @@ pub struct WorkerMetrics {
     pub sends: Counter,
     /// Cross-worker chat wake-ups issued (at most one per turn that published).
     pub chat_wakes: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// Connections closed on a TLS error (not TLS, a bad record, a refused certificate, an
+    /// alert from the peer).
+    pub tls_errors: Counter,
+    /// Connections closed because their TLS handshake did not finish in time.
+    pub tls_handshake_timeouts: Counter,
 }
 crate::layout!(WorkerMetrics, 768, 128);
 

@@ -3,7 +3,7 @@
 //! shared memory, and a thin layer that turns the client's errors into test failures and checks
 //! what tests rely on (responses in request order, no frame cut short).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bench_client::server::{Launch, SpawnedServer};
@@ -30,6 +30,49 @@ pub struct Server {
     pub addr: SocketAddr,
     pub name: String,
     pub backend: String,
+    /// TLS: the test PKI the server runs with and the clients' configuration (trusting its CA).
+    pub tls: Option<Tls>,
+}
+
+/// A TLS server's test PKI (removed with the server) and what its clients need.
+pub struct Tls {
+    pub certs: ns_tls::GeneratedCerts,
+    pub client: bench_client::ClientTls,
+    _dir: crate::ScratchDir,
+}
+
+impl Tls {
+    /// A fresh test PKI for 127.0.0.1 (and localhost, ::1), and a client that trusts its CA.
+    pub fn generate() -> Tls {
+        let dir = crate::ScratchDir::new("ns-tls-test").expect("a scratch directory");
+        let certs = ns_tls::generate(
+            dir.path(),
+            &["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            ns_tls::Validity::Days(2),
+        )
+        .expect("generate a test PKI");
+        let client = bench_client::ClientTls::new(
+            &bench_client::Trust::Ca(certs.ca.clone()),
+            "127.0.0.1",
+            None,
+        )
+        .expect("a client TLS configuration");
+        Tls {
+            certs,
+            client,
+            _dir: dir,
+        }
+    }
+}
+
+/// Plaintext and TLS, for tests that must pass over each.
+pub const TRANSPORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
+
+/// How a test's clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
 }
 
 impl Server {
@@ -64,6 +107,24 @@ impl Server {
         Self::start_named(unique_name(tag), extra, launch)
     }
 
+    /// [`Server::start`] over `transport`: with TLS, a fresh test PKI, `--tls-cert`/`--tls-key`
+    /// given, and every [`Server::client`] speaking TLS and verifying the certificate.
+    pub fn start_over(transport: Transport, tag: &str, extra: &[&str]) -> Server {
+        if transport == Transport::Plain {
+            return Self::start(tag, extra);
+        }
+        let tls = Tls::generate();
+        let (cert, key) = (
+            tls.certs.cert.to_string_lossy().into_owned(),
+            tls.certs.key.to_string_lossy().into_owned(),
+        );
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+        let mut s = Self::start(tag, &args);
+        s.tls = Some(tls);
+        s
+    }
+
     fn start_named(name: String, extra: &[&str], launch: &Launch) -> Server {
         let mut args = vec![
             "--max-users",
@@ -90,6 +151,7 @@ impl Server {
             backend: inner.backend.clone(),
             name,
             inner,
+            tls: None,
         }
     }
 
@@ -102,7 +164,7 @@ impl Server {
 
     /// Connects a client.
     pub fn client(&self) -> Client {
-        Client::connect(self.addr)
+        Client::connect_with(self.addr, self.tls.as_ref().map(|t| &t.client))
     }
 
     /// Runs a tool subcommand against this server; returns (exit code, stdout).
@@ -233,8 +295,13 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let mut inner =
-            bench_client::Client::connect(addr, Duration::from_secs(10)).expect("connect");
+        Self::connect_with(addr, None)
+    }
+
+    /// [`Client::connect`], over TLS when `tls` is given.
+    pub fn connect_with(addr: SocketAddr, tls: Option<&bench_client::ClientTls>) -> Client {
+        let mut inner = bench_client::Client::connect_with(addr, Duration::from_secs(10), tls)
+            .expect("connect");
         // Tests write req_ids by hand: start every connection's count at 1.
         inner.set_next_req_id(1);
         Client {
@@ -245,8 +312,8 @@ impl Client {
         }
     }
 
-    /// The socket itself.
-    pub fn stream(&mut self) -> &mut TcpStream {
+    /// The stream itself (plaintext or TLS; `.tcp()` is the socket).
+    pub fn stream(&mut self) -> &mut bench_client::Stream {
         self.inner.stream()
     }
 
@@ -291,6 +358,7 @@ impl Client {
     /// decoder keeps what it has for the next read).
     pub fn read_frame_within(&mut self, limit: Duration) -> Option<Got> {
         self.stream()
+            .tcp()
             .set_read_timeout(Some(limit))
             .expect("timeout");
         let got = match self.inner.read() {
@@ -306,6 +374,7 @@ impl Client {
             Err(e) => panic!("read: {e}"),
         };
         self.stream()
+            .tcp()
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         got

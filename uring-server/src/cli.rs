@@ -80,6 +80,29 @@ pub struct Args {
     #[arg(long, default_value = "none", value_parser = parse_affinity)]
     pub cpu_affinity: CpuAffinity,
 
+    /// Speak TLS on the port, with this certificate chain (PEM, leaf first). Every connection
+    /// then starts with a TLS handshake (TLS 1.3; see --tls12); `uring-server gen-cert` makes a
+    /// test one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require a client certificate signed by this CA (PEM); a client without one is refused
+    /// in the handshake.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Accept TLS 1.2 clients as well as TLS 1.3.
+    #[arg(long, requires = "tls_cert")]
+    pub tls12: bool,
+
+    /// Close a connection whose TLS handshake has not finished this long after it opened.
+    #[arg(long, default_value_t = 10_000)]
+    pub tls_handshake_timeout_ms: u64,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,
@@ -173,6 +196,20 @@ pub enum Command {
         /// Give up on a lock held longer than this (reported as stuck).
         #[arg(long, default_value_t = 5_000)]
         lock_timeout_ms: u64,
+    },
+    /// Write a test PKI into a directory: a CA (ca.pem, what clients trust), a server
+    /// certificate and key for the names given (cert.pem, key.pem) and a client certificate
+    /// (client.pem, client-key.pem). For tests and trying TLS out, not for production.
+    GenCert {
+        /// Where to write the files (created if missing).
+        #[arg(long, default_value = "./ns-tls")]
+        dir: std::path::PathBuf,
+        /// DNS names and IP addresses the server certificate is for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        names: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Register a user (how accounts are made when registration is closed).
     Adduser {
@@ -278,6 +315,16 @@ pub enum StatsFormat {
 }
 
 impl Args {
+    /// The TLS options given.
+    pub fn tls_options(&self) -> crate::tls::TlsOptions {
+        crate::tls::TlsOptions {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            allow_tls12: self.tls12,
+        }
+    }
+
     /// The shared-memory capacities these options ask for.
     pub fn capacities(&self, workers: u32) -> shm::Capacities {
         shm::Capacities {

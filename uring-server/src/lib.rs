@@ -21,6 +21,7 @@ pub mod sockets;
 pub mod status;
 pub mod stop;
 pub mod supervisor;
+pub mod tls;
 pub mod tools;
 pub mod uring;
 pub mod uring_setup;

@@ -21,6 +21,21 @@ fn main() {
         None => master::run(&args),
         Some(cli::Command::Stats { watch, format }) => tools::stats(&args.name, *watch, *format),
         Some(cli::Command::Audit { lock_timeout_ms }) => tools::audit(&args.name, *lock_timeout_ms),
+        Some(cli::Command::GenCert { dir, names, days }) => {
+            uring_server::tls::generate(dir, names, uring_server::tls::Validity::Days(*days)).map(
+                |g| {
+                    println!(
+                        "wrote {} (trust this), {} and {}; client certificate {} and {}",
+                        g.ca.display(),
+                        g.cert.display(),
+                        g.key.display(),
+                        g.client_cert.display(),
+                        g.client_key.display()
+                    );
+                    0
+                },
+            )
+        }
         Some(cli::Command::Adduser { user, password }) => {
             tools::adduser(&args.name, user, password.clone(), 0)
         }

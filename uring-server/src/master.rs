@@ -128,6 +128,21 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     } else {
         Some(shm::wake::WakeFds::new(workers as usize)?)
     };
+    // A wrong certificate path or key stops the start here, before any worker is forked.
+    let tls = crate::tls::server_config(&args.tls_options())?;
+    if tls.is_some() {
+        tracing::info!(
+            kernel_tls = crate::tls::kernel_tls_available(),
+            client_certificates = args.tls_client_ca.is_some(),
+            tls12 = args.tls12,
+            "TLS on every connection: rustls does the record layer in the workers{}",
+            if crate::tls::kernel_tls_available() {
+                " (the kernel has kTLS; handing records to it is not built)"
+            } else {
+                " (no kTLS in this kernel)"
+            }
+        );
+    }
     install_signal_handlers()?;
     let master = std::process::id();
     tracing::info!(
@@ -158,6 +173,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         writer_cfg,
         allowed_cpus,
         steer_by_cpu,
+        tls,
         announced: false,
         kill_logged: false,
     };
@@ -204,6 +220,8 @@ struct Shell<'a> {
     writer_cfg: crate::durable::writer::WriterConfig,
     allowed_cpus: Vec<usize>,
     steer_by_cpu: bool,
+    /// Every worker's TLS configuration (the master's copy, inherited through fork).
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     announced: bool,
     kill_logged: bool,
 }
@@ -383,6 +401,8 @@ impl Shell<'_> {
             cpu: args
                 .cpu_affinity
                 .cpu_of(usize::from(worker), &self.allowed_cpus),
+            tls: self.tls.clone(),
+            tls_handshake_timeout_ms: args.tls_handshake_timeout_ms,
         }
     }
 }

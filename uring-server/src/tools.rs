@@ -31,6 +31,9 @@ struct Snapshot {
     loop_turns: u64,
     sends: u64,
     chat_wakes: u64,
+    tls_handshakes: u64,
+    tls_errors: u64,
+    tls_handshake_timeouts: u64,
 }
 
 fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
@@ -63,6 +66,9 @@ fn snapshot(workers: &[WorkerMetrics]) -> Snapshot {
         s.loop_turns += w.loop_turns.get();
         s.sends += w.sends.get();
         s.chat_wakes += w.chat_wakes.get();
+        s.tls_handshakes += w.tls_handshakes.get();
+        s.tls_errors += w.tls_errors.get();
+        s.tls_handshake_timeouts += w.tls_handshake_timeouts.get();
     }
     s
 }
@@ -88,6 +94,7 @@ struct StatsJson {
     loop_turns: u64,
     sends: u64,
     chat_wakes: u64,
+    tls: TlsJson,
     txn_seq: u64,
     ledger_ops: u64,
     journal: JournalJson,
@@ -166,6 +173,14 @@ pub fn journal_json(seg: &Segment) -> JournalJson {
     }
 }
 
+/// TLS counters (all zero on a plaintext server).
+#[derive(serde::Serialize)]
+struct TlsJson {
+    handshakes: u64,
+    errors: u64,
+    handshake_timeouts: u64,
+}
+
 #[derive(serde::Serialize)]
 struct WorkerJson {
     index: usize,
@@ -226,6 +241,11 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
         loop_turns: now.loop_turns,
         sends: now.sends,
         chat_wakes: now.chat_wakes,
+        tls: TlsJson {
+            handshakes: now.tls_handshakes,
+            errors: now.tls_errors,
+            handshake_timeouts: now.tls_handshake_timeouts,
+        },
         txn_seq: ledger.txn_seq,
         ledger_ops: ledger.ops,
         journal: journal_json(seg),
@@ -274,6 +294,13 @@ fn text(seg: &Segment, now: &Snapshot, rates: Rates) -> String {
         now.bytes_in,
         now.bytes_out
     );
+    if now.tls_handshakes + now.tls_errors + now.tls_handshake_timeouts > 0 {
+        let _ = writeln!(
+            o,
+            "tls: {} handshakes, {} connections closed on TLS errors, {} handshake timeouts",
+            now.tls_handshakes, now.tls_errors, now.tls_handshake_timeouts
+        );
+    }
     let per_turn = |n: u64| n as f64 / now.loop_turns.max(1) as f64;
     let _ = writeln!(
         o,
@@ -377,7 +404,7 @@ fn prometheus(seg: &Segment) -> String {
     fn one(v: u64) -> Vec<(String, u64)> {
         vec![(String::new(), v)]
     }
-    let families: [(&str, &str, &str, Sample); 12] = [
+    let families: [(&str, &str, &str, Sample); 15] = [
         (
             "connections_open",
             "Open client connections.",
@@ -446,6 +473,24 @@ fn prometheus(seg: &Segment) -> String {
             "Cross-worker chat wake-ups.",
             "counter",
             |w| one(w.chat_wakes.get()),
+        ),
+        (
+            "tls_handshakes_total",
+            "TLS handshakes completed.",
+            "counter",
+            |w| one(w.tls_handshakes.get()),
+        ),
+        (
+            "tls_errors_total",
+            "Connections closed on a TLS error.",
+            "counter",
+            |w| one(w.tls_errors.get()),
+        ),
+        (
+            "tls_handshake_timeouts_total",
+            "Connections closed because their TLS handshake did not finish in time.",
+            "counter",
+            |w| one(w.tls_handshake_timeouts.get()),
         ),
         (
             "worker_restarts_total",

@@ -32,6 +32,7 @@ fn rewrite(frame: &[u8], edit: impl FnOnce(&mut RawHeader)) -> Vec<u8> {
 /// Reads until EOF; true if the server closed the connection.
 fn closed(c: &mut Client) -> bool {
     c.stream()
+        .tcp()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 256];

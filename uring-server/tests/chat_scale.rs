@@ -168,6 +168,7 @@ fn a_member_that_stops_reading_is_disconnected_and_memory_stays_flat() {
         let mut buf = [0u8; 65536];
         let mut closed = false;
         slow.stream()
+            .tcp()
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         loop {
@@ -269,13 +270,19 @@ fn clients_that_vanish_mid_frame_or_half_close_go_offline_and_leave_their_rooms(
                 // Half-close: no more bytes from the client, the socket still open.
                 _ => c
                     .stream()
+                    .tcp()
                     .shutdown(std::net::Shutdown::Write)
                     .expect("half close"),
             }
             if i % 3 != 2 {
                 drop(c);
             } else {
-                std::mem::forget(c.stream().try_clone().expect("keep the read side open"));
+                std::mem::forget(
+                    c.stream()
+                        .tcp()
+                        .try_clone()
+                        .expect("keep the read side open"),
+                );
             }
         }
         wait_until(Duration::from_secs(5), "one user and one room left", || {

@@ -50,6 +50,8 @@ fn config() -> Config {
         workers: 1,
         steer_by_cpu: false,
         cpu: None,
+        tls: None,
+        tls_handshake_timeout_ms: 10_000,
     }
 }
 
@@ -118,27 +120,196 @@ struct Harness<'s> {
     core: Core<'s>,
     clock: ManualClock,
     next_id: u64,
+    /// Over TLS: every connection's client side.
+    tls: Option<TlsClients>,
+}
+
+/// The client side of a TLS harness: one rustls client per connection, and the test PKI.
+struct TlsClients {
+    pki: Pki,
+    conns: std::collections::HashMap<usize, rustls::ClientConnection>,
+    /// Ciphertext goes to the core in pieces of at most this many bytes.
+    split: usize,
+}
+
+/// A test PKI in a scratch directory (removed on drop) and a client that trusts its CA.
+struct Pki {
+    certs: ns_tls::GeneratedCerts,
+    client: ns_tls::ClientTls,
+    _dir: test_support::ScratchDir,
+}
+
+impl Pki {
+    fn new(validity: ns_tls::Validity) -> Pki {
+        let dir = test_support::ScratchDir::new("core-tls").expect("scratch dir");
+        let certs = ns_tls::generate(dir.path(), &["127.0.0.1".into()], validity).expect("pki");
+        let client =
+            ns_tls::ClientTls::new(&ns_tls::Trust::Ca(certs.ca.clone()), "127.0.0.1", None)
+                .expect("client config");
+        Pki {
+            certs,
+            client,
+            _dir: dir,
+        }
+    }
+
+    /// `cfg` speaking TLS with this PKI's server certificate.
+    fn serve(&self, cfg: Config) -> Config {
+        let opts = ns_tls::TlsOptions {
+            cert: Some(self.certs.cert.clone()),
+            key: Some(self.certs.key.clone()),
+            ..Default::default()
+        };
+        Config {
+            tls: ns_tls::server_config(&opts).expect("server config"),
+            ..cfg
+        }
+    }
+}
+
+/// Plaintext, or TLS through a rustls client per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Plain,
+    Tls,
+}
+
+/// Runs a test body over both wires.
+macro_rules! over_both {
+    ($plain:ident, $tls:ident, $body:ident) => {
+        #[test]
+        fn $plain() {
+            $body(Wire::Plain);
+        }
+        #[test]
+        fn $tls() {
+            $body(Wire::Tls);
+        }
+    };
+}
+
+/// Every record rustls has for the peer, drained.
+fn drain_tls(conn: &mut rustls::ClientConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write into a Vec");
+    }
+    out
+}
+
+/// Feeds the core's records to a client; the plaintext they carried.
+fn client_reads(conn: &mut rustls::ClientConnection, mut records: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    while !records.is_empty() {
+        conn.read_tls(&mut records).expect("read_tls");
+        conn.process_new_packets()
+            .expect("the server's records are valid");
+    }
+    let mut plain = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.reader().read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => plain.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("read plaintext: {e}"),
+        }
+    }
+    plain
 }
 
 impl<'s> Harness<'s> {
     fn new(seg: &'s Segment, cfg: Config) -> Harness<'s> {
+        Self::over(seg, cfg, Wire::Plain)
+    }
+
+    /// A harness whose connections speak `wire`.
+    fn over(seg: &'s Segment, cfg: Config, wire: Wire) -> Harness<'s> {
+        let (cfg, tls) = match wire {
+            Wire::Plain => (cfg, None),
+            Wire::Tls => {
+                let pki = Pki::new(ns_tls::Validity::Days(2));
+                let cfg = pki.serve(cfg);
+                (
+                    cfg,
+                    Some(TlsClients {
+                        pki,
+                        conns: Default::default(),
+                        split: usize::MAX,
+                    }),
+                )
+            }
+        };
         let clock = ManualClock::new(WALL_START_MS);
         let core = Core::new(cfg, seg, None, Box::new(clock.clone())).expect("core");
         Harness {
             core,
             clock,
             next_id: 100,
+            tls,
         }
     }
 
-    /// A new connection: the core knows only its key, never a socket.
+    /// A new connection: the core knows only its key, never a socket. Over TLS, the handshake
+    /// is done before this returns.
     fn connect(&mut self) -> usize {
-        self.core.open().expect("accepted")
+        let key = self.core.open().expect("accepted");
+        if let Some(tls) = &mut self.tls {
+            let conn = tls.pki.client.connection().expect("client connection");
+            tls.conns.insert(key, conn);
+            self.handshake(key);
+        }
+        key
     }
 
+    /// Moves records both ways until neither side has any (the handshake, a close).
+    fn handshake(&mut self, key: usize) {
+        for _ in 0..16 {
+            let tls = self.tls.as_mut().expect("a TLS harness");
+            let conn = tls.conns.get_mut(&key).expect("a client");
+            let to_server = drain_tls(conn);
+            if !to_server.is_empty() {
+                self.core.tick_clock();
+                self.core.on_bytes(key, &to_server);
+            }
+            let to_client = self.raw_output(key);
+            let tls = self.tls.as_mut().expect("a TLS harness");
+            let conn = tls.conns.get_mut(&key).expect("a client");
+            let plain = client_reads(conn, &to_client);
+            assert!(plain.is_empty(), "no plaintext during the handshake");
+            if to_server.is_empty() && to_client.is_empty() && !conn.is_handshaking() {
+                return;
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// Everything the core has for `key`, as the bytes a backend would send, taken.
+    fn raw_output(&mut self, key: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while let Some(buf) = self.core.take_output(key) {
+            self.core.sent(key, buf.len());
+            bytes.extend_from_slice(&buf);
+            self.core.recycle(key, buf);
+        }
+        bytes
+    }
+
+    /// Sends `bytes` of the NS stream on `key` (over TLS: as records, fed to the core in pieces
+    /// of at most `split` bytes).
     fn send_bytes(&mut self, key: usize, bytes: &[u8]) {
         self.core.tick_clock();
-        self.core.on_bytes(key, bytes);
+        match &mut self.tls {
+            None => self.core.on_bytes(key, bytes),
+            Some(tls) => {
+                let conn = tls.conns.get_mut(&key).expect("a client");
+                std::io::Write::write_all(&mut conn.writer(), bytes).expect("plaintext in");
+                let records = drain_tls(conn);
+                for piece in records.chunks(tls.split) {
+                    self.core.on_bytes(key, piece);
+                }
+            }
+        }
     }
 
     /// Sends `req` with a fresh req_id; returns the id.
@@ -155,15 +326,17 @@ impl<'s> Harness<'s> {
         self.send_bytes(key, &bytes);
     }
 
-    /// Everything queued for `key`, as frames, taken out of its queue.
+    /// Everything queued for `key`, as frames, taken out of its queue (over TLS: decrypted
+    /// by its client).
     fn take(&mut self, key: usize) -> Vec<Out> {
-        let mut bytes = Vec::new();
-        while let Some(buf) = self.core.take_output(key) {
-            self.core.sent(key, buf.len());
-            bytes.extend_from_slice(&buf);
-            self.core.recycle(key, buf);
+        let bytes = self.raw_output(key);
+        match &mut self.tls {
+            None => frames_of(&bytes),
+            Some(tls) => {
+                let conn = tls.conns.get_mut(&key).expect("a client");
+                frames_of(&client_reads(conn, &bytes))
+            }
         }
-        frames_of(&bytes)
     }
 
     /// Sends `req` and returns its one response (pushes queued before it are returned too).
@@ -285,10 +458,14 @@ fn notices(frames: &[Out]) -> Vec<u16> {
         .collect()
 }
 
-#[test]
-fn hello_states_the_limits_and_heartbeat_echoes_with_wall_time() {
+over_both!(
+    hello_states_the_limits_and_heartbeat_echoes_with_wall_time,
+    tls_hello_states_the_limits_and_heartbeat_echoes_with_wall_time,
+    hello_states_the_limits_and_heartbeat_echoes_with_wall_time_on
+);
+fn hello_states_the_limits_and_heartbeat_echoes_with_wall_time_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     match h
         .call(
@@ -324,10 +501,14 @@ fn hello_states_the_limits_and_heartbeat_echoes_with_wall_time() {
     }
 }
 
-#[test]
-fn nothing_but_hello_register_login_and_heartbeat_before_login() {
+over_both!(
+    nothing_but_hello_register_login_and_heartbeat_before_login,
+    tls_nothing_but_hello_register_login_and_heartbeat_before_login,
+    nothing_but_hello_register_login_and_heartbeat_before_login_on
+);
+fn nothing_but_hello_register_login_and_heartbeat_before_login_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     for req in [
         deposit(1),
@@ -355,10 +536,14 @@ fn nothing_but_hello_register_login_and_heartbeat_before_login() {
     assert!(!h.closing(c), "refusals keep the connection");
 }
 
-#[test]
-fn a_login_returns_the_user_id_and_the_high_water_mark() {
+over_both!(
+    a_login_returns_the_user_id_and_the_high_water_mark,
+    tls_a_login_returns_the_user_id_and_the_high_water_mark,
+    a_login_returns_the_user_id_and_the_high_water_mark_on
+);
+fn a_login_returns_the_user_id_and_the_high_water_mark_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     assert_eq!(h.register(c, "ann", "secret"), Status::Ok);
     assert_eq!(h.register(c, "ann", "other"), Status::ErrAlreadyExists);
@@ -430,10 +615,14 @@ fn a_login_challenge_expires_after_ten_seconds() {
     assert_eq!(h.status(c, &proof), Status::ErrTimeout);
 }
 
-#[test]
-fn deposit_withdraw_transfer_balance_and_history() {
+over_both!(
+    deposit_withdraw_transfer_balance_and_history,
+    tls_deposit_withdraw_transfer_balance_and_history,
+    deposit_withdraw_transfer_balance_and_history_on
+);
+fn deposit_withdraw_transfer_balance_and_history_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("amy");
     let b = h.user("ben");
     assert_eq!(h.ledger(a, &deposit(1_000)), Ok((1_000, 1)));
@@ -501,10 +690,14 @@ fn every_ledger_refusal_has_its_status_and_changes_nothing() {
     assert_eq!(h.balance(a), 100);
 }
 
-#[test]
-fn a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale() {
+over_both!(
+    a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale,
+    tls_a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale,
+    a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale_on
+);
+fn a_retry_gets_the_first_answer_and_a_passed_over_req_id_is_stale_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("gus");
     h.send_id(a, 1_000, &deposit(50));
     let first = h.take(a);
@@ -586,10 +779,14 @@ fn a_frame_that_does_not_arrive_whole_in_time_is_answered_err_timeout() {
     assert!(h.closing(c));
 }
 
-#[test]
-fn room_messages_are_pushed_in_order_to_every_local_member() {
+over_both!(
+    room_messages_are_pushed_in_order_to_every_local_member,
+    tls_room_messages_are_pushed_in_order_to_every_local_member,
+    room_messages_are_pushed_in_order_to_every_local_member_on
+);
+fn room_messages_are_pushed_in_order_to_every_local_member_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("kim");
     let b = h.user("lee");
     fn join(name: &str) -> Request<'_> {
@@ -658,10 +855,14 @@ fn the_flood_limit_answers_err_rate_limited_and_refills_with_time() {
     assert_eq!(h.status(a, &send), Status::Ok, "one more a second");
 }
 
-#[test]
-fn a_direct_message_reaches_a_user_on_this_worker() {
+over_both!(
+    a_direct_message_reaches_a_user_on_this_worker,
+    tls_a_direct_message_reaches_a_user_on_this_worker,
+    a_direct_message_reaches_a_user_on_this_worker_on
+);
+fn a_direct_message_reaches_a_user_on_this_worker_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("ned");
     let b = h.user("ola");
     let dm = Request::DirectSend(DirectSendRequest {
@@ -697,10 +898,14 @@ fn logout_ends_the_session_on_the_same_connection() {
     assert_eq!(h.ledger(a, &deposit(1)).map(|r| r.0), Ok(1));
 }
 
-#[test]
-fn a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes() {
+over_both!(
+    a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes,
+    tls_a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes,
+    a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes_on
+);
+fn a_bad_checksum_is_answered_and_the_stream_goes_on_while_bad_magic_closes_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     let mut bytes = Vec::new();
     write_request(
@@ -751,12 +956,16 @@ fn connections_over_the_limit_are_refused() {
     }
 }
 
-#[test]
-fn a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer() {
+over_both!(
+    a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer,
+    tls_a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer,
+    a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer_on
+);
+fn a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer_on(wire: Wire) {
     let seg = segment();
     let mut cfg = config();
     cfg.out_max_bytes = 1_000;
-    let mut h = Harness::new(&seg, cfg);
+    let mut h = Harness::over(&seg, cfg, wire);
     let c = h.connect();
     for i in 0..40 {
         h.send_id(
@@ -772,10 +981,14 @@ fn a_reader_that_lets_its_queue_pass_the_bound_is_dropped_as_a_slow_consumer() {
     );
 }
 
-#[test]
-fn a_graceful_stop_tells_everyone_and_ends_after_the_grace() {
+over_both!(
+    a_graceful_stop_tells_everyone_and_ends_after_the_grace,
+    tls_a_graceful_stop_tells_everyone_and_ends_after_the_grace,
+    a_graceful_stop_tells_everyone_and_ends_after_the_grace_on
+);
+fn a_graceful_stop_tells_everyone_and_ends_after_the_grace_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("quin");
     let b = h.connect();
     h.take(a);
@@ -810,10 +1023,14 @@ fn edited_frame(edit: impl Fn(&mut proto::RawHeader)) -> Vec<u8> {
     out
 }
 
-#[test]
-fn frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on() {
+over_both!(
+    frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on,
+    tls_frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on,
+    frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on_on
+);
+fn frames_a_server_must_refuse_get_their_status_and_the_stream_goes_on_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     let cases = [
         (
@@ -992,10 +1209,14 @@ fn a_second_login_on_a_logged_in_connection_is_bad_state_and_heartbeat_works_in_
     assert_eq!(h.status(c, &login), Status::ErrBadState);
 }
 
-#[test]
-fn a_malformed_body_is_bad_packet_and_the_stream_goes_on() {
+over_both!(
+    a_malformed_body_is_bad_packet_and_the_stream_goes_on,
+    tls_a_malformed_body_is_bad_packet_and_the_stream_goes_on,
+    a_malformed_body_is_bad_packet_and_the_stream_goes_on_on
+);
+fn a_malformed_body_is_bad_packet_and_the_stream_goes_on_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("bea");
     // A DEPOSIT body one byte short, with a valid checksum.
     let mut bytes = Vec::new();
@@ -1068,10 +1289,14 @@ fn txn_history_pages_with_before_txn_id() {
     assert_eq!(page(&mut h, 1, 2), Vec::<u64>::new());
 }
 
-#[test]
-fn a_frame_fed_one_byte_at_a_time_is_answered_once_whole() {
+over_both!(
+    a_frame_fed_one_byte_at_a_time_is_answered_once_whole,
+    tls_a_frame_fed_one_byte_at_a_time_is_answered_once_whole,
+    a_frame_fed_one_byte_at_a_time_is_answered_once_whole_on
+);
+fn a_frame_fed_one_byte_at_a_time_is_answered_once_whole_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let c = h.connect();
     let mut bytes = Vec::new();
     let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 5 });
@@ -1090,10 +1315,14 @@ fn a_frame_fed_one_byte_at_a_time_is_answered_once_whole() {
     }
 }
 
-#[test]
-fn a_hundred_pipelined_requests_in_one_read_are_answered_in_order() {
+over_both!(
+    a_hundred_pipelined_requests_in_one_read_are_answered_in_order,
+    tls_a_hundred_pipelined_requests_in_one_read_are_answered_in_order,
+    a_hundred_pipelined_requests_in_one_read_are_answered_in_order_on
+);
+fn a_hundred_pipelined_requests_in_one_read_are_answered_in_order_on(wire: Wire) {
     let seg = segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let a = h.user("ema");
     let mut bytes = Vec::new();
     for i in 0..100u64 {
@@ -1422,10 +1651,16 @@ fn journaled_user(h: &mut Harness<'_>, seg: &Segment, user: &str) -> usize {
     key
 }
 
-#[test]
-fn with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw() {
+over_both!(
+    with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw,
+    tls_with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw,
+    with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw_on
+);
+fn with_the_journal_on_an_answer_waits_for_its_own_record_and_a_read_for_what_it_saw_on(
+    wire: Wire,
+) {
     let seg = journaled_segment();
-    let mut h = Harness::new(&seg, config());
+    let mut h = Harness::over(&seg, config(), wire);
     let amy = journaled_user(&mut h, &seg, "amy");
     let ben = journaled_user(&mut h, &seg, "ben");
     // Ben's deposit: held until its record is durable, then answered.
@@ -1514,4 +1749,256 @@ fn with_the_journal_on_a_send_takes_what_came_before_a_held_answer_and_keeps_the
         vec![502, 503, 504],
         "in order, once durable"
     );
+}
+
+// TLS alone: what only a TLS connection can get wrong.
+
+/// A TLS harness and one connection opened on it, handshake not begun, with its client.
+fn tls_pair<'s>(
+    seg: &'s Segment,
+    cfg: Config,
+    pki: &Pki,
+) -> (Harness<'s>, usize, rustls::ClientConnection) {
+    let mut h = Harness::over(seg, cfg, Wire::Tls);
+    // The server keeps the harness's PKI; the client under test trusts `pki`.
+    let key = h.core.open().expect("accepted");
+    (h, key, pki.client.connection().expect("client"))
+}
+
+/// The counters a TLS failure moves: (handshakes, errors, handshake timeouts).
+fn tls_counters(h: &Harness<'_>) -> (u64, u64, u64) {
+    let m = h.core.metrics();
+    (
+        m.tls_handshakes.get(),
+        m.tls_errors.get(),
+        m.tls_handshake_timeouts.get(),
+    )
+}
+
+#[test]
+fn tls_a_request_record_cut_at_every_byte_is_answered_once_whole() {
+    let seg = segment();
+    let mut h = Harness::over(&seg, config(), Wire::Tls);
+    let mut frame = Vec::new();
+    let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 9 });
+    write_request(&mut frame, 55, &hb, proto::BODY_LEN_LIMIT).expect("encode");
+    // One connection per cut: each has its own keys, so each encrypts the frame itself.
+    let record_len = {
+        let c = h.connect();
+        let conn = h
+            .tls
+            .as_mut()
+            .and_then(|t| t.conns.get_mut(&c))
+            .expect("client");
+        std::io::Write::write_all(&mut conn.writer(), &frame).expect("plaintext in");
+        drain_tls(conn).len()
+    };
+    assert!(record_len > frame.len(), "one encrypted record");
+    for cut in 1..record_len {
+        let c = h.connect();
+        let conn = h
+            .tls
+            .as_mut()
+            .and_then(|t| t.conns.get_mut(&c))
+            .expect("client");
+        std::io::Write::write_all(&mut conn.writer(), &frame).expect("plaintext in");
+        let record = drain_tls(conn);
+        h.core.on_bytes(c, &record[..cut]);
+        assert!(
+            h.take(c).is_empty(),
+            "nothing before the record is whole (cut {cut})"
+        );
+        assert!(!h.closing(c), "a cut record is not an error (cut {cut})");
+        h.core.on_bytes(c, &record[cut..]);
+        let got: Vec<(u64, Status)> = h.take(c).iter().map(|f| (f.req_id, f.status)).collect();
+        assert_eq!(got, vec![(55, Status::Ok)], "one answer (cut {cut})");
+        h.core.remove(c);
+    }
+}
+
+#[test]
+fn tls_a_plaintext_client_or_garbage_is_closed_and_counted_and_a_neighbour_goes_on() {
+    let seg = segment();
+    let mut h = Harness::over(&seg, config(), Wire::Tls);
+    let neighbour = h.user("nia");
+    let mut hello = Vec::new();
+    let req = Request::Hello(HelloRequest {
+        client: Label::new("plain").expect("label"),
+    });
+    write_request(&mut hello, 1, &req, proto::BODY_LEN_LIMIT).expect("encode");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an NS frame in the clear", hello),
+        (
+            "random bytes",
+            (0..200u8).map(|i| i.wrapping_mul(37)).collect(),
+        ),
+        // A handshake record header with a body that is not a ClientHello.
+        (
+            "a garbage handshake",
+            [&[0x16, 0x03, 0x01, 0x00, 0x08][..], &[0xEE; 8]].concat(),
+        ),
+        // A record that claims 65,535 bytes: refused on its header, nothing allocated for it.
+        (
+            "a record with a lying length",
+            vec![0x17, 0x03, 0x03, 0xFF, 0xFF, 0, 0, 0],
+        ),
+    ];
+    for (what, bytes) in cases {
+        let before = tls_counters(&h);
+        let c = h.core.open().expect("accepted");
+        h.core.tick_clock();
+        h.core.on_bytes(c, &bytes);
+        let step = h.core.step(c).expect("open until the event loop closes it");
+        assert!(step.closing, "{what}: closed");
+        let out = h.raw_output(c);
+        // Nothing in the clear: at most rustls's alert record (content type 21).
+        assert!(
+            out.is_empty() || out[0] == 0x15,
+            "{what}: only a TLS alert goes out, got {:02x?}",
+            &out[..out.len().min(8)]
+        );
+        assert!(
+            frames_of_lenient(&out).is_empty(),
+            "{what}: no NS frame in the clear"
+        );
+        let after = tls_counters(&h);
+        assert_eq!(after.1, before.1 + 1, "{what}: counted as a TLS error");
+        h.core.remove(c);
+    }
+    assert_eq!(h.balance(neighbour), 0, "the neighbour is served");
+}
+
+/// The req_id of an NS frame at the start of `bytes`, if one is there.
+fn frames_of_lenient(bytes: &[u8]) -> Vec<u64> {
+    let mut dec = FrameDecoder::new(proto::BODY_LEN_LIMIT);
+    match dec.decode(bytes) {
+        (_, Ok(Some(f))) => vec![f.header.req_id],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn tls_a_handshake_that_never_finishes_is_closed_at_its_timeout() {
+    let seg = segment();
+    let pki = Pki::new(ns_tls::Validity::Days(2));
+    let cfg = Config {
+        tls_handshake_timeout_ms: 5_000,
+        ..config()
+    };
+    let (mut h, c, mut client) = tls_pair(&seg, cfg, &pki);
+    let hello = drain_tls(&mut client);
+    // Half a ClientHello, then nothing more.
+    h.core.tick_clock();
+    h.core.on_bytes(c, &hello[..hello.len() / 2]);
+    h.clock.advance(4_000);
+    h.core.tick_clock();
+    assert!(h.core.sweep().is_empty(), "not yet at 4 s");
+    h.clock.advance(1_500);
+    h.core.tick_clock();
+    assert_eq!(h.core.sweep(), vec![c], "closed at 5.5 s");
+    let step = h.core.step(c).expect("open");
+    assert!(
+        step.closing && step.abort,
+        "closed without a word (a reset)"
+    );
+    assert_eq!(tls_counters(&h).2, 1, "counted as a handshake timeout");
+    // A finished handshake is not timed: an idle TLS connection falls to the idle timeout.
+    let d = h.connect();
+    h.clock.advance(6_000);
+    h.core.tick_clock();
+    assert!(
+        h.core.sweep().is_empty(),
+        "a done handshake has no deadline"
+    );
+    assert!(!h.closing(d));
+}
+
+#[test]
+fn tls_an_expired_or_untrusted_certificate_is_refused_by_the_client_and_counted() {
+    let seg = segment();
+    for (what, server_validity, trusted) in [
+        ("expired", ns_tls::Validity::Expired, true),
+        ("signed by another CA", ns_tls::Validity::Days(2), false),
+    ] {
+        let server_pki = Pki::new(server_validity);
+        let client_pki = if trusted {
+            None
+        } else {
+            Some(Pki::new(ns_tls::Validity::Days(2)))
+        };
+        let cfg = server_pki.serve(config());
+        let clock = ManualClock::new(WALL_START_MS);
+        let mut core = Core::new(cfg, &seg, None, Box::new(clock)).expect("core");
+        let c = core.open().expect("accepted");
+        let mut client = client_pki
+            .as_ref()
+            .unwrap_or(&server_pki)
+            .client
+            .connection()
+            .expect("client");
+        core.tick_clock();
+        core.on_bytes(c, &drain_tls(&mut client));
+        let mut flight = Vec::new();
+        while let Some(buf) = core.take_output(c) {
+            core.sent(c, buf.len());
+            flight.extend_from_slice(&buf);
+            core.recycle(c, buf);
+        }
+        let mut rd = &flight[..];
+        let mut refused = None;
+        while !rd.is_empty() && refused.is_none() {
+            client.read_tls(&mut rd).expect("read_tls");
+            refused = client.process_new_packets().err();
+        }
+        let e = refused.unwrap_or_else(|| panic!("{what}: the client must refuse"));
+        assert!(
+            matches!(e, rustls::Error::InvalidCertificate(_)),
+            "{what}: refused for the certificate, got {e}"
+        );
+        // The client's alert reaches the server: closed and counted.
+        let before = core.metrics().tls_errors.get();
+        core.on_bytes(c, &drain_tls(&mut client));
+        assert!(core.step(c).expect("open").closing, "{what}: closed");
+        assert_eq!(core.metrics().tls_errors.get(), before + 1, "{what}");
+        assert_eq!(
+            core.metrics().tls_handshakes.get(),
+            0,
+            "{what}: no handshake done"
+        );
+        core.remove(c);
+    }
+}
+
+#[test]
+fn tls_close_notify_closes_both_ways() {
+    let seg = segment();
+    let mut h = Harness::over(&seg, config(), Wire::Tls);
+    // The client's close_notify ends the connection like a FIN.
+    let a = h.connect();
+    let conn = h
+        .tls
+        .as_mut()
+        .and_then(|t| t.conns.get_mut(&a))
+        .expect("client");
+    conn.send_close_notify();
+    let bytes = drain_tls(conn);
+    h.core.on_bytes(a, &bytes);
+    assert!(h.closing(a), "closed on the peer's close_notify");
+    // A graceful stop: the notice, then the server's close_notify.
+    let b = h.connect();
+    h.core.begin_shutdown(std::time::Duration::from_secs(1));
+    let out = h.raw_output(b);
+    let conn = h
+        .tls
+        .as_mut()
+        .and_then(|t| t.conns.get_mut(&b))
+        .expect("client");
+    let plain = client_reads(conn, &out);
+    let frames = frames_of(&plain);
+    assert_eq!(notices(&frames), vec![notice::SHUTTING_DOWN]);
+    assert!(
+        conn.process_new_packets().expect("valid").peer_has_closed(),
+        "the stop ends with our close_notify"
+    );
+    assert_eq!(tls_counters(&h).0, 2, "two handshakes done");
 }

@@ -450,14 +450,14 @@ fn a_failing_disk_refuses_ledger_writes_keeps_chat_and_recovers_by_itself() {
             || server.stats_json()["journal"]["error"].as_u64() != Some(0),
         );
         // Alice's deposit is decided but not on disk: it is not acknowledged.
-        a.stream().set_nonblocking(true).expect("nonblocking");
+        a.stream().tcp().set_nonblocking(true).expect("nonblocking");
         let mut byte = [0u8; 1];
-        let peek = a.stream().peek(&mut byte);
+        let peek = a.stream().tcp().peek(&mut byte);
         assert!(
             matches!(&peek, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
             "{io}: no answer while the journal cannot write: {peek:?}"
         );
-        a.stream().set_nonblocking(false).expect("blocking");
+        a.stream().tcp().set_nonblocking(false).expect("blocking");
         // New ledger writes and reads are refused, nothing applied; chat goes on.
         let refused = b.next_req_id();
         assert_eq!(

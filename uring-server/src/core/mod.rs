@@ -13,6 +13,7 @@ mod pushes;
 mod rooms;
 mod session;
 mod timers;
+mod tls;
 
 pub use error::{Handled, HandlerError};
 pub use output::OutQueue;
@@ -57,6 +58,10 @@ pub struct Config {
     pub steer_by_cpu: bool,
     /// The CPU this worker is pinned to, if any (`--cpu-affinity`).
     pub cpu: Option<usize>,
+    /// TLS on every connection (`--tls-cert`), or plaintext.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Longest time a TLS handshake may take before the connection is closed.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 /// Where a connection's session stands.
@@ -104,6 +109,8 @@ pub struct ConnState {
 #[derive(Debug)]
 pub struct Conn {
     decoder: FrameDecoder,
+    /// The record layer, on a TLS listener.
+    tls: Option<Box<tls::Tls>>,
     /// The rest.
     pub st: ConnState,
 }
@@ -168,6 +175,8 @@ pub struct Core<'s> {
     generation: u64,
     /// Set once a graceful stop began: when draining must end (monotonic ms).
     drain_deadline_ms: Option<u64>,
+    /// Where TLS connections' plaintext is read out of rustls (empty without TLS).
+    tls_scratch: Vec<u8>,
 }
 
 impl<'s> Core<'s> {
@@ -212,6 +221,7 @@ impl<'s> Core<'s> {
             },
             generation: 0,
             drain_deadline_ms: None,
+            tls_scratch: Vec::new(),
         })
     }
 
@@ -232,12 +242,27 @@ impl<'s> Core<'s> {
             m.statuses[Status::ErrServerBusy.as_u16() as usize].add(1);
             return Err(frame);
         }
+        let tls = match &self.ctx.cfg.tls {
+            None => None,
+            Some(config) => match tls::Tls::new(config, self.ctx.now_ms) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS connection refused");
+                    m.tls_errors.add(1);
+                    return Err(Vec::new());
+                }
+            },
+        };
+        if tls.is_some() && self.tls_scratch.is_empty() {
+            self.tls_scratch = vec![0; tls::PLAINTEXT_CHUNK];
+        }
         self.generation += 1;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let id = (self.generation << 24 | key as u64) & ((1 << 48) - 1);
         entry.insert(Conn {
             decoder: FrameDecoder::new(self.ctx.cfg.body_len_max),
+            tls,
             st: ConnState {
                 id,
                 out: OutQueue::default(),
@@ -275,7 +300,7 @@ impl<'s> Core<'s> {
     /// What the event loop must do for `key` next; `None` for a key not open.
     pub fn step(&self, key: usize) -> Option<Step> {
         self.conns.get(key).map(|c| Step {
-            has_output: c.st.out.ready() > 0,
+            has_output: c.st.out.ready() > 0 || c.tls.as_ref().is_some_and(|t| t.has_output()),
             closing: c.st.closing,
             abort: c.st.abort,
             holding: c.st.out.holding(),
@@ -285,21 +310,33 @@ impl<'s> Core<'s> {
     /// Takes everything `key` may send now, for one send: the backend owns the buffer while
     /// the kernel may read it, reports progress with [`Core::sent`] and gives it back with
     /// [`Core::recycle`]. `None` when nothing waits (or `key` is not open).
+    ///
+    /// On a TLS connection, what may go is encrypted now and the buffer holds its records.
     pub fn take_output(&mut self, key: usize) -> Option<Vec<u8>> {
-        self.conns.get_mut(key).and_then(|c| c.st.out.take())
+        let c = self.conns.get_mut(key)?;
+        match &mut c.tls {
+            None => c.st.out.take(),
+            Some(tls) => tls.take(&mut c.st),
+        }
     }
 
     /// `n` bytes of the taken output reached the kernel.
     pub fn sent(&mut self, key: usize, n: usize) {
         if let Some(c) = self.conns.get_mut(key) {
-            c.st.out.advance(n);
+            match &mut c.tls {
+                None => c.st.out.advance(n),
+                Some(tls) => tls.sent(n),
+            }
         }
     }
 
     /// A send finished with its whole buffer: it goes back to `key`'s queue for reuse.
     pub fn recycle(&mut self, key: usize, buf: Vec<u8>) {
         if let Some(c) = self.conns.get_mut(key) {
-            c.st.out.recycle(buf);
+            match &mut c.tls {
+                None => c.st.out.recycle(buf),
+                Some(tls) => tls.recycle(buf),
+            }
         }
     }
 
@@ -308,6 +345,9 @@ impl<'s> Core<'s> {
     pub fn send_failed(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.st.out.clear();
+            if let Some(tls) = &mut c.tls {
+                tls.clear();
+            }
             c.st.closing = true;
         }
     }
@@ -360,8 +400,9 @@ impl<'s> Core<'s> {
         self.ctx.now_ms
     }
 
-    /// Handles bytes received on connection `key`: every whole frame in them is answered into
-    /// its output queue. Afterwards the connection may be marked closing.
+    /// Handles bytes received on connection `key` (ciphertext on a TLS connection): every
+    /// whole frame in them is answered into its output queue. Afterwards the connection may be
+    /// marked closing.
     pub fn on_bytes(&mut self, key: usize, data: &[u8]) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -369,23 +410,11 @@ impl<'s> Core<'s> {
         let ctx = &mut self.ctx;
         ctx.metrics.bytes_in.add(data.len() as u64);
         conn.st.last_active_ms = ctx.now_ms;
-        let Conn { decoder, st, .. } = conn;
-        let mut input = data;
-        while !st.closing {
-            let (used, result) = decoder.decode(input);
-            input = &input[used..];
-            match result {
-                Ok(Some(frame)) => ctx.handle(st, &frame),
-                Ok(None) => break,
-                Err(e) => ctx.bad_frame(st, &e),
-            }
-        }
-        // A frame left cut starts (or keeps) its clock; a whole one stops it.
-        st.partial_since_ms = if decoder.is_idle() {
-            None
+        if conn.tls.is_some() {
+            tls::on_ciphertext(ctx, conn, &mut self.tls_scratch, data, on_plaintext);
         } else {
-            st.partial_since_ms.or(Some(ctx.now_ms))
-        };
+            on_plaintext(ctx, conn, data);
+        }
     }
 
     /// Reads the clock: every timeout and timestamp of this loop turn uses this time.
@@ -451,6 +480,27 @@ impl<'s> Core<'s> {
         }
         keys
     }
+}
+
+/// Plaintext bytes of `conn`'s stream: every whole frame in them is handled.
+fn on_plaintext(ctx: &mut Ctx<'_>, conn: &mut Conn, data: &[u8]) {
+    let Conn { decoder, st, .. } = conn;
+    let mut input = data;
+    while !st.closing {
+        let (used, result) = decoder.decode(input);
+        input = &input[used..];
+        match result {
+            Ok(Some(frame)) => ctx.handle(st, &frame),
+            Ok(None) => break,
+            Err(e) => ctx.bad_frame(st, &e),
+        }
+    }
+    // A frame left cut starts (or keeps) its clock; a whole one stops it.
+    st.partial_since_ms = if decoder.is_idle() {
+        None
+    } else {
+        st.partial_since_ms.or(Some(ctx.now_ms))
+    };
 }
 
 impl Ctx<'_> {

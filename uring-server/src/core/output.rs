@@ -59,7 +59,7 @@ impl OutQueue {
     }
 
     /// Where appends go.
-    fn buf(&mut self) -> &mut Vec<u8> {
+    pub(super) fn buf(&mut self) -> &mut Vec<u8> {
         &mut self.pending
     }
 

@@ -1,5 +1,5 @@
 //! Timers: the once-a-second sweep that closes idle connections, frames that take too long to
-//! arrive (slowloris), and connections whose session a newer login took. Time comes from the
+//! arrive (slowloris), TLS handshakes that never finish, and connections whose session a newer login took. Time comes from the
 //! core's injected clock.
 
 use proto::codes::notice;
@@ -20,7 +20,16 @@ impl Core<'_> {
                 .st
                 .partial_since_ms
                 .is_some_and(|t| self.ctx.now_ms.saturating_sub(t) > self.ctx.cfg.frame_timeout_ms);
-            if slow_frame {
+            let tls_overdue = conn.tls.as_ref().is_some_and(|t| {
+                t.handshake_overdue(self.ctx.now_ms, self.ctx.cfg.tls_handshake_timeout_ms)
+            });
+            if tls_overdue {
+                // A handshake that never finishes: nothing can be said to the peer in the clear.
+                self.ctx.metrics.tls_handshake_timeouts.add(1);
+                conn.st.closing = true;
+                conn.st.abort = true;
+                marked.push(key);
+            } else if slow_frame {
                 // Slowloris: bytes keep coming, a frame never completes.
                 self.ctx.metrics.idle_timeouts.add(1);
                 self.ctx.error(
