@@ -284,6 +284,21 @@ impl<'s> Harness<'s> {
         panic!("the handshake did not finish");
     }
 
+    /// The client side of TLS connection `key`.
+    fn client(&mut self, key: usize) -> &mut rustls::ClientConnection {
+        self.tls
+            .as_mut()
+            .and_then(|t| t.conns.get_mut(&key))
+            .expect("a TLS connection's client")
+    }
+
+    /// `bytes` of the NS stream, encrypted by `key`'s client into records (not sent).
+    fn seal(&mut self, key: usize, bytes: &[u8]) -> Vec<u8> {
+        let conn = self.client(key);
+        std::io::Write::write_all(&mut conn.writer(), bytes).expect("plaintext in");
+        drain_tls(conn)
+    }
+
     /// Everything the core has for `key`, as the bytes a backend would send, taken.
     fn raw_output(&mut self, key: usize) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -1783,26 +1798,12 @@ fn tls_a_request_record_cut_at_every_byte_is_answered_once_whole() {
     let hb = Request::Heartbeat(HeartbeatRequest { client_time_ms: 9 });
     write_request(&mut frame, 55, &hb, proto::BODY_LEN_LIMIT).expect("encode");
     // One connection per cut: each has its own keys, so each encrypts the frame itself.
-    let record_len = {
-        let c = h.connect();
-        let conn = h
-            .tls
-            .as_mut()
-            .and_then(|t| t.conns.get_mut(&c))
-            .expect("client");
-        std::io::Write::write_all(&mut conn.writer(), &frame).expect("plaintext in");
-        drain_tls(conn).len()
-    };
+    let c = h.connect();
+    let record_len = h.seal(c, &frame).len();
     assert!(record_len > frame.len(), "one encrypted record");
     for cut in 1..record_len {
         let c = h.connect();
-        let conn = h
-            .tls
-            .as_mut()
-            .and_then(|t| t.conns.get_mut(&c))
-            .expect("client");
-        std::io::Write::write_all(&mut conn.writer(), &frame).expect("plaintext in");
-        let record = drain_tls(conn);
+        let record = h.seal(c, &frame);
         h.core.on_bytes(c, &record[..cut]);
         assert!(
             h.take(c).is_empty(),
@@ -1975,11 +1976,7 @@ fn tls_close_notify_closes_both_ways() {
     let mut h = Harness::over(&seg, config(), Wire::Tls);
     // The client's close_notify ends the connection like a FIN.
     let a = h.connect();
-    let conn = h
-        .tls
-        .as_mut()
-        .and_then(|t| t.conns.get_mut(&a))
-        .expect("client");
+    let conn = h.client(a);
     conn.send_close_notify();
     let bytes = drain_tls(conn);
     h.core.on_bytes(a, &bytes);
@@ -1988,11 +1985,7 @@ fn tls_close_notify_closes_both_ways() {
     let b = h.connect();
     h.core.begin_shutdown(std::time::Duration::from_secs(1));
     let out = h.raw_output(b);
-    let conn = h
-        .tls
-        .as_mut()
-        .and_then(|t| t.conns.get_mut(&b))
-        .expect("client");
+    let conn = h.client(b);
     let plain = client_reads(conn, &out);
     let frames = frames_of(&plain);
     assert_eq!(notices(&frames), vec![notice::SHUTTING_DOWN]);
