@@ -68,6 +68,13 @@ impl Tls {
 /// Plaintext and TLS, for tests that must pass over each.
 pub const TRANSPORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
 
+/// Every backend over every transport: the wire tests' core cases run on each.
+pub fn backends_and_transports() -> impl Iterator<Item = (&'static str, Transport)> {
+    BACKENDS
+        .into_iter()
+        .flat_map(|b| TRANSPORTS.into_iter().map(move |t| (b, t)))
+}
+
 /// How a test's clients reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

@@ -321,3 +321,95 @@ fn a_slowloris_sender_is_closed_when_its_frame_takes_too_long() {
         assert_eq!(n.balance(), 1_000, "the neighbour is undisturbed");
     }
 }
+
+/// Reads a raw socket until EOF or reset; true if the server closed it within `limit`.
+fn raw_closed(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn the_tls_port_closes_plaintext_garbage_and_stalled_handshakes_and_counts_them() {
+    use std::io::Write;
+    for backend in BACKENDS {
+        let server = Server::start_over(
+            Transport::Tls,
+            "tlsbad",
+            &[
+                "-w",
+                "1",
+                "--io",
+                backend,
+                "--tls-handshake-timeout-ms",
+                "300",
+            ],
+        );
+        let mut n = neighbour(&server);
+        let connect = || std::net::TcpStream::connect(server.addr).expect("connect");
+        // An NS client that does not speak TLS: closed, its HELLO never answered in the clear.
+        let mut plain = connect();
+        plain
+            .write_all(&Client::frame(
+                1,
+                &Request::Hello(HelloRequest {
+                    client: Label::new("plain").expect("label"),
+                }),
+            ))
+            .expect("send");
+        assert!(
+            raw_closed(&mut plain, Duration::from_secs(5)),
+            "{backend}: plaintext closed"
+        );
+        // Garbage that looks like a handshake record.
+        let mut junk = connect();
+        junk.write_all(&[0x16, 3, 1, 0, 6, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE])
+            .expect("send");
+        assert!(
+            raw_closed(&mut junk, Duration::from_secs(5)),
+            "{backend}: garbage closed"
+        );
+        // A client that opens and never finishes its handshake (or never starts it).
+        let mut silent = connect();
+        let mut stalled = connect();
+        stalled.write_all(&[0x16, 3, 1, 0, 200, 1]).expect("send");
+        assert!(
+            raw_closed(&mut silent, Duration::from_secs(5)),
+            "{backend}: silent closed"
+        );
+        assert!(
+            raw_closed(&mut stalled, Duration::from_secs(5)),
+            "{backend}: stalled closed"
+        );
+        // A client that does not trust the server's CA refuses it; the server counts the alert.
+        let other = Tls::generate();
+        let refused = bench_client::Client::connect_with(
+            server.addr,
+            Duration::from_secs(5),
+            Some(&other.client),
+        );
+        assert!(
+            refused.is_err(),
+            "{backend}: an untrusted certificate is refused"
+        );
+        // The neighbour is served throughout.
+        assert_eq!(n.balance(), 1_000, "{backend}: neighbour");
+        wait_until(Duration::from_secs(5), "the TLS counters", || {
+            let tls = &server.stats_json()["tls"];
+            tls["errors"].as_u64() == Some(3) && tls["handshake_timeouts"].as_u64() == Some(2)
+        });
+        let tls = server.stats_json()["tls"].clone();
+        assert_eq!(
+            tls["handshakes"].as_u64(),
+            Some(1),
+            "{backend}: the neighbour's, only"
+        );
+    }
+}

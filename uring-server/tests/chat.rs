@@ -50,8 +50,9 @@ fn broadcasts(c: &mut Client, room_id: u32, n: usize) -> Vec<(u64, u32, String)>
 
 #[test]
 fn every_member_on_every_worker_gets_every_message_in_order() {
-    for backend in BACKENDS {
-        let server = Server::start("chat", &["-w", "2", "--io", backend]);
+    for (backend, transport) in backends_and_transports() {
+        eprintln!("{backend} over {transport:?}");
+        let server = Server::start_over(transport, "chat", &["-w", "2", "--io", backend]);
         // Members on both workers.
         let mut clients: Vec<Client> = Vec::new();
         let mut on = [0usize; 2];
@@ -155,8 +156,9 @@ fn every_member_on_every_worker_gets_every_message_in_order() {
 
 #[test]
 fn direct_messages_reach_a_user_on_any_worker() {
-    for backend in BACKENDS {
-        let server = Server::start("dm", &["-w", "2", "--io", backend]);
+    for (backend, transport) in backends_and_transports() {
+        eprintln!("{backend} over {transport:?}");
+        let server = Server::start_over(transport, "dm", &["-w", "2", "--io", backend]);
         // One client on each worker.
         let mut a = server.client();
         let wa = a.worker();

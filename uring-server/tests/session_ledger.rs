@@ -7,8 +7,9 @@ use test_support::*;
 
 #[test]
 fn the_whole_session_and_ledger_flow() {
-    for backend in BACKENDS {
-        let server = Server::start("flow", &["-w", "2", "--io", backend]);
+    for (backend, transport) in backends_and_transports() {
+        eprintln!("{backend} over {transport:?}");
+        let server = Server::start_over(transport, "flow", &["-w", "2", "--io", backend]);
         assert_eq!(
             server.backend,
             if backend == "uring" {
@@ -194,8 +195,9 @@ fn the_whole_session_and_ledger_flow() {
 
 #[test]
 fn one_byte_at_a_time_and_100_pipelined_requests_in_one_write() {
-    for backend in BACKENDS {
-        let server = Server::start("split", &["-w", "1", "--io", backend]);
+    for (backend, transport) in backends_and_transports() {
+        eprintln!("{backend} over {transport:?}");
+        let server = Server::start_over(transport, "split", &["-w", "1", "--io", backend]);
         let mut c = server.client();
         c.join_as("carol");
         // A deposit dribbled one byte per write.
