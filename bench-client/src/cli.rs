@@ -64,6 +64,11 @@ pub struct PeersArgs {
     /// --durability sync, Redis appendonly with appendfsync always).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "none,sync")]
     pub durability: Vec<crate::server::Durability>,
+    /// Transports: tcp (plaintext), tls (both servers with a fresh test PKI: uring-server
+    /// --tls-cert, redis-server --tls-port; the client verifies the certificate). With both,
+    /// every cell runs on each, interleaved, and a table gives TLS's share of plaintext.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "tcp")]
+    pub transport: Vec<crate::server::Transport>,
     /// Connections.
     #[arg(long, default_value_t = 100)]
     pub connections: usize,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::cli::PeersArgs;
 use crate::load::{self, Protocol};
 use crate::report::{git_commit, CsvRow};
-use crate::server::{Durability, SpawnedRedis, SpawnedServer};
+use crate::server::{Durability, SpawnedRedis, SpawnedServer, TestPki, Transport};
 use crate::summary::{summary_path, Cell, Run, Summary};
 
 /// The two servers' names in reports.
@@ -18,47 +18,55 @@ pub const NS: &str = "uring-server";
 pub const REDIS: &str = "redis";
 
 /// One server of a durability round, started by this command.
-enum Peer {
+enum Server {
     Ns(SpawnedServer),
     Redis(SpawnedRedis),
 }
 
-impl Peer {
+/// A server and how its clients reach it.
+struct Peer<'p> {
+    server: Server,
+    transport: Transport,
+    /// The client's TLS (over TLS).
+    tls: Option<&'p crate::ClientTls>,
+}
+
+impl Peer<'_> {
     fn name(&self) -> &'static str {
-        match self {
-            Peer::Ns(_) => NS,
-            Peer::Redis(_) => REDIS,
+        match self.server {
+            Server::Ns(_) => NS,
+            Server::Redis(_) => REDIS,
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        match self {
-            Peer::Ns(s) => s.addr,
-            Peer::Redis(r) => r.addr,
+        match &self.server {
+            Server::Ns(s) => s.addr,
+            Server::Redis(r) => r.addr,
         }
     }
 
     fn protocol(&self) -> Protocol {
-        match self {
-            Peer::Ns(_) => Protocol::Ns,
-            Peer::Redis(_) => Protocol::Resp,
+        match self.server {
+            Server::Ns(_) => Protocol::Ns,
+            Server::Redis(_) => Protocol::Resp,
         }
     }
 
     /// Its processes, for CPU time.
     fn pids(&self) -> Vec<u32> {
-        match self {
-            Peer::Ns(s) => s.pids(),
-            Peer::Redis(r) => vec![r.pid()],
+        match &self.server {
+            Server::Ns(s) => s.pids(),
+            Server::Redis(r) => vec![r.pid()],
         }
     }
 
     /// The ledger's invariant after a run: `uring-server audit` for this server, the
     /// scripts' totals read over the wire for Redis.
     fn audit(&self, cfg: &load::Config) -> anyhow::Result<&'static str> {
-        crate::commands::ledger_audit(cfg.mix, || match self {
-            Peer::Ns(s) => Ok(s.audit()),
-            Peer::Redis(_) => {
+        crate::commands::ledger_audit(cfg.mix, || match &self.server {
+            Server::Ns(s) => Ok(s.audit()),
+            Server::Redis(_) => {
                 Ok(crate::resp_mix::audit(cfg.addr, cfg.seed, cfg.tls.as_ref())?.holds())
             }
         })
@@ -66,9 +74,9 @@ impl Peer {
 
     /// What its CSV rows say of it: backend, server (with Redis's version), worker count.
     fn identity(&self, workers: u32) -> (String, String, u32) {
-        match self {
-            Peer::Ns(s) => (s.backend.clone(), NS.to_string(), workers),
-            Peer::Redis(r) => ("epoll".to_string(), r.version.clone(), 1),
+        match &self.server {
+            Server::Ns(s) => (s.backend.clone(), NS.to_string(), workers),
+            Server::Redis(r) => ("epoll".to_string(), r.version.clone(), 1),
         }
     }
 }
@@ -104,14 +112,31 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
         "srv_cpu_us",
         "audit"
     );
+    let pki = if a.transport.contains(&Transport::Tls) {
+        Some(TestPki::new()?)
+    } else {
+        None
+    };
     for &durability in &a.durability {
-        let mut peers = vec![Peer::Ns(start_ns(&a, &ns_exe, durability, &server_cpus)?)];
-        if let Some(exe) = &redis_exe {
-            peers.push(Peer::Redis(SpawnedRedis::start(
-                exe,
-                durability,
-                &server_cpus,
-            )?));
+        let mut peers = Vec::new();
+        for &transport in &a.transport {
+            let tls = (transport == Transport::Tls)
+                .then_some(pki.as_ref())
+                .flatten();
+            let ns = start_ns(&a, &ns_exe, durability, &server_cpus, tls)?;
+            peers.push(Peer {
+                server: Server::Ns(ns),
+                transport,
+                tls: tls.map(|p| &p.client),
+            });
+            if let Some(exe) = &redis_exe {
+                let redis = SpawnedRedis::start_over(exe, durability, &server_cpus, tls)?;
+                peers.push(Peer {
+                    server: Server::Redis(redis),
+                    transport,
+                    tls: tls.map(|p| &p.client),
+                });
+            }
         }
         for repeat in 0..a.repeat {
             for (m, &mix) in a.mix.iter().enumerate() {
@@ -125,7 +150,7 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                     for peer in order {
                         let cfg = load::Config {
                             addr: peer.addr(),
-                            tls: None,
+                            tls: peer.tls.cloned(),
                             protocol: peer.protocol(),
                             connections: a.connections,
                             threads,
@@ -170,7 +195,10 @@ pub fn peers(a: PeersArgs) -> anyhow::Result<()> {
                             peer.name(),
                             mix.name()
                         );
-                        summary.add(cell(peer.name(), durability, mix, pipeline, &a), run);
+                        summary.add(
+                            cell(peer.name(), peer.transport, durability, mix, pipeline, &a),
+                            run,
+                        );
                     }
                 }
             }
@@ -203,33 +231,44 @@ fn start_ns(
     exe: &Path,
     durability: Durability,
     cpus: &[usize],
+    tls: Option<&TestPki>,
 ) -> anyhow::Result<SpawnedServer> {
     let launch = crate::server::Launch {
         inherit_stderr: std::env::var_os("NS_SERVER_LOG").is_some(),
         cpus: cpus.to_vec(),
         ..crate::server::Launch::default()
     };
+    let workers = a.workers.to_string();
+    let mut args = vec![
+        "-w",
+        &workers,
+        "--io",
+        a.io.as_str(),
+        "--durability",
+        durability.name(),
+        "--flood-burst",
+        "1000000",
+        "--flood-per-sec",
+        "1000000",
+    ];
+    let tls_args = tls.map(TestPki::server_args).unwrap_or_default();
+    args.extend(tls_args.iter().map(String::as_str));
+    let transport = if tls.is_some() { "tls" } else { "tcp" };
     SpawnedServer::start_with(
         exe,
-        &format!("peers-{}-{}", std::process::id(), durability.name()),
-        &[
-            "-w",
-            &a.workers.to_string(),
-            "--io",
-            a.io.as_str(),
-            "--durability",
-            durability.name(),
-            "--flood-burst",
-            "1000000",
-            "--flood-per-sec",
-            "1000000",
-        ],
+        &format!(
+            "peers-{}-{}-{transport}",
+            std::process::id(),
+            durability.name()
+        ),
+        &args,
         &launch,
     )
 }
 
 fn cell(
     server: &str,
+    transport: Transport,
     durability: Durability,
     mix: crate::load::Mix,
     pipeline: usize,
@@ -237,6 +276,7 @@ fn cell(
 ) -> Cell {
     Cell(vec![
         ("server", server.to_string()),
+        ("transport", transport.name().to_string()),
         ("durability", durability.name().to_string()),
         ("mix", mix.name().to_string()),
         ("pipeline", pipeline.to_string()),
@@ -292,7 +332,7 @@ fn write_pairs(s: &Summary, a: &PeersArgs, path: &Path) -> anyhow::Result<()> {
                 for server in [NS, REDIS] {
                     for fig in ["req_s", "server_cpu_us"] {
                         let (m, lo, hi) = s
-                            .figure(&cell(server, d, mix, p, a), fig)
+                            .figure(&cell(server, a.transport[0], d, mix, p, a), fig)
                             .unwrap_or((0.0, 0.0, 0.0));
                         rec.extend([m, lo, hi].map(|v| format!("{v:.2}")));
                     }
@@ -338,21 +378,23 @@ fn side_by_side(s: &Summary, a: &PeersArgs, threads: usize, with_redis: bool) ->
     }
     let _ = writeln!(
         t,
-        "| durability | NS / RESP | pipeline | req/s NS | req/s Redis | NS/Redis | p50/p99 µs NS | p50/p99 µs Redis | server CPU µs/req NS | Redis | client CPU µs/req NS | RESP |"
+        "| durability | transport | NS / RESP | pipeline | req/s NS | req/s Redis | NS/Redis | p50/p99 µs NS | p50/p99 µs Redis | server CPU µs/req NS | Redis | client CPU µs/req NS | RESP |"
     );
-    let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(t, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for &d in &a.durability {
-        for &mix in &a.mix {
-            for &p in &a.pipeline {
-                let f = |server: &str, fig: &str| {
-                    s.figure(&cell(server, d, mix, p, a), fig)
-                        .map_or(0.0, |(m, _, _)| m)
-                };
-                let (nr, rr) = (f(NS, "req_s"), f(REDIS, "req_s"));
-                let _ = writeln!(
+        for &tr in &a.transport {
+            for &mix in &a.mix {
+                for &p in &a.pipeline {
+                    let f = |server: &str, fig: &str| {
+                        s.figure(&cell(server, tr, d, mix, p, a), fig)
+                            .map_or(0.0, |(m, _, _)| m)
+                    };
+                    let (nr, rr) = (f(NS, "req_s"), f(REDIS, "req_s"));
+                    let _ = writeln!(
                     t,
-                    "| {} | {} | {p} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    "| {} | {} | {} | {p} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
                     d.name(),
+                    tr.name(),
                     peer_ops(mix),
                     nr,
                     rr,
@@ -366,13 +408,59 @@ fn side_by_side(s: &Summary, a: &PeersArgs, threads: usize, with_redis: bool) ->
                     f(NS, "client_cpu_us"),
                     f(REDIS, "client_cpu_us"),
                 );
+                }
             }
         }
+    }
+    if a.transport.contains(&Transport::Tcp) && a.transport.contains(&Transport::Tls) {
+        tls_table(&mut t, s, a);
     }
     if a.mix.contains(&crate::load::Mix::Fanout) {
         fanout_table(&mut t, s, a);
     }
     t
+}
+
+/// What TLS keeps of plaintext, on each server, cell by cell (medians; the same repeats).
+fn tls_table(t: &mut String, s: &Summary, a: &PeersArgs) {
+    let _ = writeln!(
+        t,
+        "\nTLS against plaintext: req/s over TLS / req/s over TCP, same server, same cell \
+         (fan-out: deliveries/s).\n"
+    );
+    let _ = writeln!(
+        t,
+        "| durability | mix | pipeline | NS tcp | NS tls | NS tls/tcp | Redis tcp | Redis tls | Redis tls/tcp | server CPU µs/req NS tcp / tls |"
+    );
+    let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for &d in &a.durability {
+        for &mix in &a.mix {
+            let fig = if mix == crate::load::Mix::Fanout {
+                "pushes_s"
+            } else {
+                "req_s"
+            };
+            for &p in &a.pipeline {
+                let f = |server: &str, tr: Transport, fig: &str| {
+                    s.figure(&cell(server, tr, d, mix, p, a), fig)
+                        .map_or(0.0, |(m, _, _)| m)
+                };
+                let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+                let (nt, ns) = (f(NS, Transport::Tcp, fig), f(NS, Transport::Tls, fig));
+                let (rt, rs) = (f(REDIS, Transport::Tcp, fig), f(REDIS, Transport::Tls, fig));
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {p} | {nt:.0} | {ns:.0} | {:.2} | {rt:.0} | {rs:.0} | {:.2} | {:.2} / {:.2} |",
+                    d.name(),
+                    mix.name(),
+                    ratio(ns, nt),
+                    ratio(rs, rt),
+                    f(NS, Transport::Tcp, "server_cpu_us"),
+                    f(NS, Transport::Tls, "server_cpu_us"),
+                );
+            }
+        }
+    }
 }
 
 /// Fan-out's own figures: what it is for is deliveries, not requests.
@@ -391,8 +479,11 @@ fn fanout_table(t: &mut String, s: &Summary, a: &PeersArgs) {
     for &d in &a.durability {
         for &p in &a.pipeline {
             let f = |server: &str, fig: &str| {
-                s.figure(&cell(server, d, crate::load::Mix::Fanout, p, a), fig)
-                    .map_or(0.0, |(m, _, _)| m)
+                s.figure(
+                    &cell(server, a.transport[0], d, crate::load::Mix::Fanout, p, a),
+                    fig,
+                )
+                .map_or(0.0, |(m, _, _)| m)
             };
             let (nd, rd) = (f(NS, "pushes_s"), f(REDIS, "pushes_s"));
             let _ = writeln!(

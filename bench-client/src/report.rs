@@ -79,6 +79,8 @@ pub struct CsvRow {
     pub server: String,
     /// Its durability (`none`, `sync`) when the client started it.
     pub durability: String,
+    /// `tcp`, or `tls` for TLS over it.
+    pub transport: &'static str,
 }
 
 /// Rounds to `places` decimals, for columns people read.
@@ -137,6 +139,7 @@ impl CsvRow {
             server_workers: None,
             repeat: None,
             protocol: cfg.protocol.name(),
+            transport: if cfg.tls.is_some() { "tls" } else { "tcp" },
             server: String::new(),
             durability: String::new(),
         }
@@ -233,6 +236,7 @@ mod tests {
             protocol: "resp",
             server: "redis-server 7.0.15".into(),
             durability: "sync".into(),
+            transport: "tcp",
         };
         row.append(&path).expect("first");
         row.append(&path).expect("second");

@@ -386,6 +386,61 @@ impl Durability {
     }
 }
 
+/// Plaintext or TLS, for the commands that start their own servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Plaintext TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// A test PKI in a scratch directory (removed on drop) and a client that trusts its CA: what
+/// `peers --transport tls` starts both servers with.
+#[derive(Debug)]
+pub struct TestPki {
+    /// The files.
+    pub certs: ns_tls::GeneratedCerts,
+    /// A client for 127.0.0.1 that trusts the CA.
+    pub client: crate::ClientTls,
+    _dir: crate::scratch::ScratchDir,
+}
+
+impl TestPki {
+    /// A fresh one for 127.0.0.1 (and localhost, ::1).
+    pub fn new() -> anyhow::Result<TestPki> {
+        let dir = crate::scratch::ScratchDir::new("ns-pki")?;
+        let names = ["localhost", "127.0.0.1", "::1"].map(String::from);
+        let certs = ns_tls::generate(dir.path(), &names, ns_tls::Validity::Days(2))?;
+        let client = crate::ClientTls::new(&crate::Trust::Ca(certs.ca.clone()), "127.0.0.1", None)?;
+        Ok(TestPki {
+            certs,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// uring-server's arguments for it.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.certs.cert.to_string_lossy().into_owned(),
+            "--tls-key".into(),
+            self.certs.key.to_string_lossy().into_owned(),
+        ]
+    }
+}
+
 /// A `redis-server` this process started: on a free loopback port, its files in a temporary
 /// directory of its own, stopped (SIGTERM by pid, then SIGKILL) and reaped on drop, the
 /// directory removed.
@@ -420,6 +475,16 @@ impl SpawnedRedis {
     /// Starts `exe` with `durability`, pinned to `cpus` (empty: any), and waits until it
     /// answers PING.
     pub fn start(exe: &Path, durability: Durability, cpus: &[usize]) -> anyhow::Result<Self> {
+        Self::start_over(exe, durability, cpus, None)
+    }
+
+    /// [`SpawnedRedis::start`], serving TLS only (`--port 0 --tls-port`) with `pki` when given.
+    pub fn start_over(
+        exe: &Path,
+        durability: Durability,
+        cpus: &[usize],
+        pki: Option<&TestPki>,
+    ) -> anyhow::Result<Self> {
         let version = Command::new(exe)
             .arg("--version")
             .output()
@@ -442,8 +507,26 @@ impl SpawnedRedis {
                 .port();
             let _placed = crate::cpus::Scoped::pin(cpus)
                 .map_err(|e| anyhow::anyhow!("--server-cpus: {e}"))?;
+            let port_args: Vec<std::ffi::OsString> = match pki {
+                None => vec!["--port".into(), port.to_string().into()],
+                Some(p) => vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.to_string().into(),
+                    "--tls-cert-file".into(),
+                    p.certs.cert.clone().into(),
+                    "--tls-key-file".into(),
+                    p.certs.key.clone().into(),
+                    "--tls-ca-cert-file".into(),
+                    p.certs.ca.clone().into(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ],
+            };
             let mut child = Command::new(exe)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(&port_args)
+                .args(["--bind", "127.0.0.1"])
                 .args(["--protected-mode", "no", "--daemonize", "no"])
                 .arg("--logfile")
                 .arg(dir.join("redis.log"))
@@ -465,13 +548,16 @@ impl SpawnedRedis {
                     );
                     break;
                 }
-                let ping =
-                    crate::resp::Conn::connect(addr, std::time::Duration::from_secs(1), None)
-                        .and_then(|mut c| {
-                            c.call(&[b"PING"], |v| {
-                                Ok(v.clone() == crate::resp::Value::Simple(b"PONG"))
-                            })
-                        });
+                let ping = crate::resp::Conn::connect(
+                    addr,
+                    std::time::Duration::from_secs(1),
+                    pki.map(|p| &p.client),
+                )
+                .and_then(|mut c| {
+                    c.call(&[b"PING"], |v| {
+                        Ok(v.clone() == crate::resp::Value::Simple(b"PONG"))
+                    })
+                });
                 if let Ok(true) = ping {
                     return Ok(SpawnedRedis {
                         child,

@@ -34,36 +34,8 @@ pub struct Server {
     pub tls: Option<Tls>,
 }
 
-/// A TLS server's test PKI (removed with the server) and what its clients need.
-pub struct Tls {
-    pub certs: ns_tls::GeneratedCerts,
-    pub client: bench_client::ClientTls,
-    _dir: crate::ScratchDir,
-}
-
-impl Tls {
-    /// A fresh test PKI for 127.0.0.1 (and localhost, ::1), and a client that trusts its CA.
-    pub fn generate() -> Tls {
-        let dir = crate::ScratchDir::new("ns-tls-test").expect("a scratch directory");
-        let certs = ns_tls::generate(
-            dir.path(),
-            &["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            ns_tls::Validity::Days(2),
-        )
-        .expect("generate a test PKI");
-        let client = bench_client::ClientTls::new(
-            &bench_client::Trust::Ca(certs.ca.clone()),
-            "127.0.0.1",
-            None,
-        )
-        .expect("a client TLS configuration");
-        Tls {
-            certs,
-            client,
-            _dir: dir,
-        }
-    }
-}
+/// A TLS server's test PKI (removed with the server) and a client that trusts its CA.
+pub use bench_client::server::TestPki as Tls;
 
 /// Plaintext and TLS, for tests that must pass over each.
 pub const TRANSPORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
@@ -120,13 +92,10 @@ impl Server {
         if transport == Transport::Plain {
             return Self::start(tag, extra);
         }
-        let tls = Tls::generate();
-        let (cert, key) = (
-            tls.certs.cert.to_string_lossy().into_owned(),
-            tls.certs.key.to_string_lossy().into_owned(),
-        );
+        let tls = Tls::new().expect("a test PKI");
+        let tls_args = tls.server_args();
         let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+        args.extend(tls_args.iter().map(String::as_str));
         let mut s = Self::start(tag, &args);
         s.tls = Some(tls);
         s

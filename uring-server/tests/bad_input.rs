@@ -389,7 +389,7 @@ fn the_tls_port_closes_plaintext_garbage_and_stalled_handshakes_and_counts_them(
             "{backend}: stalled closed"
         );
         // A client that does not trust the server's CA refuses it; the server counts the alert.
-        let other = Tls::generate();
+        let other = Tls::new().expect("another PKI");
         let refused = bench_client::Client::connect_with(
             server.addr,
             Duration::from_secs(5),
