@@ -246,12 +246,12 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("timestamp,cores,kernel,git_commit,backend,"));
         assert!(lines[0].ends_with(
-            "server_cpu_us_per_req,audit,server_cpus,client_cpus,server_workers,repeat,protocol,server,durability"
+            "server_cpu_us_per_req,audit,server_cpus,client_cpus,server_workers,repeat,protocol,server,durability,transport"
         ));
-        assert_eq!(lines[0].split(',').count(), 35);
+        assert_eq!(lines[0].split(',').count(), 36);
         assert_eq!(
             lines[1],
-            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2,2,1,resp,redis-server 7.0.15,sync"
+            "1,2,k,abc,io_uring,2,100,2,balance,32,1,,5,10.0,1000,0,100,1,2,3,4,5,3,0,0,6.81,5.25,,0,1 2,2,1,resp,redis-server 7.0.15,sync,tcp"
         );
     }
 }
