@@ -314,11 +314,57 @@ fn peers_runs_both_servers_interleaved_and_writes_rows_summary_pairs_and_table()
     assert!(summary.iter().all(|r| r["runs"] == "2"));
     assert_eq!(read_csv(&dir.join("p-pairs.csv")).len(), 8);
     let table = std::fs::read_to_string(dir.join("p-table.md")).expect("table");
-    assert!(table.contains("| none | BALANCE / GET | 4 |"), "{table}");
     assert!(
-        table.contains("| sync | trade-heavy / transfer script | 1 |"),
+        table.contains("| none | tcp | BALANCE / GET | 4 |"),
         "{table}"
     );
+    assert!(
+        table.contains("| sync | tcp | trade-heavy / transfer script | 1 |"),
+        "{table}"
+    );
+}
+
+#[test]
+fn peers_over_tls_runs_both_servers_on_both_transports_and_says_what_tls_keeps() {
+    if redis(Durability::None).is_none() {
+        return;
+    }
+    let dir = ScratchDir::new("bc-peers-tls").expect("scratch dir");
+    let out = dir.join("p.csv");
+    let status = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args(["peers", "--mix", "balance,chat-heavy", "--pipeline", "1"])
+        .args(["--durability", "none", "--transport", "tcp,tls"])
+        .args(["--repeat", "1", "--duration", "0.3", "--warmup", "0.1"])
+        .args(["--connections", "6", "--threads", "1", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run bench-client peers");
+    assert!(status.success());
+    let rows = read_csv(&out);
+    // 2 mixes x 2 servers x 2 transports.
+    assert_eq!(rows.len(), 8);
+    let mut seen: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            assert!(r["requests"].parse::<u64>().expect("requests") > 0, "{r:?}");
+            assert_eq!(r["errors"], "0", "{r:?}");
+            (
+                r["protocol"].clone(),
+                r["transport"].clone(),
+                r["mix"].clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 8, "every server on every transport: {seen:?}");
+    let table = std::fs::read_to_string(dir.join("p-table.md")).expect("table");
+    assert!(
+        table.contains("| none | tls | BALANCE / GET | 1 |"),
+        "{table}"
+    );
+    assert!(table.contains("TLS against plaintext"), "{table}");
+    assert!(table.contains("| none | chat-heavy | 1 |"), "{table}");
 }
 
 #[test]
