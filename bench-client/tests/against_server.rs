@@ -522,12 +522,12 @@ fn a_sweep_repeats_its_cells_and_writes_only_where_it_is_told() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "header and one row per run: {csv}");
     assert!(
-        lines[0].ends_with(",server_workers,repeat,protocol,server,durability"),
+        lines[0].ends_with(",server_workers,repeat,protocol,server,durability,transport"),
         "{csv}"
     );
     assert!(
-        lines[1].ends_with(",1,0,ns,uring-server,sync")
-            && lines[2].ends_with(",1,1,ns,uring-server,sync"),
+        lines[1].ends_with(",1,0,ns,uring-server,sync,tcp")
+            && lines[2].ends_with(",1,1,ns,uring-server,sync,tcp"),
         "repeat index, protocol, server, durability: {csv}"
     );
     let summary = std::fs::read_to_string(dir.join("quick-summary.csv")).expect("summary");

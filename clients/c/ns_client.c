@@ -7,7 +7,8 @@
  * SCRAM-SHA-256 (checking the server's signature), deposits, transfers to the peer, reads the
  * balance and the history, joins a room with both, sends a message and waits for the peer to
  * receive its push, and sends heartbeats. Prints one line per step; exits 0 when all passed.
- * Set NS_CLIENT_LOG=1 to see every frame through the logging hook.
+ * Set NS_CLIENT_LOG=1 to see every frame through the logging hook. Set NS_TLS_CA=FILE to speak
+ * TLS (a server run with --tls-cert), verifying its certificate against the CAs in FILE.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,11 +95,13 @@ int main(int argc, char **argv) {
     char peer[64];
     snprintf(peer, sizeof peer, "%.27s-peer", user);
 
+    const char *ca = getenv("NS_TLS_CA");
     ns_conn *a = NULL, *b = NULL;
-    int rc = ns_connect(host, port, 5000, &a);
+    int rc = ca ? ns_connect_tls(host, port, 5000, ca, NULL, &a) : ns_connect(host, port, 5000, &a);
     if (rc != NS_OK) die("connect", rc, NULL);
-    rc = ns_connect(host, port, 5000, &b);
+    rc = ca ? ns_connect_tls(host, port, 5000, ca, NULL, &b) : ns_connect(host, port, 5000, &b);
     if (rc != NS_OK) die("connect", rc, NULL);
+    if (ca) printf("tls verified against %s\n", ca);
 
     ns_request req;
     req.opcode = NS_OP_HELLO;

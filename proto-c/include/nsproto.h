@@ -104,6 +104,10 @@
 // The decoder's buffer is full: pop frames before feeding more.
 #define NS_ERR_FULL -21
 
+// TLS failed: the handshake (a refused certificate, a server that does not speak TLS), a CA
+// file that cannot be read, or a bad record.
+#define NS_ERR_TLS -22
+
 // A bug in the library (a caught panic).
 #define NS_ERR_PANIC -99
 
@@ -878,6 +882,22 @@ void ns_log_stderr(void *_user, const ns_log_record *rec);
 // # Safety
 // `host` a NUL-terminated string; `out` writable.
 int32_t ns_connect(const char *host, uint16_t port, uint32_t timeout_ms, ns_conn **out);
+
+// [`ns_connect`] over TLS (a server run with `--tls-cert`, PROTOCOL.md 1.1): the handshake is
+// done before this returns. The server's certificate is verified against the CAs in the PEM
+// file `ca_file` (null: the system's bundle, /etc/ssl/certs/ca-certificates.crt) and must
+// carry `server_name` (null: `host`), a DNS name or an IP address. A refused certificate, a
+// server that does not speak TLS or an unreadable CA file is `NS_ERR_TLS`.
+//
+// # Safety
+// `host` a NUL-terminated string; `ca_file` and `server_name` NUL-terminated or null; `out`
+// writable.
+int32_t ns_connect_tls(const char *host,
+                       uint16_t port,
+                       uint32_t timeout_ms,
+                       const char *ca_file,
+                       const char *server_name,
+                       ns_conn **out);
 
 // Closes the connection and frees it, with any pushes still queued (null is ignored).
 //

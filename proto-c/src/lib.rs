@@ -84,12 +84,16 @@ pub const NS_ERR_AUTH: i32 = -19;
 pub const NS_ERR_REFUSED: i32 = -20;
 /// The decoder's buffer is full: pop frames before feeding more.
 pub const NS_ERR_FULL: i32 = -21;
+/// TLS failed: the handshake (a refused certificate, a server that does not speak TLS), a CA
+/// file that cannot be read, or a bad record.
+pub const NS_ERR_TLS: i32 = -22;
 /// A bug in the library (a caught panic).
 pub const NS_ERR_PANIC: i32 = -99;
 
-const ERROR_NAMES: [(i32, &str); 23] = [
+const ERROR_NAMES: [(i32, &str); 24] = [
     (NS_OK, "NS_OK"),
     (NS_ERR_NULL, "NS_ERR_NULL"),
+    (NS_ERR_TLS, "NS_ERR_TLS"),
     (NS_ERR_BUFFER_TOO_SMALL, "NS_ERR_BUFFER_TOO_SMALL"),
     (NS_ERR_INCOMPLETE, "NS_ERR_INCOMPLETE"),
     (NS_ERR_BAD_MAGIC, "NS_ERR_BAD_MAGIC"),

@@ -1,4 +1,6 @@
-//! libnet and liblog: a blocking connection with timeouts, `read_full`/`write_full` on any fd
+//! libnet and liblog: a blocking connection with timeouts, plaintext or TLS (the workspace's
+//! rustls client, `ns-tls`: the certificate verified against a CA file or the system's),
+//! `read_full`/`write_full` on any fd
 //! (EINTR and partial IO handled), a call that matches the answer by req_id and keeps pushes
 //! aside, and a logging hook that sees every frame sent and received.
 
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use proto::{FrameDecoder, FrameKind};
 
 use crate::bodies::*;
-use crate::{guard, NS_ERR_CLOSED, NS_ERR_INVALID, NS_ERR_IO, NS_ERR_NULL, NS_ERR_TIMEOUT, NS_OK};
+use crate::{
+    guard, NS_ERR_CLOSED, NS_ERR_INVALID, NS_ERR_IO, NS_ERR_NULL, NS_ERR_TIMEOUT, NS_ERR_TLS, NS_OK,
+};
 
 /// What the logging hook is told about one frame.
 #[repr(C)]
@@ -106,7 +110,7 @@ fn log(event: &'static CStr, req_id: u64, opcode: u16, status: u16, body_len: u3
 /// A connection to a server: a blocking TCP socket with timeouts, its decoder, the next req_id
 /// and the pushes read while waiting for answers. Close with `ns_conn_close`.
 pub struct ns_conn {
-    stream: TcpStream,
+    stream: ns_tls::Stream,
     decoder: FrameDecoder,
     inbuf: Vec<u8>,
     inpos: usize,
@@ -133,6 +137,11 @@ impl Drop for ns_conn {
 }
 
 fn io_code(e: &std::io::Error) -> i32 {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<ns_tls::rustls::Error>())
+    {
+        return NS_ERR_TLS;
+    }
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => NS_ERR_TIMEOUT,
         std::io::ErrorKind::UnexpectedEof
@@ -152,6 +161,61 @@ pub unsafe extern "C" fn ns_connect(
     host: *const c_char,
     port: u16,
     timeout_ms: u32,
+    out: *mut *mut ns_conn,
+) -> i32 {
+    // SAFETY: per the contract; no CA file and no name are read.
+    unsafe { connect(host, port, timeout_ms, None, out) }
+}
+
+/// [`ns_connect`] over TLS (a server run with `--tls-cert`, PROTOCOL.md 1.1): the handshake is
+/// done before this returns. The server's certificate is verified against the CAs in the PEM
+/// file `ca_file` (null: the system's bundle, /etc/ssl/certs/ca-certificates.crt) and must
+/// carry `server_name` (null: `host`), a DNS name or an IP address. A refused certificate, a
+/// server that does not speak TLS or an unreadable CA file is `NS_ERR_TLS`.
+///
+/// # Safety
+/// `host` a NUL-terminated string; `ca_file` and `server_name` NUL-terminated or null; `out`
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn ns_connect_tls(
+    host: *const c_char,
+    port: u16,
+    timeout_ms: u32,
+    ca_file: *const c_char,
+    server_name: *const c_char,
+    out: *mut *mut ns_conn,
+) -> i32 {
+    guard(|| {
+        // SAFETY: NUL-terminated or null (contract).
+        let text = |p: *const c_char| unsafe { (!p.is_null()).then(|| CStr::from_ptr(p).to_str()) };
+        let (Some(Ok(h)), ca, name) = (text(host), text(ca_file), text(server_name)) else {
+            return if host.is_null() {
+                NS_ERR_NULL
+            } else {
+                NS_ERR_INVALID
+            };
+        };
+        let (Ok(ca), Ok(name)) = (ca.transpose(), name.transpose()) else {
+            return NS_ERR_INVALID;
+        };
+        let trust = ca.map_or(ns_tls::Trust::System, |f| ns_tls::Trust::Ca(f.into()));
+        let Ok(tls) = ns_tls::ClientTls::new(&trust, name.unwrap_or(h), None) else {
+            return NS_ERR_TLS;
+        };
+        // SAFETY: per the contract.
+        unsafe { connect(host, port, timeout_ms, Some(&tls), out) }
+    })
+}
+
+/// Both connects: TCP to the first address of `host` that answers, then TLS if asked.
+///
+/// # Safety
+/// As [`ns_connect`].
+unsafe fn connect(
+    host: *const c_char,
+    port: u16,
+    timeout_ms: u32,
+    tls: Option<&ns_tls::ClientTls>,
     out: *mut *mut ns_conn,
 ) -> i32 {
     guard(|| {
@@ -180,6 +244,13 @@ pub unsafe extern "C" fn ns_connect(
                     {
                         return NS_ERR_IO;
                     }
+                    let stream = match tls {
+                        None => ns_tls::Stream::Plain(stream),
+                        Some(tls) => match ns_tls::Stream::tls(stream, tls) {
+                            Ok(s) => s,
+                            Err(e) => return io_code(&e),
+                        },
+                    };
                     *out = Box::into_raw(Box::new(ns_conn {
                         stream,
                         decoder: FrameDecoder::new(proto::BODY_LEN_LIMIT),
@@ -217,7 +288,7 @@ pub unsafe extern "C" fn ns_conn_close(c: *mut ns_conn) {
 #[no_mangle]
 pub unsafe extern "C" fn ns_conn_fd(c: *const ns_conn) -> c_int {
     // SAFETY: per the contract.
-    unsafe { c.as_ref() }.map_or(-1, |c| c.stream.as_raw_fd())
+    unsafe { c.as_ref() }.map_or(-1, |c| c.stream.tcp().as_raw_fd())
 }
 
 /// Makes the next request use `req_id` and the ones after it count up from there (after a login,
@@ -295,6 +366,7 @@ impl ns_conn {
             let left = deadline.saturating_duration_since(now);
             let _ = self
                 .stream
+                .tcp()
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             match self.stream.read(&mut self.inbuf[self.inpos..]) {
                 Ok(0) => return Err(NS_ERR_CLOSED),

@@ -68,10 +68,16 @@ impl Drop for TempDir {
 }
 
 fn server() -> SpawnedServer {
+    server_with(&[])
+}
+
+fn server_with(extra: &[String]) -> SpawnedServer {
     let exe = bench_client::server::locate()
         .expect("uring-server is built beside the tests (cargo test --workspace builds it)");
     let name = format!("cc-{}-{}", std::process::id(), rand_tag());
-    SpawnedServer::start(&exe, &name, &["-w", "2", "--max-users", "1000"]).expect("start server")
+    let mut args: Vec<&str> = vec!["-w", "2", "--max-users", "1000"];
+    args.extend(extra.iter().map(String::as_str));
+    SpawnedServer::start(&exe, &name, &args).expect("start server")
 }
 
 fn rand_tag() -> u32 {
@@ -130,6 +136,39 @@ fn run_client_env(
     }
     assert!(!stderr.contains("Sanitizer"), "{stderr}");
     (stdout, stderr)
+}
+
+#[test]
+fn c_client_over_tls_verifies_the_certificate_and_runs_every_step() {
+    let dir = TempDir::new("client-tls");
+    let build = dir.0.clone();
+    make("all", &build);
+    let pki = bench_client::server::TestPki::new().expect("a test PKI");
+    let server = server_with(&pki.server_args());
+    let ca = pki.certs.ca.to_string_lossy().into_owned();
+    let (out, _) = run_client_env(
+        &build.join("ns_client_static"),
+        &server,
+        "c-tls",
+        &[("NS_TLS_CA", &ca)],
+    );
+    assert!(out.contains("tls verified against"), "{out}");
+    // A CA that did not sign the server's certificate: the handshake is refused.
+    let other = bench_client::server::TestPki::new().expect("another PKI");
+    let bad = Command::new(build.join("ns_client_static"))
+        .args(["127.0.0.1", &server.addr.port().to_string(), "c-tls2", "x"])
+        .env("NS_TLS_CA", &other.certs.ca)
+        .output()
+        .expect("run the C client");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("FAIL connect: NS_ERR_TLS"), "{stderr}");
+    // Plaintext against the TLS port: refused too, never answered in the clear.
+    let plain = Command::new(build.join("ns_client_static"))
+        .args(["127.0.0.1", &server.addr.port().to_string(), "c-tls3", "x"])
+        .output()
+        .expect("run the C client");
+    assert!(!plain.status.success());
 }
 
 #[test]
