@@ -42,6 +42,42 @@ pub enum Command {
     /// a checked-transfer and a deposit script (EVALSHA, loaded at start) and GET, chat-heavy
     /// = PUBLISH to channels every connection is SUBSCRIBEd to (RESP3), and GET.
     Peers(PeersArgs),
+    /// New connections per second against a running server: each one opened (with --tls, a
+    /// full TLS handshake, the certificate verified), answered one HELLO and closed, from
+    /// several threads; reports connections/s and the latency from connect to first answer.
+    Handshakes(HandshakesArgs),
+}
+
+/// `bench-client handshakes`.
+#[derive(Debug, clap::Args)]
+pub struct HandshakesArgs {
+    /// Where the server listens (and how to speak TLS to it).
+    #[command(flatten)]
+    pub target: Target,
+    /// Client threads, each opening one connection after another (default: one per
+    /// --client-cpus CPU when pinned, else 2).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// CPUs the client's threads run on (`taskset -c` syntax; default: any).
+    #[arg(long)]
+    pub client_cpus: Option<crate::cpus::CpuList>,
+    /// TLS: resume sessions from the tickets of earlier connections (default: every handshake
+    /// is a full one).
+    #[arg(long, requires = "tls")]
+    pub resume: bool,
+}
+
+impl HandshakesArgs {
+    /// The client's CPUs (empty: any).
+    pub fn client_cpus(&self) -> Vec<usize> {
+        self.client_cpus.clone().unwrap_or_default().0
+    }
 }
 
 /// `bench-client peers`.

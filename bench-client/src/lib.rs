@@ -12,6 +12,7 @@ pub mod client;
 pub mod commands;
 pub mod cpu_time;
 pub mod cpus;
+pub mod handshakes;
 pub mod hgrm;
 pub mod interactive;
 pub mod load;

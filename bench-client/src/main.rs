@@ -16,6 +16,7 @@ fn main() {
         Command::Chat(c) => commands::chat(c),
         Command::Chaos(c) => commands::chaos(c),
         Command::Peers(p) => bench_client::peers::peers(p),
+        Command::Handshakes(h) => bench_client::handshakes::handshakes(h),
     };
     if let Err(e) = result {
         eprintln!("bench-client: {e:#}");

@@ -72,6 +72,17 @@ impl ClientTls {
         })
     }
 
+    /// The same client with session resumption off: every handshake is a full one (rustls
+    /// resumes by default, from tickets the server sent on earlier connections).
+    pub fn without_resumption(&self) -> ClientTls {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        ClientTls {
+            config: Arc::new(config),
+            server_name: self.server_name.clone(),
+        }
+    }
+
     /// A new client connection (its handshake not yet begun).
     pub fn connection(&self) -> Result<rustls::ClientConnection, rustls::Error> {
         rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
