@@ -40,6 +40,8 @@ use crate::rng::Rng;
 pub struct ChaosConfig {
     /// Server address.
     pub addr: SocketAddr,
+    /// TLS on every connection, or plaintext.
+    pub tls: Option<crate::ClientTls>,
     /// The server's `--name`, when it runs on this machine: `uring-server stats` tells the
     /// worker pids to kill and `uring-server audit` checks the ledger. `None`: no kills, no
     /// audit (abandonment only).
@@ -195,7 +197,7 @@ pub fn run(cfg: &ChaosConfig, mut restart: Option<&mut Restarter>) -> anyhow::Re
         proto::scram::ClientSecret::derive(b"chaos", &salt, proto::scram::ITERATIONS_DEFAULT);
     let mut clients = Vec::new();
     for i in 0..cfg.connections {
-        let mut c = Client::connect(cfg.addr, cfg.timeout)?;
+        let mut c = Client::connect_with(cfg.addr, cfg.timeout, cfg.tls.as_ref())?;
         c.hello("bench-client chaos")?;
         let user = format!("k{}x{i}", cfg.seed % 1_000_000);
         match c.register_secret(&user, &salt, &secret) {

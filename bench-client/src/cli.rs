@@ -256,6 +256,10 @@ pub struct SweepArgs {
     /// The server's I/O backend.
     #[arg(long, value_enum, default_value_t = ServerIo::Uring)]
     pub io: ServerIo,
+    /// tcp, or tls: each server started with a fresh test PKI (--tls-cert) and every
+    /// connection over TLS, the certificate verified.
+    #[arg(long, value_enum, default_value_t = crate::server::Transport::Tcp)]
+    pub transport: crate::server::Transport,
     /// The server binary (default: uring-server beside this program).
     #[arg(long)]
     pub server: Option<PathBuf>,

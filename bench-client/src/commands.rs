@@ -38,6 +38,11 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         "pushes/s",
         "audit"
     );
+    let pki = match a.transport {
+        crate::server::Transport::Tcp => None,
+        crate::server::Transport::Tls => Some(crate::server::TestPki::new()?),
+    };
+    let tls_args = pki.as_ref().map(|p| p.server_args()).unwrap_or_default();
     // Interleaved: every cell once, then every cell again, so that a slow minute of the machine
     // lands on all cells alike rather than on the repeats of one.
     for repeat in 0..a.repeat {
@@ -63,7 +68,10 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                     "1000000",
                     "--flood-per-sec",
                     "1000000",
-                ],
+                ]
+                .into_iter()
+                .chain(tls_args.iter().map(String::as_str))
+                .collect::<Vec<_>>(),
                 &launch,
             )?;
             let addr = server.addr;
@@ -78,7 +86,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
                         cell += 1;
                         let cfg = load::Config {
                             addr,
-                            tls: None,
+                            tls: pki.as_ref().map(|p| p.client.clone()),
                             protocol: load::Protocol::Ns,
                             connections,
                             threads,
@@ -169,6 +177,10 @@ pub fn ledger_audit(
 pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     let mut restarter = None;
     let mut temp_dir = None;
+    anyhow::ensure!(
+        !(a.restart && a.target.tls.tls),
+        "chaos --restart starts its own plaintext server: --tls is for a server you run"
+    );
     let (addr, server_name) = if a.restart {
         let data_dir = match &a.data_dir {
             Some(d) => d.clone(),
@@ -192,6 +204,7 @@ pub fn chaos(a: ChaosArgs) -> anyhow::Result<()> {
     };
     let cfg = crate::chaos::ChaosConfig {
         addr,
+        tls: a.target.tls()?,
         server_name,
         connections: a.connections,
         threads: a.threads,
@@ -316,7 +329,13 @@ pub fn chat(a: ChatArgs) -> anyhow::Result<()> {
         None => std::env::var("NS_PASSWORD")
             .map_err(|_| anyhow::anyhow!("give --password or set NS_PASSWORD"))?,
     };
-    crate::interactive::run(addr, &a.user, &password, a.register)
+    crate::interactive::run(
+        addr,
+        a.target.tls()?.as_ref(),
+        &a.user,
+        &password,
+        a.register,
+    )
 }
 
 /// `bench-client run`: one configuration against a running server; console and CSV.

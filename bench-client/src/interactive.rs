@@ -1,10 +1,11 @@
 //! `bench-client chat`: a line-oriented client for people. Commands are read from standard
 //! input; responses and pushes (room messages, direct messages, notices) are printed as they
-//! arrive, from a reader thread.
+//! arrive, from a reader thread. The threads share the one stream (plaintext or TLS) behind a
+//! lock; the reader holds it for at most a short read timeout at a time.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +24,14 @@ const HELP: &str =
 type Rooms = Arc<Mutex<HashMap<u32, String>>>;
 
 /// Logs in (registering first if asked) and runs the prompt until /quit or end of input.
-pub fn run(addr: SocketAddr, user: &str, password: &str, register: bool) -> anyhow::Result<()> {
-    let mut c = Client::connect(addr, Duration::from_secs(10))?;
+pub fn run(
+    addr: SocketAddr,
+    tls: Option<&crate::ClientTls>,
+    user: &str,
+    password: &str,
+    register: bool,
+) -> anyhow::Result<()> {
+    let mut c = Client::connect_with(addr, Duration::from_secs(10), tls)?;
     let hello = c.hello("bench-client chat")?;
     if register {
         match c.register(user, password) {
@@ -41,20 +48,19 @@ pub fn run(addr: SocketAddr, user: &str, password: &str, register: bool) -> anyh
     // Go on counting above the user's high-water mark (PROTOCOL.md 8.4): a second session of
     // the same user must not reuse the first one's req_ids.
     let mut req_id = c.last_req_id();
-    // A reader thread and writer threads share the socket through clones of it: plaintext only
-    // (one rustls connection cannot be split across threads).
-    let crate::Stream::Plain(stream) = c.into_stream() else {
-        anyhow::bail!("chat by hand does not speak TLS");
-    };
-    stream.set_read_timeout(None)?;
-    let reader_stream = stream.try_clone()?;
+    // One stream (a TLS connection cannot be split into a read and a write half) shared by
+    // the reader, the heartbeat and the prompt; the reader takes it for at most READ_SLICE.
+    let stream = c.into_stream();
+    stream.tcp().set_read_timeout(Some(READ_SLICE))?;
+    let shared = Shared(Arc::new(Mutex::new(stream)));
     let rooms: Rooms = Arc::new(Mutex::new(HashMap::new()));
     let reader_rooms = Arc::clone(&rooms);
     let heartbeat_ms = u64::from(hello.heartbeat_interval_ms.max(1000));
-    std::thread::spawn(move || read_loop(reader_stream, reader_rooms));
-    let mut writer = stream;
+    let reader = shared.clone();
+    std::thread::spawn(move || read_loop(reader, reader_rooms));
+    let mut writer = shared.clone();
     // Keep the session alive while the person is quiet.
-    let mut hb = writer.try_clone()?;
+    let mut hb = shared;
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(heartbeat_ms));
         let mut out = Vec::new();
@@ -232,17 +238,59 @@ fn pending_join(rooms: &Rooms, name: &str) {
     }
 }
 
-fn read_loop(mut s: TcpStream, rooms: Rooms) {
+/// The longest the reader holds the stream while nothing arrives.
+const READ_SLICE: Duration = Duration::from_millis(50);
+
+/// The stream, shared by the threads.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<crate::Stream>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut s = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        s.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut s = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?;
+        s.flush()
+    }
+}
+
+fn read_loop(s: Shared, rooms: Rooms) {
     let mut dec = FrameDecoder::new(BODY_LEN_LIMIT);
     let mut buf = [0u8; 16384];
     let out = std::io::stdout();
     loop {
-        let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => {
+        let got = match s.0.lock() {
+            Ok(mut stream) => stream.read(&mut buf),
+            Err(_) => return,
+        };
+        let n = match got {
+            Ok(0) => {
                 println!("* connection closed");
                 std::process::exit(0);
             }
             Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Let a writer in between slices.
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => {
+                println!("* connection closed: {e}");
+                std::process::exit(0);
+            }
         };
         let mut input = &buf[..n];
         while !input.is_empty() {

@@ -277,6 +277,7 @@ fn chaos_in_brief_kills_workers_abandons_requests_and_the_wire_shows_each_ack_ex
     let server = Server::start(&["--txn-log", "1048576"]);
     let cfg = bench_client::chaos::ChaosConfig {
         addr: server.addr,
+        tls: None,
         server_name: Some(server.name.clone()),
         connections: 20,
         threads: 4,
@@ -320,9 +321,15 @@ fn chaos_in_brief_kills_workers_abandons_requests_and_the_wire_shows_each_ack_ex
 /// Runs `bench-client chat` as a person would: types `lines` one at a time, each after the
 /// previous one's answer (a line starting with `*` or `!`) arrived; returns what it printed.
 fn chat_session(server: &Server, user: &str, lines: &[&str]) -> String {
+    chat_session_with(server, &[], user, lines)
+}
+
+/// [`chat_session`] with more arguments for `bench-client chat` (`--tls ...`).
+fn chat_session_with(server: &Server, extra: &[&str], user: &str, lines: &[&str]) -> String {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
         .args(["chat", "--port", &server.addr.port().to_string()])
+        .args(extra)
         .args(["--user", user, "--password", "pw", "--register"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -373,6 +380,42 @@ fn a_person_who_logs_in_again_can_still_deposit() {
     assert!(second.contains("* balance 150"), "{second}");
 }
 
+#[test]
+fn a_person_chats_and_trades_over_tls_and_a_wrong_ca_is_refused() {
+    let pki = bench_client::server::TestPki::new().expect("a test PKI");
+    let args = pki.server_args();
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ca = pki.certs.ca.to_string_lossy().into_owned();
+    let tls = ["--tls", "--tls-ca", ca.as_str()];
+    let out = chat_session_with(
+        &server,
+        &tls,
+        "dora",
+        &["/deposit 100", "/join lobby", "/balance"],
+    );
+    assert!(out.contains("* done (txn"), "{out}");
+    assert!(out.contains("* joined lobby"), "{out}");
+    assert!(out.contains("* balance 100"), "{out}");
+    // A client that trusts another CA does not get in.
+    let other = bench_client::server::TestPki::new().expect("another PKI");
+    let refused = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+        .args([
+            "chat",
+            "--port",
+            &server.addr.port().to_string(),
+            "--tls",
+            "--tls-ca",
+        ])
+        .arg(&other.certs.ca)
+        .args(["--user", "eve", "--password", "pw", "--register"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bench-client chat");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("certificate"), "{err}");
+}
+
 /// The bounded CI form of `bench-client chaos --restart`: trade traffic with abandoned
 /// requests while the whole server (master, workers, journal writer) is killed with SIGKILL at
 /// random instants, its shared memory removed and the server restarted from its data directory;
@@ -397,6 +440,7 @@ fn chaos_with_full_crashes_recovers_from_the_journal_and_the_wire_shows_each_ack
         .expect("start the server");
         let cfg = bench_client::chaos::ChaosConfig {
             addr: r.server.addr,
+            tls: None,
             server_name: Some(r.server.name.clone()),
             connections: 16,
             threads: 4,
