@@ -13,6 +13,8 @@ pub struct SpawnedServer {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it serves Prometheus metrics (`--metrics-addr`), if it does.
+    pub metrics: Option<SocketAddr>,
     /// The backend it reported (`io_uring` or `epoll`).
     pub backend: String,
     /// Its `--name`.
@@ -130,8 +132,14 @@ impl SpawnedServer {
                  {line:?} {log}"
             );
         }
+        // `... metrics ADDR` when it serves --metrics-addr.
+        let metrics = match words.get(7..9) {
+            Some(["metrics", a]) => Some(a.parse()?),
+            _ => None,
+        };
         Ok(SpawnedServer {
             addr: words[2].parse()?,
+            metrics,
             backend: words[4].to_string(),
             child,
             name: name.to_string(),

@@ -103,6 +103,11 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub tls_handshake_timeout_ms: u64,
 
+    /// Serve Prometheus metrics (`GET /metrics`, the text of `stats --format prometheus`) on
+    /// this address, from the master (off by default; port 0 picks one, printed at start).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,

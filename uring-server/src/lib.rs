@@ -16,6 +16,7 @@ pub mod durable;
 pub mod epoll;
 pub mod event_loop;
 pub mod master;
+pub mod metrics_http;
 pub mod net;
 pub mod sockets;
 pub mod status;

@@ -143,6 +143,12 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
             }
         );
     }
+    // Bound before any fork: a port taken or refused stops the start. (The workers inherit the
+    // descriptor and never use it.)
+    let metrics = args
+        .metrics_addr
+        .map(crate::metrics_http::MetricsServer::bind)
+        .transpose()?;
     install_signal_handlers()?;
     let master = std::process::id();
     tracing::info!(
@@ -174,6 +180,7 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
         allowed_cpus,
         steer_by_cpu,
         tls,
+        metrics,
         announced: false,
         kill_logged: false,
     };
@@ -222,6 +229,8 @@ struct Shell<'a> {
     steer_by_cpu: bool,
     /// Every worker's TLS configuration (the master's copy, inherited through fork).
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// `--metrics-addr`: scrapes served from this loop.
+    metrics: Option<crate::metrics_http::MetricsServer>,
     announced: bool,
     kill_logged: bool,
 }
@@ -245,7 +254,14 @@ impl Shell<'_> {
                     return Ok(code);
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            match &mut self.metrics {
+                // Waits on the scrape sockets instead of sleeping: a scrape is answered at once.
+                Some(m) => {
+                    let seg = self.seg;
+                    m.serve(Duration::from_millis(20), || crate::tools::prometheus(seg));
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     }
 
@@ -255,8 +271,13 @@ impl Shell<'_> {
             return;
         }
         self.announced = true;
+        let metrics = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.local_addr().ok())
+            .map_or(String::new(), |a| format!(" metrics {a}"));
         println!(
-            "listening on {} backend {} workers {}",
+            "listening on {} backend {} workers {}{metrics}",
             self.addr,
             self.backend.name(),
             self.worker_pids.len()

@@ -399,7 +399,9 @@ fn text(seg: &Segment, now: &Snapshot, rates: Rates) -> String {
 /// Prometheus text exposition: each family's HELP and TYPE lines followed by all its samples
 /// (one per worker, and per opcode or status where labelled), families contiguous as the format
 /// requires.
-fn prometheus(seg: &Segment) -> String {
+/// The Prometheus exposition text of `seg`'s metrics (`stats --format prometheus`, and what
+/// `--metrics-addr` serves).
+pub fn prometheus(seg: &Segment) -> String {
     type Sample = fn(&WorkerMetrics) -> Vec<(String, u64)>;
     fn one(v: u64) -> Vec<(String, u64)> {
         vec![(String::new(), v)]
