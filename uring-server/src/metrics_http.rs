@@ -42,10 +42,6 @@ struct Conn {
 pub struct MetricsServer {
     listener: TcpListener,
     conns: Vec<Conn>,
-    /// Answers sent whole.
-    pub answered: u64,
-    /// Connections closed without a whole answer (slow, gone, or dropped for a newer one).
-    pub refused: u64,
 }
 
 /// What a request head asks for.
@@ -105,8 +101,6 @@ impl MetricsServer {
         Ok(MetricsServer {
             listener,
             conns: Vec::new(),
-            answered: 0,
-            refused: 0,
         })
     }
 
@@ -124,18 +118,7 @@ impl MetricsServer {
         for c in &mut self.conns {
             Self::progress(c, &render);
         }
-        let (mut answered, mut refused) = (0, 0);
-        self.conns.retain(|c| {
-            let end = c.gone || now >= c.deadline;
-            if end && c.draining {
-                answered += 1;
-            } else if end {
-                refused += 1;
-            }
-            !end
-        });
-        self.answered += answered;
-        self.refused += refused;
+        self.conns.retain(|c| !c.gone && now < c.deadline);
     }
 
     fn wait(&self, timeout: Duration) {
@@ -164,7 +147,6 @@ impl MetricsServer {
                     if self.conns.len() >= CONNS_MAX {
                         // The oldest goes: a flood of idle connections cannot lock scrapes out.
                         self.conns.remove(0);
-                        self.refused += 1;
                     }
                     self.conns.push(Conn {
                         sock,

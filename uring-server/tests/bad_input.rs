@@ -35,9 +35,14 @@ fn closed(c: &mut Client) -> bool {
         .tcp()
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut buf = [0u8; 256];
+    reads_to_close(c.stream())
+}
+
+/// Reads `r` until EOF or reset (true) or any other error, a timeout included (false).
+fn reads_to_close(r: &mut impl Read) -> bool {
+    let mut buf = [0u8; 512];
     loop {
-        match c.stream().read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
@@ -325,15 +330,7 @@ fn a_slowloris_sender_is_closed_when_its_frame_takes_too_long() {
 /// Reads a raw socket until EOF or reset; true if the server closed it within `limit`.
 fn raw_closed(s: &mut std::net::TcpStream, limit: Duration) -> bool {
     s.set_read_timeout(Some(limit)).expect("timeout");
-    let mut buf = [0u8; 512];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
+    reads_to_close(s)
 }
 
 #[test]
