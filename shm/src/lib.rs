@@ -30,6 +30,7 @@ macro_rules! layout {
 }
 pub(crate) use layout;
 
+pub mod cluster;
 pub mod journal;
 pub mod ledger;
 pub mod limits;

@@ -99,6 +99,9 @@ pub struct WorkerMetrics {
     pub tls_errors: Counter,
     /// Connections closed because their TLS handshake did not finish in time.
     pub tls_handshake_timeouts: Counter,
+    /// Cluster node: CHAT_SENDs answered ERR_TIMEOUT because the stream did not order them in
+    /// time.
+    pub cluster_send_timeouts: Counter,
 }
 crate::layout!(WorkerMetrics, 768, 128);
 

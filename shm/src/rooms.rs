@@ -51,6 +51,11 @@ pub(crate) struct RoomEvent {
     text_len: AtomicU32,
     target: AtomicU32,
     time_ms: AtomicU64,
+    /// Who sent it in a cluster (node, worker, token: [`Origin`]), 0 on a single node.
+    origin: AtomicU64,
+    /// The cluster stream's sequence number of the message, 0 on a single node: a bridge that
+    /// applies a message twice (killed between applying it and saying so) sees it here.
+    stream_seq: AtomicU64,
     sender_name: [AtomicU64; NAME_LEN_MAX / 8],
     text: [AtomicU64; TEXT_WORDS],
 }
@@ -108,6 +113,72 @@ pub struct Event {
     pub sender_name: String,
     /// The text.
     pub text: String,
+    /// Who sent it in a cluster ([`Origin::pack`]), 0 on a single node. In the outbox, where
+    /// a worker hands a message to the bridge, `target` is the room's id on this node.
+    pub origin: u64,
+    /// Its sequence number in the cluster's stream, 0 on a single node.
+    pub stream_seq: u64,
+}
+
+/// Where a cluster message came from: which node, which worker there, and the worker's token
+/// for the sender's held answer. Packed into one word: node 16 bits, worker 16, token 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The node's id (`--node-id`).
+    pub node: u16,
+    /// The worker's slot on that node.
+    pub worker: u16,
+    /// The worker's token for the held answer.
+    pub token: u32,
+}
+
+impl Origin {
+    /// One word.
+    pub fn pack(self) -> u64 {
+        (u64::from(self.node) << 48) | (u64::from(self.worker) << 32) | u64::from(self.token)
+    }
+
+    /// The parts of [`Origin::pack`]'s word.
+    pub fn unpack(w: u64) -> Origin {
+        Origin {
+            node: (w >> 48) as u16,
+            worker: (w >> 32) as u16,
+            token: w as u32,
+        }
+    }
+}
+
+/// A message of a cluster room, as the bridge applies it from the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote<'a> {
+    /// The room's name (rooms are one by name across the cluster).
+    pub room: &'a str,
+    /// The sender's user id on its node.
+    pub sender: u32,
+    /// The sender's name.
+    pub sender_name: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// When its node accepted it.
+    pub time_ms: u64,
+    /// [`Origin::pack`].
+    pub origin: u64,
+    /// Its sequence number in the stream (above 0).
+    pub stream_seq: u64,
+}
+
+/// What applying a stream message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteApplied {
+    /// Appended to the room (id) with this sequence number.
+    New {
+        /// The room's id here.
+        room_id: u32,
+        /// The message's sequence number in the room.
+        seq: u64,
+    },
+    /// The room already holds it (a bridge applying it again after a restart).
+    Already,
 }
 
 /// What reading sequence number `seq` found.
@@ -170,6 +241,9 @@ pub struct Rooms<'s> {
     events: &'s [RoomEvent],
     inboxes: &'s [Room],
     inbox_events: &'s [RoomEvent],
+    outbox: &'s Room,
+    outbox_events: &'s [RoomEvent],
+    outbox_acked: &'s AtomicU64,
     members_per_room: usize,
     ring: usize,
 }
@@ -213,6 +287,9 @@ impl<'s> Rooms<'s> {
             events: seg.room_events(),
             inboxes: seg.inboxes(),
             inbox_events: seg.inbox_events(),
+            outbox: seg.outbox(),
+            outbox_events: seg.outbox_events(),
+            outbox_acked: &seg.cluster_ctl().outbox_acked,
             members_per_room: caps.members_per_room as usize,
             ring: caps.room_ring as usize,
         }
@@ -447,7 +524,7 @@ impl<'s> Rooms<'s> {
     ) -> Result<u64, RoomError> {
         let ring = self.room_ring(id)?;
         let _g = self.lock(id)?;
-        ring.append(sender, 0, sender_name, text, time_ms)
+        ring.append(NewEvent::local(sender, 0, sender_name, text, time_ms))
     }
 
     /// Room `id`'s latest sequence number.
@@ -474,7 +551,7 @@ impl<'s> Rooms<'s> {
         let ring = self.inbox_ring(worker)?;
         // An inbox has no members to recount; an append cut short is overwritten.
         let _g = lock_head(ring.head, || {})?;
-        ring.append(sender, target, sender_name, text, time_ms)
+        ring.append(NewEvent::local(sender, target, sender_name, text, time_ms))
     }
 
     /// Worker `worker`'s inbox's latest sequence number.
@@ -489,6 +566,84 @@ impl<'s> Rooms<'s> {
     /// Copies event `seq` of worker `worker`'s inbox out of its ring, without locking.
     pub fn inbox_read(&self, worker: u32, seq: u64) -> Result<Read, RoomError> {
         Ok(self.inbox_ring(worker)?.read(seq))
+    }
+
+    /// Hands a message for room `id` (by this node's id; the bridge publishes it by name) from
+    /// `sender` to the bridge; returns its sequence number in the outbox. Refused with
+    /// [`RoomError::Full`] when the bridge is a whole ring behind: nothing it has not yet had
+    /// acknowledged by the stream is ever overwritten. The caller wakes the bridge.
+    pub fn outbox_publish(
+        &self,
+        id: u32,
+        sender: u32,
+        sender_name: &str,
+        text: &str,
+        time_ms: u64,
+        origin: u64,
+    ) -> Result<u64, RoomError> {
+        self.room(id)?;
+        let ring = self.outbox_ring();
+        let _g = lock_head(ring.head, || {})?;
+        let next = ring.head.last_seq.load(Ordering::Relaxed) + 1;
+        if next - self.outbox_acked.load(Ordering::Acquire) > ring.events.len() as u64 {
+            return Err(RoomError::Full);
+        }
+        ring.append(NewEvent {
+            origin,
+            ..NewEvent::local(sender, id, sender_name, text, time_ms)
+        })
+    }
+
+    /// The outbox's latest sequence number.
+    pub fn outbox_last_seq(&self) -> u64 {
+        self.outbox.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Copies outbox entry `seq` out (its `target` is the room's id here), without locking.
+    pub fn outbox_read(&self, seq: u64) -> Read {
+        self.outbox_ring().read(seq)
+    }
+
+    fn outbox_ring(&self) -> Ring<'s> {
+        Ring {
+            head: self.outbox,
+            events: self.outbox_events,
+        }
+    }
+
+    /// The name of room `id`.
+    pub fn name(&self, id: u32) -> Result<String, RoomError> {
+        let r = self.room(id)?;
+        let mut name = [0u8; NAME_LEN_MAX];
+        let len = load_bytes(
+            &r.name,
+            r.name_len.load(Ordering::Relaxed) as usize,
+            &mut name,
+        );
+        Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+    }
+
+    /// Appends a message the cluster's stream delivered to its room (created if new here),
+    /// unless the room already holds it: a message is applied once however often the bridge
+    /// is handed it, since every node applies the stream in its one order and the room's last
+    /// event says how far it got. The caller wakes the workers.
+    pub fn apply_remote(&self, m: &Remote<'_>) -> Result<RemoteApplied, RoomError> {
+        if m.stream_seq == 0 {
+            return Err(RoomError::Invalid("stream sequence"));
+        }
+        let id = self.lookup_or_create(m.room)?;
+        let ring = self.room_ring(id)?;
+        let _g = self.lock(id)?;
+        let last = ring.head.last_seq.load(Ordering::Relaxed);
+        if last > 0 && ring.event(last).stream_seq.load(Ordering::Relaxed) >= m.stream_seq {
+            return Ok(RemoteApplied::Already);
+        }
+        let seq = ring.append(NewEvent {
+            origin: m.origin,
+            stream_seq: m.stream_seq,
+            ..NewEvent::local(m.sender, 0, m.sender_name, m.text, m.time_ms)
+        })?;
+        Ok(RemoteApplied::New { room_id: id, seq })
     }
 
     /// Rooms with ids above `after_id`, ascending, at most `limit`.
@@ -526,20 +681,48 @@ fn lock_head<'s>(head: &'s Room, repair: impl FnOnce()) -> Result<RoomGuard<'s>,
     Ok(RoomGuard(&head.lock))
 }
 
+/// What an append writes into a ring slot.
+#[derive(Clone, Copy)]
+struct NewEvent<'a> {
+    sender: u32,
+    target: u32,
+    sender_name: &'a str,
+    text: &'a str,
+    time_ms: u64,
+    origin: u64,
+    stream_seq: u64,
+}
+
+impl<'a> NewEvent<'a> {
+    fn local(sender: u32, target: u32, sender_name: &'a str, text: &'a str, time_ms: u64) -> Self {
+        NewEvent {
+            sender,
+            target,
+            sender_name,
+            text,
+            time_ms,
+            origin: 0,
+            stream_seq: 0,
+        }
+    }
+}
+
 impl Ring<'_> {
     fn event(&self, seq: u64) -> &RoomEvent {
         &self.events[seq as usize & (self.events.len() - 1)]
     }
 
     /// Appends an event; the caller holds the ring's lock.
-    fn append(
-        &self,
-        sender: u32,
-        target: u32,
-        sender_name: &str,
-        text: &str,
-        time_ms: u64,
-    ) -> Result<u64, RoomError> {
+    fn append(&self, n: NewEvent<'_>) -> Result<u64, RoomError> {
+        let NewEvent {
+            sender,
+            target,
+            sender_name,
+            text,
+            time_ms,
+            origin,
+            stream_seq,
+        } = n;
         if text.is_empty() || text.len() > TEXT_LEN_MAX {
             return Err(RoomError::Invalid("text"));
         }
@@ -553,6 +736,8 @@ impl Ring<'_> {
         e.sender.store(sender, Ordering::Relaxed);
         e.target.store(target, Ordering::Relaxed);
         e.time_ms.store(time_ms, Ordering::Relaxed);
+        e.origin.store(origin, Ordering::Relaxed);
+        e.stream_seq.store(stream_seq, Ordering::Relaxed);
         store_bytes(&e.sender_name, sender_name.as_bytes());
         e.sender_len
             .store(sender_name.len() as u32, Ordering::Relaxed);
@@ -599,6 +784,8 @@ impl Ring<'_> {
         let sender = e.sender.load(Ordering::Relaxed);
         let target = e.target.load(Ordering::Relaxed);
         let time_ms = e.time_ms.load(Ordering::Relaxed);
+        let origin = e.origin.load(Ordering::Relaxed);
+        let stream_seq = e.stream_seq.load(Ordering::Relaxed);
         core::sync::atomic::fence(Ordering::Acquire);
         if e.seq.load(Ordering::Relaxed) != seq {
             // Overwritten while we copied: the ring lapped this reader.
@@ -615,6 +802,8 @@ impl Ring<'_> {
             time_ms,
             sender_name,
             text,
+            origin,
+            stream_seq,
         })
     }
 }

@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use crate::cluster::ClusterCtl;
 use crate::journal::{JournalCtl, RingEntry};
 use crate::ledger::{Account, LogEntry, ResultEntry, Slot};
 use crate::lock::RobustMutex;
@@ -24,7 +25,10 @@ use crate::users::UserRecord;
 /// `"NSSHM\0"` and the layout version in the low bytes.
 pub const MAGIC: u64 = 0x4E53_5348_4D00_0000;
 /// Bumped whenever any shared struct changes; a tool built for another layout refuses to attach.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
+
+/// Entries of a cluster node's outbox (workers to the bridge); a power of two.
+pub const OUTBOX_RING: usize = 1024;
 
 /// How the ledger serialises operations. Fixed when the segment is created: every process must
 /// use the same one, or they would not exclude each other.
@@ -209,6 +213,9 @@ pub struct Layout {
     pub(crate) inbox_events: usize,
     pub(crate) journal: usize,
     pub(crate) journal_ring: usize,
+    pub(crate) cluster: usize,
+    pub(crate) outbox: usize,
+    pub(crate) outbox_events: usize,
     /// Total bytes.
     pub size: usize,
 }
@@ -250,6 +257,10 @@ impl Layout {
         let inbox_events = c.take::<RoomEvent>(caps.workers as usize * caps.room_ring as usize);
         let journal = c.take::<JournalCtl>(1);
         let journal_ring = c.take::<RingEntry>(crate::journal::RING);
+        // A cluster node's bridge block and outbox (unused, and never touched, on one node).
+        let cluster = c.take::<ClusterCtl>(1);
+        let outbox = c.take::<Room>(1);
+        let outbox_events = c.take::<RoomEvent>(OUTBOX_RING);
         let size = c.0.next_multiple_of(4096);
         Layout {
             caps,
@@ -271,6 +282,9 @@ impl Layout {
             inbox_events,
             journal,
             journal_ring,
+            cluster,
+            outbox,
+            outbox_events,
             size,
         }
     }
@@ -630,6 +644,13 @@ impl Segment {
         self.creator_pid
     }
 
+    /// When the creator made it (ms since the epoch): tells one life of a name from the next.
+    pub fn created_ms(&self) -> u64 {
+        // SAFETY: the header sits at offset 0 of every mapping (checked at attach).
+        let h = unsafe { &*(self.base() as *const Header) };
+        h.created_ms.load(Ordering::Relaxed)
+    }
+
     /// True when attached read-write.
     pub fn is_writable(&self) -> bool {
         matches!(self.map, Map::ReadWrite(_))
@@ -761,6 +782,21 @@ impl Segment {
         unsafe { self.table(self.layout.journal_ring, crate::journal::RING) }
     }
 
+    pub(crate) fn cluster_ctl(&self) -> &ClusterCtl {
+        // SAFETY: the layout places one ClusterCtl at `cluster`; all atomics, valid zeroed.
+        unsafe { &self.table::<ClusterCtl>(self.layout.cluster, 1)[0] }
+    }
+
+    pub(crate) fn outbox(&self) -> &Room {
+        // SAFETY: the layout places one Room at `outbox`, its lock initialised by `init`.
+        unsafe { &self.table::<Room>(self.layout.outbox, 1)[0] }
+    }
+
+    pub(crate) fn outbox_events(&self) -> &[RoomEvent] {
+        // SAFETY: the layout's outbox ring: OUTBOX_RING `RoomEvent`s.
+        unsafe { self.table(self.layout.outbox_events, OUTBOX_RING) }
+    }
+
     /// The global words.
     pub fn globals(&self) -> &Globals {
         // SAFETY: the layout places one Globals at `globals`, initialised by `init`.
@@ -887,6 +923,8 @@ unsafe fn init(
             RobustMutex::init(core::ptr::addr_of_mut!((*inboxes.add(i)).lock))
                 .map_err(ShmError::Lock)?;
         }
+        let outbox = base.add(layout.outbox) as *mut Room;
+        RobustMutex::init(core::ptr::addr_of_mut!((*outbox).lock)).map_err(ShmError::Lock)?;
         let j = base.add(layout.journal) as *mut JournalCtl;
         RobustMutex::init(core::ptr::addr_of_mut!((*j).lock)).map_err(ShmError::Lock)?;
         let h = &*(base as *const Header);

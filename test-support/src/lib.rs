@@ -13,9 +13,11 @@
 // The server and client wrappers hold launcher and socket state that has no useful Debug.
 #![allow(missing_debug_implementations)]
 
+pub mod nats;
 pub mod server;
 
 pub use bench_client::scratch::ScratchDir;
+pub use nats::*;
 pub use server::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -33,6 +33,10 @@ pub struct ChatLocal {
     pub inbox_seq: u64,
     /// Logged-in users on this worker: user id → (connection key, connection id).
     pub users: HashMap<u32, (usize, u64)>,
+    /// On a cluster node: rooms with messages handed to the bridge whose answers are still
+    /// held, and how many. Their rings are read even with no local member left, so that a
+    /// sender who left the room still gets its answer.
+    pub sending: HashMap<u32, u32>,
 }
 
 impl ChatLocal {
@@ -51,9 +55,41 @@ impl ChatLocal {
             list.retain(|m| m.conn_id != conn_id);
             if list.is_empty() {
                 self.members.remove(&room);
-                self.cursors.remove(&room);
+                if !self.sending.contains_key(&room) {
+                    self.cursors.remove(&room);
+                }
             }
         }
+    }
+
+    /// A message for `room` went to the bridge; its answer is held.
+    pub fn send_started(&mut self, room: u32) {
+        *self.sending.entry(room).or_default() += 1;
+    }
+
+    /// A held answer for `room` went out (or timed out).
+    pub fn send_done(&mut self, room: u32) {
+        if let Some(n) = self.sending.get_mut(&room) {
+            *n -= 1;
+            if *n == 0 {
+                self.sending.remove(&room);
+                if !self.members.contains_key(&room) {
+                    self.cursors.remove(&room);
+                }
+            }
+        }
+    }
+
+    /// Every room this worker reads: those with local members and those with held answers.
+    pub fn rooms_to_read(&self) -> Vec<u32> {
+        let mut rooms: Vec<u32> = self.members.keys().copied().collect();
+        rooms.extend(
+            self.sending
+                .keys()
+                .filter(|r| !self.members.contains_key(r))
+                .copied(),
+        );
+        rooms
     }
 }
 

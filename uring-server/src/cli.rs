@@ -108,6 +108,33 @@ pub struct Args {
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Join a cluster through these NATS servers (`nats://127.0.0.1:4222,nats://...`; JetStream
+    /// on). Rooms are then one by name across every node joined to the same NATS: a bridge
+    /// process (forked and restarted like a worker) publishes this node's messages to the
+    /// stream and applies the stream, in its one order, to the rooms here. Without it the server
+    /// is a single node. docs/DESIGN.md §9.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster: Vec<String>,
+
+    /// This node's id in the cluster (1..=65535), unique among its nodes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub node_id: u16,
+
+    /// Replicas of the cluster's stream when this node creates it (3 for a 3-server NATS
+    /// cluster: every message acknowledged by a majority, on disk).
+    #[arg(long, default_value_t = 1)]
+    pub cluster_replicas: usize,
+
+    /// How long a CHAT_SEND waits for the stream to order its message before it is answered
+    /// ERR_TIMEOUT (outcome unknown: it may still be delivered).
+    #[arg(long, default_value_t = 5_000)]
+    pub cluster_timeout_ms: u64,
+
+    /// How long the start waits for the bridge to reach NATS and catch up with the stream
+    /// before it gives up with an error (workers are forked only once it has).
+    #[arg(long, default_value_t = 30)]
+    pub cluster_wait_secs: u64,
+
     /// Users (and accounts) the shared memory holds.
     #[arg(long, default_value_t = 100_000)]
     pub max_users: u32,

@@ -116,6 +116,21 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
              server stops (the behaviour before the journal, for comparison)"
         );
     }
+    let bridge_cfg = (!args.cluster.is_empty()).then(|| {
+        shm::cluster::Cluster::of(&seg).enable(args.node_id);
+        tracing::info!(
+            node_id = args.node_id,
+            nats = ?args.cluster,
+            replicas = args.cluster_replicas,
+            "cluster node: rooms ride on the NATS JetStream stream {}; workers start once the \
+             bridge has reached NATS and caught up",
+            ns_cluster::STREAM
+        );
+        ns_cluster::BridgeConfig {
+            servers: args.cluster.clone(),
+            replicas: args.cluster_replicas,
+        }
+    });
     // Reserve the port: a bound, non-listening SO_REUSEPORT socket kept by the master, so that
     // port 0 resolves once and restarted workers can always bind it again.
     let reserve = crate::net::reuseport_socket(SocketAddr::new(host, args.port), false)?;
@@ -169,9 +184,17 @@ pub fn run(args: &Args) -> anyhow::Result<i32> {
     let mut shell = Shell {
         seg: &seg,
         args,
-        sup: Supervisor::new(workers as usize, durable, Instant::now()),
+        sup: Supervisor::with_bridge(
+            workers as usize,
+            durable,
+            bridge_cfg.is_some(),
+            Instant::now(),
+        ),
         worker_pids: vec![None; workers as usize],
         writer_pid: None,
+        bridge_pid: None,
+        bridge_cfg,
+        started: Instant::now(),
         addr,
         backend,
         master,
@@ -220,6 +243,9 @@ struct Shell<'a> {
     sup: Supervisor,
     worker_pids: Vec<Option<Pid>>,
     writer_pid: Option<Pid>,
+    bridge_pid: Option<Pid>,
+    bridge_cfg: Option<ns_cluster::BridgeConfig>,
+    started: Instant,
     addr: SocketAddr,
     backend: IoBackend,
     master: u32,
@@ -248,6 +274,7 @@ impl Shell<'_> {
                 tracing::info!("signal received: stopping workers (a second signal stops at once)");
             }
             self.reap();
+            self.check_bridge()?;
             actions.extend(self.sup.due(Instant::now()));
             for action in actions {
                 if let Some(code) = self.act(action)? {
@@ -263,6 +290,35 @@ impl Shell<'_> {
                 None => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+    }
+
+    /// On a cluster node, lets the workers start once the bridge is first ready; gives up
+    /// after `--cluster-wait-secs`.
+    fn check_bridge(&mut self) -> anyhow::Result<()> {
+        if self.sup.is_ready() {
+            return Ok(());
+        }
+        if shm::cluster::Cluster::of(self.seg).state() == shm::cluster::State::Ready {
+            tracing::info!(
+                waited_ms = self.started.elapsed().as_millis() as u64,
+                "bridge ready: starting workers"
+            );
+            self.sup.ready();
+            return Ok(());
+        }
+        if self.started.elapsed() > Duration::from_secs(self.args.cluster_wait_secs) {
+            if let Some(pid) = self.bridge_pid {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+            anyhow::bail!(
+                "could not join the cluster: no NATS JetStream reachable at {} within {} s \
+                 (is nats-server running with -js?)",
+                self.args.cluster.join(","),
+                self.args.cluster_wait_secs
+            );
+        }
+        Ok(())
     }
 
     /// Prints the address once every worker listens: tests and scripts read it from there.
@@ -309,6 +365,20 @@ impl Shell<'_> {
                 self.sup.on_exit(Child::Writer, Instant::now());
                 continue;
             }
+            if self.bridge_pid == Some(pid) {
+                self.bridge_pid = None;
+                shm::cluster::Cluster::of(self.seg).set_bridge_pid(0);
+                if self.sup.stopping() && matches!(status, WaitStatus::Exited(_, 0)) {
+                    tracing::info!(pid = pid.as_raw(), "bridge exited");
+                } else {
+                    tracing::warn!(
+                        pid = pid.as_raw(), status = ?status,
+                        "bridge died: chat answers wait until its successor has caught up"
+                    );
+                }
+                self.sup.on_exit(Child::Bridge, Instant::now());
+                continue;
+            }
             let Some(i) = self.worker_pids.iter().position(|p| *p == Some(pid)) else {
                 continue;
             };
@@ -331,6 +401,7 @@ impl Shell<'_> {
         match c {
             Child::Worker(i) => self.worker_pids[i],
             Child::Writer => self.writer_pid,
+            Child::Bridge => self.bridge_pid,
         }
     }
 
@@ -365,13 +436,13 @@ impl Shell<'_> {
     fn start(&mut self, c: Child) -> anyhow::Result<()> {
         let cfg = match c {
             Child::Worker(i) => Some(self.worker_config(i as u16)),
-            Child::Writer => None,
+            Child::Writer | Child::Bridge => None,
         };
         // SAFETY: the master is single-threaded (no thread was ever spawned), so the child may
         // run arbitrary code after the fork; neither child returns into this code.
         match unsafe { fork() }? {
-            ForkResult::Child => match cfg {
-                Some(cfg) => crate::worker::run(
+            ForkResult::Child => match (cfg, c) {
+                (Some(cfg), _) => crate::worker::run(
                     cfg,
                     self.seg,
                     self.addr,
@@ -379,7 +450,18 @@ impl Shell<'_> {
                     self.master,
                     self.wake_fds,
                 ),
-                None => crate::durable::writer::run(
+                (None, Child::Bridge) => ns_cluster::run(
+                    self.seg,
+                    self.bridge_cfg
+                        .clone()
+                        .unwrap_or_else(|| ns_cluster::BridgeConfig {
+                            servers: Vec::new(),
+                            replicas: 1,
+                        }),
+                    self.wake_fds,
+                    self.master,
+                ),
+                (None, _) => crate::durable::writer::run(
                     self.seg,
                     self.writer_cfg.clone(),
                     self.wake_fds,
@@ -395,6 +477,10 @@ impl Shell<'_> {
                     Child::Writer => {
                         tracing::info!(pid = child.as_raw(), "journal writer started");
                         self.writer_pid = Some(child);
+                    }
+                    Child::Bridge => {
+                        tracing::info!(pid = child.as_raw(), "bridge started");
+                        self.bridge_pid = Some(child);
                     }
                 }
                 self.sup.started(c, Instant::now());
@@ -424,6 +510,7 @@ impl Shell<'_> {
                 .cpu_of(usize::from(worker), &self.allowed_cpus),
             tls: self.tls.clone(),
             tls_handshake_timeout_ms: args.tls_handshake_timeout_ms,
+            cluster_timeout_ms: args.cluster_timeout_ms,
         }
     }
 }

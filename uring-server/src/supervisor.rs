@@ -5,7 +5,9 @@
 //! returns. Time is passed in, so every decision is a unit test (below, `supervisor_*`).
 //!
 //! The rules:
-//! - every worker and, with a journal, the journal writer start at once;
+//! - every worker and, with a journal, the journal writer start at once; on a cluster node the
+//!   bridge starts first and the workers only once it said it is ready (connected and caught
+//!   up), the first time (a restarted bridge does not stop the workers);
 //! - a child that dies is restarted at once if it lived at least [`YOUNG`]; one that dies younger
 //!   waits a backoff that doubles on each such death, from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]
 //!   (a crash loop costs a restart every 5 s, not a busy fork loop);
@@ -13,7 +15,7 @@
 //!   is left the writer is told to stop (it writes what is left and a final checkpoint); once it
 //!   has exited too, the master exits 0. Nothing is restarted while stopping;
 //! - a second signal, or workers still running [`STOP_GRACE`] after the first, gets SIGKILL to
-//!   every child; a second signal makes the exit code 1.
+//!   every child; a second signal makes the exit code 1. The bridge stops with the writer.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,8 @@ pub enum Child {
     Worker(usize),
     /// The journal writer.
     Writer,
+    /// The cluster bridge.
+    Bridge,
 }
 
 /// What the master must do now.
@@ -84,6 +88,9 @@ impl Slot {
 pub struct Supervisor {
     workers: Vec<Slot>,
     writer: Option<Slot>,
+    bridge: Option<Slot>,
+    /// The bridge said once that it is ready: workers may start.
+    bridge_ready: bool,
     /// The first signal came: the deadline for the workers to be gone.
     stopping: Option<Instant>,
     signals: u32,
@@ -94,9 +101,16 @@ pub struct Supervisor {
 impl Supervisor {
     /// `workers` workers and, if `journal`, a journal writer, all due to start at `now`.
     pub fn new(workers: usize, journal: bool, now: Instant) -> Supervisor {
+        Supervisor::with_bridge(workers, journal, false, now)
+    }
+
+    /// The same, and a cluster bridge if `bridge`: the workers then wait for [`Supervisor::ready`].
+    pub fn with_bridge(workers: usize, journal: bool, bridge: bool, now: Instant) -> Supervisor {
         Supervisor {
             workers: (0..workers).map(|_| Slot::new(now)).collect(),
             writer: journal.then(|| Slot::new(now)),
+            bridge: bridge.then(|| Slot::new(now)),
+            bridge_ready: !bridge,
             stopping: None,
             signals: 0,
             writer_told: false,
@@ -108,7 +122,18 @@ impl Supervisor {
         match c {
             Child::Worker(i) => self.workers.get_mut(i),
             Child::Writer => self.writer.as_mut(),
+            Child::Bridge => self.bridge.as_mut(),
         }
+    }
+
+    /// The bridge is connected and caught up: the workers may start.
+    pub fn ready(&mut self) {
+        self.bridge_ready = true;
+    }
+
+    /// True once the workers may start.
+    pub fn is_ready(&self) -> bool {
+        self.bridge_ready
     }
 
     /// The master forked `c` at `now`.
@@ -148,8 +173,8 @@ impl Supervisor {
             for s in &mut self.workers {
                 s.start_at = None;
             }
-            if let Some(w) = &mut self.writer {
-                w.start_at = None;
+            for s in [&mut self.writer, &mut self.bridge].into_iter().flatten() {
+                s.start_at = None;
             }
             out.extend(self.running_workers().map(Action::Term));
         }
@@ -169,6 +194,10 @@ impl Supervisor {
         self.writer.as_ref().is_some_and(|w| w.running)
     }
 
+    fn bridge_running(&self) -> bool {
+        self.bridge.as_ref().is_some_and(|w| w.running)
+    }
+
     /// The exit code the master will have: 1 after a second signal, else 0.
     pub fn code(&self) -> i32 {
         i32::from(self.signals >= 2)
@@ -178,11 +207,16 @@ impl Supervisor {
     pub fn due(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(deadline) = self.stopping else {
-            // The writer first: workers' ledger answers wait for it.
-            if let Some(w) = &self.writer {
-                if !w.running && w.start_at.is_some_and(|t| now >= t) {
-                    out.push(Action::Start(Child::Writer));
+            // The writer and the bridge first: workers' answers wait for them.
+            for (c, s) in [(Child::Writer, &self.writer), (Child::Bridge, &self.bridge)] {
+                if let Some(w) = s {
+                    if !w.running && w.start_at.is_some_and(|t| now >= t) {
+                        out.push(Action::Start(c));
+                    }
                 }
+            }
+            if !self.bridge_ready {
+                return out;
             }
             for (i, s) in self.workers.iter().enumerate() {
                 if !s.running && s.start_at.is_some_and(|t| now >= t) {
@@ -196,13 +230,22 @@ impl Supervisor {
             if self.writer_running() {
                 out.push(Action::Kill(Child::Writer));
             }
+            if self.bridge_running() {
+                out.push(Action::Kill(Child::Bridge));
+            }
         }
         if self.running_workers().next().is_none() {
-            // The workers are gone, their answers flushed: the writer writes what is left.
-            if self.writer_running() {
+            // The workers are gone, their answers flushed: the writer writes what is left, the
+            // bridge waits for the acks in flight.
+            if self.writer_running() || self.bridge_running() {
                 if !self.writer_told {
                     self.writer_told = true;
-                    out.push(Action::Term(Child::Writer));
+                    if self.writer_running() {
+                        out.push(Action::Term(Child::Writer));
+                    }
+                    if self.bridge_running() {
+                        out.push(Action::Term(Child::Bridge));
+                    }
                 }
             } else if !self.exited {
                 self.exited = true;
@@ -360,6 +403,38 @@ mod tests {
             s.on_exit(c, t0 + ms(30));
         }
         assert_eq!(s.due(t0 + ms(40)), vec![Action::Exit(1)]);
+    }
+
+    #[test]
+    fn supervisor_starts_workers_only_once_the_bridge_is_ready_and_stops_it_last() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::with_bridge(2, false, true, t0);
+        assert_eq!(start_due(&mut s, t0), vec![Child::Bridge]);
+        assert!(start_due(&mut s, t0 + ms(500)).is_empty(), "not ready yet");
+        s.ready();
+        assert_eq!(
+            start_due(&mut s, t0 + ms(600)),
+            vec![Child::Worker(0), Child::Worker(1)]
+        );
+        // A bridge that dies is restarted; the workers keep running.
+        s.on_exit(Child::Bridge, t0 + Duration::from_secs(10));
+        assert_eq!(
+            start_due(&mut s, t0 + Duration::from_secs(10)),
+            vec![Child::Bridge]
+        );
+        let t = t0 + Duration::from_secs(20);
+        assert_eq!(
+            s.on_signals(1, t),
+            vec![
+                Action::Term(Child::Worker(0)),
+                Action::Term(Child::Worker(1))
+            ]
+        );
+        s.on_exit(Child::Worker(0), t + ms(10));
+        s.on_exit(Child::Worker(1), t + ms(10));
+        assert_eq!(s.due(t + ms(20)), vec![Action::Term(Child::Bridge)]);
+        s.on_exit(Child::Bridge, t + ms(30));
+        assert_eq!(s.due(t + ms(40)), vec![Action::Exit(0)]);
     }
 
     #[test]

@@ -98,6 +98,44 @@ struct StatsJson {
     txn_seq: u64,
     ledger_ops: u64,
     journal: JournalJson,
+    cluster: ClusterJson,
+}
+
+/// The cluster bridge's figures (`stats`); state "off" on a single node.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterJson {
+    state: &'static str,
+    node_id: u32,
+    bridge_pid: u64,
+    /// Stream messages not yet applied here.
+    lag: u64,
+    stream_last: u64,
+    applied: u64,
+    outbox_last: u64,
+    outbox_acked: u64,
+    published: u64,
+    publish_errors: u64,
+    applied_msgs: u64,
+    connects: u64,
+}
+
+/// Reads the bridge's figures.
+pub fn cluster_json(seg: &Segment) -> ClusterJson {
+    let s = shm::cluster::Cluster::of(seg).snapshot();
+    ClusterJson {
+        state: s.state.name(),
+        node_id: s.node_id,
+        bridge_pid: s.bridge_pid,
+        lag: s.lag(),
+        stream_last: s.stream_last,
+        applied: s.applied,
+        outbox_last: s.outbox_last,
+        outbox_acked: s.outbox_acked,
+        published: s.published,
+        publish_errors: s.publish_errors,
+        applied_msgs: s.applied_msgs,
+        connects: s.connects,
+    }
 }
 
 /// The journal's figures (`stats`): counters since the server started, and the latency of the
@@ -249,6 +287,7 @@ fn json(seg: &Segment, now: &Snapshot) -> String {
         txn_seq: ledger.txn_seq,
         ledger_ops: ledger.ops,
         journal: journal_json(seg),
+        cluster: cluster_json(seg),
     };
     serde_json::to_string_pretty(&out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
 }
@@ -323,6 +362,26 @@ fn text(seg: &Segment, now: &Snapshot, rates: Rates) -> String {
         ledger.locks_recovered,
         ledger.intents_recovered
     );
+    let c = cluster_json(seg);
+    if c.state != "off" {
+        let _ = writeln!(
+            o,
+            "cluster: node {} bridge {} pid {}; stream last {} applied {} (lag {}); outbox {} \
+             acked {}; {} published, {} publish errors, {} applied, {} connects",
+            c.node_id,
+            c.state,
+            c.bridge_pid,
+            c.stream_last,
+            c.applied,
+            c.lag,
+            c.outbox_last,
+            c.outbox_acked,
+            c.published,
+            c.publish_errors,
+            c.applied_msgs,
+            c.connects
+        );
+    }
     let j = journal_json(seg);
     if j.mode == "none" {
         let _ = writeln!(
@@ -554,6 +613,52 @@ pub fn prometheus(seg: &Segment) -> String {
          # TYPE ns_journal_error gauge\nns_journal_error {}",
         j.error
     );
+    let c = cluster_json(seg);
+    if c.state != "off" {
+        for (name, kind, help, v) in [
+            (
+                "cluster_ready",
+                "gauge",
+                "1 when the bridge is connected and caught up.",
+                u64::from(c.state == "ready"),
+            ),
+            (
+                "cluster_lag",
+                "gauge",
+                "Stream messages not yet applied on this node.",
+                c.lag,
+            ),
+            (
+                "cluster_published_total",
+                "counter",
+                "Messages this node published to the stream.",
+                c.published,
+            ),
+            (
+                "cluster_publish_errors_total",
+                "counter",
+                "Publishes that failed and were retried.",
+                c.publish_errors,
+            ),
+            (
+                "cluster_applied_total",
+                "counter",
+                "Stream messages applied to rooms here.",
+                c.applied_msgs,
+            ),
+            (
+                "cluster_connects_total",
+                "counter",
+                "Connections the bridge made to NATS.",
+                c.connects,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP ns_{name} {help}\n# TYPE ns_{name} {kind}\nns_{name} {v}"
+            );
+        }
+    }
     o
 }
 

@@ -52,6 +52,7 @@ fn config() -> Config {
         cpu: None,
         tls: None,
         tls_handshake_timeout_ms: 10_000,
+        cluster_timeout_ms: 5_000,
     }
 }
 
@@ -1884,6 +1885,7 @@ fn tls_a_handshake_that_never_finishes_is_closed_at_its_timeout() {
     let pki = Pki::new(ns_tls::Validity::Days(2));
     let cfg = Config {
         tls_handshake_timeout_ms: 5_000,
+        cluster_timeout_ms: 5_000,
         ..config()
     };
     let (mut h, c, mut client) = tls_pair(&seg, cfg, &pki);

@@ -4,6 +4,7 @@
 //! bytes to [`Core::on_bytes`] and send what [`Core::take_output`] hands them, owning each
 //! buffer until the kernel is done with it ([`Core::recycle`] gives it back).
 
+mod cluster;
 mod directory;
 mod dispatch;
 mod error;
@@ -62,6 +63,9 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Longest time a TLS handshake may take before the connection is closed.
     pub tls_handshake_timeout_ms: u64,
+    /// On a cluster node: how long a CHAT_SEND waits for the stream to order its message before
+    /// it is answered ERR_TIMEOUT.
+    pub cluster_timeout_ms: u64,
 }
 
 /// Where a connection's session stands.
@@ -148,6 +152,8 @@ pub struct Ctx<'s> {
     hold_until: Option<u64>,
     /// Connections with answers waiting for the journal.
     holding: Vec<usize>,
+    /// On a cluster node: chat goes through the bridge (`cluster.rs`).
+    cluster: Option<cluster::ClusterChat>,
     /// This worker's counters.
     pub metrics: &'s WorkerMetrics,
     /// Monotonic milliseconds at the current loop turn: for every timeout.
@@ -211,6 +217,7 @@ impl<'s> Core<'s> {
                 journal_on: shm::journal::mode(seg) == shm::journal::Mode::Sync,
                 hold_until: None,
                 holding: Vec::new(),
+                cluster: cluster::ClusterChat::of(seg),
                 seg,
                 ledger,
                 metrics,

@@ -13,12 +13,14 @@ use super::{ConnState, Ctx};
 /// operation in flight points into, so nothing the core does (growing, clearing, dropping the
 /// connection) can move it.
 ///
-/// Answers that must wait for the journal (durable mode) are held where they were written:
-/// `held_from` is the offset from which nothing may be sent yet, and each mark says up to which
-/// byte the bytes may go once the journal is durable up to its LSN. Once anything is held,
-/// everything queued after it is held too, so the connection's frames keep their order. Held
-/// bytes are copied only if a send comes while some are held and some are not (the held tail
-/// stays behind); a release copies nothing.
+/// Answers that must wait are held where they were written: `held_from` is the offset from
+/// which nothing may be sent yet, and each hold says up to which byte the bytes may go once its
+/// gate opens: the journal durable up to an LSN (durable mode), or, on a cluster node, a
+/// *slot*: the place of a CHAT_SEND answer that cannot be written until the cluster's stream has
+/// ordered the message ([`OutQueue::hold_slot`], filled by [`OutQueue::fill`]). Once anything is
+/// held, everything queued after it is held too, so the connection's frames keep their order.
+/// Held bytes are copied only if a send comes while some are held and some are not (the held
+/// tail stays behind); a release copies nothing, a fill moves only the held bytes after it.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     pending: Vec<u8>,
@@ -28,9 +30,25 @@ pub struct OutQueue {
     spare: Vec<u8>,
     /// Where the held bytes of `pending` start; `None` when nothing is held.
     held_from: Option<usize>,
-    /// (the `durable` the journal must reach, end in `pending` of the bytes it covers), in
-    /// order and rising in both.
-    marks: std::collections::VecDeque<(u64, usize)>,
+    /// What holds the bytes of `pending` up to each end, in order (ends rising).
+    marks: std::collections::VecDeque<Hold>,
+}
+
+/// One hold: the bytes up to `end` (from the previous hold's end) go once `gate` is open.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    gate: Gate,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Until the journal's `durable` reaches this.
+    Durable(u64),
+    /// Until the answer with this token is written in at `end` ([`OutQueue::fill`]).
+    Slot(u32),
+    /// Filled: goes with the holds before it.
+    Open,
 }
 
 /// Capacity a given-back buffer may keep for reuse; a larger one (a burst) is freed.
@@ -81,30 +99,69 @@ impl OutQueue {
             self.held_from = Some(m.pending);
         }
         match self.marks.back_mut() {
-            // Released in order anyway: a need no higher than the last mark's joins it.
-            Some((n, e)) if *n >= need => *e = end,
-            _ => self.marks.push_back((need, end)),
+            // Released in order anyway: a need no higher than the last hold's joins it.
+            Some(Hold {
+                gate: Gate::Durable(n),
+                end: e,
+            }) if *n >= need => *e = end,
+            _ => self.marks.push_back(Hold {
+                gate: Gate::Durable(need),
+                end,
+            }),
         }
     }
 
-    /// Releases what the journal has made durable (`durable` reached); true if any was.
+    /// Reserves the place of an answer to be written later ([`OutQueue::fill`] with the same
+    /// `token`): from here on everything queued is held until it is filled.
+    pub fn hold_slot(&mut self, token: u32) {
+        let end = self.pending.len();
+        self.held_from.get_or_insert(end);
+        self.marks.push_back(Hold {
+            gate: Gate::Slot(token),
+            end,
+        });
+    }
+
+    /// Writes the answer of slot `token` in its place; false when there is no such slot (the
+    /// connection dropped its output). [`OutQueue::release`] then lets it go.
+    pub fn fill(&mut self, token: u32, frame: &[u8]) -> bool {
+        let Some(i) = self.marks.iter().position(|h| h.gate == Gate::Slot(token)) else {
+            return false;
+        };
+        let at = self.marks[i].end;
+        self.pending.splice(at..at, frame.iter().copied());
+        for h in self.marks.iter_mut().skip(i) {
+            h.end += frame.len();
+        }
+        self.marks[i].gate = Gate::Open;
+        true
+    }
+
+    /// Releases what may go now that the journal is durable up to `durable` (and what filled
+    /// slots opened); true if any was.
     pub fn release(&mut self, durable: u64) -> bool {
         let Some(from) = self.held_from else {
             return false;
         };
         let mut upto = from;
-        while let Some(&(need, end)) = self.marks.front() {
-            if need > durable {
-                break;
+        while let Some(&h) = self.marks.front() {
+            match h.gate {
+                Gate::Durable(need) if need > durable => break,
+                Gate::Slot(_) => break,
+                Gate::Durable(_) | Gate::Open => {}
             }
-            upto = end;
+            upto = h.end;
             self.marks.pop_front();
+        }
+        if self.marks.is_empty() {
+            // Bytes after the last hold (a push queued behind held answers) go with it.
+            self.held_from = None;
+            return true;
         }
         if upto == from {
             return false;
         }
-        // Bytes after the last mark (a push queued behind held answers) go with it.
-        self.held_from = (!self.marks.is_empty()).then_some(upto);
+        self.held_from = Some(upto);
         true
     }
 
@@ -123,8 +180,8 @@ impl OutQueue {
             rest.extend_from_slice(&self.pending[from..]);
             self.pending.truncate(from);
             self.held_from = Some(0);
-            for (_, e) in self.marks.iter_mut() {
-                *e -= from;
+            for h in self.marks.iter_mut() {
+                h.end -= from;
             }
         }
         self.in_flight = ready;
@@ -248,5 +305,63 @@ impl Ctx<'_> {
         if e.is_fatal() {
             st.closing = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sendable(q: &mut OutQueue) -> Vec<u8> {
+        let out = q.take().unwrap_or_default();
+        q.recycle(Vec::new());
+        out
+    }
+
+    #[test]
+    fn a_slot_holds_what_follows_it_until_filled_in_place() {
+        let mut q = OutQueue::default();
+        q.buf().extend_from_slice(b"a");
+        q.hold_slot(7);
+        q.buf().extend_from_slice(b"c");
+        assert_eq!(sendable(&mut q), b"a", "what precedes the slot goes");
+        assert!(q.holding());
+        assert!(!q.release(u64::MAX), "an unfilled slot holds");
+        assert!(!q.fill(8, b"x"), "no such slot");
+        assert!(q.fill(7, b"B"));
+        assert!(q.release(0));
+        assert!(!q.holding());
+        assert_eq!(
+            sendable(&mut q),
+            b"Bc",
+            "the answer in its place, then what followed"
+        );
+    }
+
+    #[test]
+    fn slots_and_journal_holds_release_in_order() {
+        let mut q = OutQueue::default();
+        let m = q.mark();
+        q.buf().extend_from_slice(b"1");
+        q.hold_since(m, 10);
+        q.hold_slot(1);
+        let m = q.mark();
+        q.buf().extend_from_slice(b"3");
+        q.hold_since(m, 5);
+        assert!(q.fill(1, b"2"));
+        assert!(!q.release(9), "the first hold's journal need is not met");
+        assert!(q.release(10));
+        assert_eq!(sendable(&mut q), b"123");
+        // A fill after part of the queue was sent.
+        q.buf().extend_from_slice(b"a");
+        q.hold_slot(2);
+        q.buf().extend_from_slice(b"c");
+        q.hold_slot(3);
+        assert_eq!(sendable(&mut q), b"a");
+        assert!(q.fill(3, b"D"));
+        assert!(!q.release(0), "slot 2 first");
+        assert!(q.fill(2, b"B"));
+        assert!(q.release(0));
+        assert_eq!(sendable(&mut q), b"BcD");
     }
 }

@@ -20,6 +20,7 @@ impl Core<'_> {
     /// worker's own members see the turn's messages in this same pass.
     pub fn deliver(&mut self) -> Vec<usize> {
         self.wake_workers();
+        self.wake_bridge();
         let epoch = shm::wake::epoch(self.ctx.seg).load(std::sync::atomic::Ordering::Acquire);
         if epoch == self.ctx.chat.epoch_seen {
             return Vec::new();
@@ -28,26 +29,33 @@ impl Core<'_> {
         let mut touched = Vec::new();
         let mut frame = Vec::with_capacity(256);
         self.deliver_inbox(&mut touched, &mut frame);
-        let rooms: Vec<u32> = self.ctx.chat.members.keys().copied().collect();
-        for room in rooms {
+        for room in self.ctx.chat.rooms_to_read() {
             // Taken out of the map for the room's whole batch (the queues need the context
-            // mutably), and put back once: not once per message.
-            let Some(members) = self.ctx.chat.members.remove(&room) else {
-                continue;
-            };
-            let delivered = self.deliver_room(room, &members, &mut frame);
+            // mutably), and put back once: not once per message. A room read only for a held
+            // answer (its sender left) has no members.
+            let members = self.ctx.chat.members.remove(&room);
+            let list = members.as_deref().unwrap_or(&[]);
+            let delivered = self.deliver_room(room, list, &mut frame, &mut touched);
             if delivered {
                 // Every member that got anything is settled once for the batch.
-                touched.extend(members.iter().map(|m| m.key));
+                touched.extend(list.iter().map(|m| m.key));
             }
-            self.ctx.chat.members.insert(room, members);
+            if let Some(m) = members {
+                self.ctx.chat.members.insert(room, m);
+            }
         }
         touched
     }
 
     /// Copies every message of `room` this worker has not yet pushed into its members' queues;
     /// true if there was any.
-    fn deliver_room(&mut self, room: u32, members: &[LocalMember], frame: &mut Vec<u8>) -> bool {
+    fn deliver_room(
+        &mut self,
+        room: u32,
+        members: &[LocalMember],
+        frame: &mut Vec<u8>,
+        touched: &mut Vec<usize>,
+    ) -> bool {
         let Ok(last) = self.ctx.rooms.last_seq(room) else {
             return false;
         };
@@ -75,6 +83,11 @@ impl Core<'_> {
                     break;
                 }
             };
+            if event.origin != 0 {
+                // A cluster message: if it is one this worker sent, its sender's answer goes
+                // now, before the push (it holds everything queued after it anyway).
+                touched.extend(self.resolve_sent(event.origin, room, seq));
+            }
             let (Ok(sender), Ok(text)) = (Name::new(&event.sender_name), Text::new(&event.text))
             else {
                 continue;

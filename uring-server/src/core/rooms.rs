@@ -75,6 +75,9 @@ impl Ctx<'_> {
             ));
         }
         self.flood_check(st)?;
+        if self.cluster.is_some() {
+            return self.cluster_send(st, user, id, c);
+        }
         let seq = self
             .rooms
             .publish(c.room_id, user, &st.name, c.text.as_str(), self.wall_ms)?;

@@ -9,9 +9,10 @@ use super::Core;
 
 impl Core<'_> {
     /// Once a second: closes idle connections and ones whose session was taken over by a newer
-    /// login on another worker. Returns the keys it marked closing.
+    /// login on another worker, and answers cluster messages the stream did not order in time.
+    /// Returns the keys it marked closing or gave output.
     pub fn sweep(&mut self) -> Vec<usize> {
-        let mut marked = Vec::new();
+        let mut marked = self.expire_sends();
         for (key, conn) in self.conns.iter_mut() {
             if conn.st.closing {
                 continue;
