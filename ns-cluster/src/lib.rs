@@ -54,10 +54,12 @@ pub struct BridgeConfig {
 /// The subject of room `name`: its bytes in hex (a room name may hold any UTF-8, a subject
 /// token may not).
 pub fn subject_of(room: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(13 + room.len() * 2);
     s.push_str("ns.chat.room.");
     for b in room.bytes() {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }

@@ -150,9 +150,11 @@ impl Core<'_> {
             .filter(|(_, p)| p.deadline_ms <= now)
             .map(|(&t, &p)| (t, p))
             .collect();
+        for (token, _) in &expired {
+            cl.pending.remove(token);
+        }
         let mut touched = Vec::new();
         for (token, p) in expired {
-            cl_remove(&mut self.ctx.cluster, token);
             self.ctx.chat.send_done(p.room);
             let status = Status::ErrTimeout;
             self.ctx.metrics.statuses[status.as_u16() as usize].add(1);
@@ -179,11 +181,5 @@ impl Core<'_> {
         self.ctx.metrics.bytes_out.add(frame.len() as u64);
         conn.st.out.release(durable);
         Some(p.key)
-    }
-}
-
-fn cl_remove(cluster: &mut Option<ClusterChat>, token: u32) {
-    if let Some(cl) = cluster.as_mut() {
-        cl.pending.remove(&token);
     }
 }
