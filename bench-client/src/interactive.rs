@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::body::*;
-use proto::codec::Name;
+use proto::codec::{List, Name};
 use proto::{write_request, FrameDecoder, Opcode, Push, Reply, Request, Response, BODY_LEN_LIMIT};
 
 use crate::client::{Client, ClientError};
@@ -47,7 +48,7 @@ pub fn run(
     );
     // Go on counting above the user's high-water mark (PROTOCOL.md 8.4): a second session of
     // the same user must not reuse the first one's req_ids.
-    let mut req_id = c.last_req_id();
+    let req_id = Arc::new(AtomicU64::new(c.last_req_id()));
     // One stream (a TLS connection cannot be split into a read and a write half) shared by
     // the reader, the heartbeat and the prompt; the reader takes it for at most READ_SLICE.
     let stream = c.into_stream();
@@ -56,8 +57,16 @@ pub fn run(
     let rooms: Rooms = Arc::new(Mutex::new(HashMap::new()));
     let reader_rooms = Arc::clone(&rooms);
     let heartbeat_ms = u64::from(hello.heartbeat_interval_ms.max(1000));
+    let mut view = View {
+        rooms: reader_rooms,
+        names: HashMap::from([(id, user.to_string())]),
+        me: id,
+        unnamed: Vec::new(),
+        out: shared.clone(),
+        req_id: Arc::clone(&req_id),
+    };
     let reader = shared.clone();
-    std::thread::spawn(move || read_loop(reader, reader_rooms));
+    std::thread::spawn(move || read_loop(reader, &mut view));
     let mut writer = shared.clone();
     // Keep the session alive while the person is quiet.
     let mut hb = shared;
@@ -87,9 +96,9 @@ pub fn run(
                 continue;
             }
         };
-        req_id += 1;
+        let id = req_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut out = Vec::new();
-        match req.encode(req_id, &mut out) {
+        match req.encode(id, &mut out) {
             Ok(()) => writer.write_all(&out)?,
             Err(msg) => println!("! {msg}"),
         }
@@ -97,7 +106,7 @@ pub fn run(
     let mut out = Vec::new();
     let _ = write_request(
         &mut out,
-        req_id + 1,
+        req_id.fetch_add(1, Ordering::Relaxed) + 1,
         &Request::Logout(Empty {}),
         BODY_LEN_LIMIT,
     );
@@ -262,7 +271,82 @@ impl Write for Shared {
     }
 }
 
-fn read_loop(s: Shared, rooms: Rooms) {
+/// What the reader thread knows to show frames with names: the rooms joined, every user name
+/// a frame has told it, and a history waiting for the names of its counterparties.
+struct View {
+    rooms: Rooms,
+    names: HashMap<u32, String>,
+    me: u32,
+    /// A TXN_HISTORY page held back until USER_NAMES answers for the ids it names.
+    unnamed: Vec<TxnEntry>,
+    /// For the USER_NAMES request the reader sends itself.
+    out: Shared,
+    req_id: Arc<AtomicU64>,
+}
+
+impl View {
+    fn name(&self, id: u32) -> String {
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+
+    fn learn(&mut self, id: u32, name: &str) {
+        self.names.insert(id, name.to_string());
+    }
+
+    /// Shows a history page, or asks the server for the names it lacks first.
+    fn txns(&mut self, o: &mut impl Write, txns: &[TxnEntry]) {
+        let mut missing: Vec<u32> = txns
+            .iter()
+            .flat_map(|t| [t.from_id, t.to_id])
+            .filter(|&id| id != 0 && !self.names.contains_key(&id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing.truncate(USER_NAMES_MAX);
+        if !missing.is_empty() {
+            let id = self.req_id.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut out = Vec::new();
+            let sent = List::new(missing)
+                .map_err(|e| e.to_string())
+                .and_then(|ids| {
+                    let req = Request::UserNames(UserNamesRequest { ids });
+                    write_request(&mut out, id, &req, BODY_LEN_LIMIT).map_err(|e| e.to_string())
+                })
+                .and_then(|()| self.out.write_all(&out).map_err(|e| e.to_string()));
+            if sent.is_ok() {
+                self.unnamed = txns.to_vec();
+                return;
+            }
+        }
+        self.show_txns(o, txns);
+    }
+
+    fn show_txns(&self, o: &mut impl Write, txns: &[TxnEntry]) {
+        if txns.is_empty() {
+            let _ = writeln!(o, "* no transactions");
+        }
+        for t in txns {
+            let what = match t.kind {
+                TxnKind::Deposit => format!("deposit {}", t.amount),
+                TxnKind::Withdraw => format!("withdraw {}", t.amount),
+                TxnKind::Transfer if t.from_id == self.me => {
+                    format!("sent {} to {}", t.amount, self.name(t.to_id))
+                }
+                TxnKind::Transfer => format!("received {} from {}", t.amount, self.name(t.from_id)),
+            };
+            let _ = writeln!(
+                o,
+                "  txn {} {what} -> balance {}",
+                t.txn_id, t.balance_after
+            );
+        }
+    }
+}
+
+fn read_loop(s: Shared, view: &mut View) {
     let mut dec = FrameDecoder::new(BODY_LEN_LIMIT);
     let mut buf = [0u8; 16384];
     let out = std::io::stdout();
@@ -303,7 +387,7 @@ fn read_loop(s: Shared, rooms: Rooms) {
                     continue;
                 }
                 match f.reply() {
-                    Ok(Reply::Ok(r)) => show_response(&mut o, &r, &rooms),
+                    Ok(Reply::Ok(r)) => show_response(&mut o, &r, view),
                     Ok(Reply::Err(st, e)) => {
                         let _ = writeln!(o, "! {}: {}", st.name(), e.message.as_str());
                     }
@@ -312,7 +396,7 @@ fn read_loop(s: Shared, rooms: Rooms) {
                     }
                 }
             } else if let Ok(p) = f.push() {
-                show_push(&mut o, &p, &rooms);
+                show_push(&mut o, &p, view);
             }
         }
     }
@@ -326,7 +410,8 @@ fn room_name(rooms: &Rooms, id: u32) -> String {
         .unwrap_or_else(|| format!("#{id}"))
 }
 
-fn show_response(o: &mut impl Write, r: &Response<'_>, rooms: &Rooms) {
+fn show_response(o: &mut impl Write, r: &Response<'_>, view: &mut View) {
+    let rooms = &view.rooms;
     let _ = match r {
         Response::JoinRoom(j) => {
             if let Ok(mut m) = rooms.lock() {
@@ -346,7 +431,19 @@ fn show_response(o: &mut impl Write, r: &Response<'_>, rooms: &Rooms) {
         Response::ChatSend(_) | Response::DirectSend(_) => Ok(()),
         Response::ListUsers(l) => {
             let names: Vec<&str> = l.users.items().iter().map(|u| u.name.as_str()).collect();
-            writeln!(o, "* online: {}", names.join(", "))
+            let line = writeln!(o, "* online: {}", names.join(", "));
+            for u in l.users.items() {
+                view.learn(u.user_id, u.name.as_str());
+            }
+            line
+        }
+        Response::UserNames(l) => {
+            for u in l.users.items() {
+                view.learn(u.user_id, u.name.as_str());
+            }
+            let txns = std::mem::take(&mut view.unnamed);
+            view.show_txns(o, &txns);
+            Ok(())
         }
         Response::ListRooms(l) => {
             for r in l.rooms.items() {
@@ -372,29 +469,35 @@ fn show_response(o: &mut impl Write, r: &Response<'_>, rooms: &Rooms) {
         }
         Response::Balance(b) => writeln!(o, "* balance {}", b.balance),
         Response::TxnHistory(h) => {
-            for t in h.txns.items() {
-                let _ = writeln!(
-                    o,
-                    "  txn {} {:?} {} from {} to {} -> balance {}",
-                    t.txn_id, t.kind, t.amount, t.from_id, t.to_id, t.balance_after
-                );
-            }
+            view.txns(o, h.txns.items());
             Ok(())
         }
         other => writeln!(o, "* {other:?}"),
     };
 }
 
-fn show_push(o: &mut impl Write, p: &Push<'_>, rooms: &Rooms) {
+fn show_push(o: &mut impl Write, p: &Push<'_>, view: &mut View) {
+    let rooms = &view.rooms;
     let _ = match p {
-        Push::ChatBroadcast(b) => writeln!(
-            o,
-            "[{}] {}: {}",
-            room_name(rooms, b.room_id),
-            b.message.sender,
-            b.message.text
-        ),
-        Push::DirectMessage(d) => writeln!(o, "[dm] {}: {}", d.from, d.text),
+        Push::ChatBroadcast(b) => {
+            let line = writeln!(
+                o,
+                "[{}] {}: {}",
+                room_name(rooms, b.room_id),
+                b.message.sender,
+                b.message.text
+            );
+            view.learn(b.message.sender_id, b.message.sender.as_str());
+            line
+        }
+        Push::DirectMessage(d) => {
+            view.learn(d.from_id, d.from.as_str());
+            writeln!(o, "[dm] {}: {}", d.from, d.text)
+        }
+        Push::MoneyReceived(m) => {
+            view.learn(m.from_id, m.from.as_str());
+            writeln!(o, "$ {} sent you {} (txn {})", m.from, m.amount, m.txn_id)
+        }
         Push::Notice(n) => writeln!(o, "* notice: {}", n.text),
         Push::ChatGap(g) => writeln!(
             o,

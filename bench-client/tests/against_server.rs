@@ -326,46 +326,114 @@ fn chat_session(server: &Server, user: &str, lines: &[&str]) -> String {
 
 /// [`chat_session`] with more arguments for `bench-client chat` (`--tls ...`).
 fn chat_session_with(server: &Server, extra: &[&str], user: &str, lines: &[&str]) -> String {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
-        .args(["chat", "--port", &server.addr.port().to_string()])
-        .args(extra)
-        .args(["--user", user, "--password", "pw", "--register"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start bench-client chat");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    let mut person = Person::log_in(server, extra, user);
+    for line in lines {
+        person.type_line(line);
+    }
+    person.quit()
+}
+
+/// One `bench-client chat` process, typed at line by line.
+struct Person {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    printed: String,
+}
+
+impl Person {
+    fn log_in(server: &Server, extra: &[&str], user: &str) -> Person {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
+            .args(["chat", "--port", &server.addr.port().to_string()])
+            .args(extra)
+            .args(["--user", user, "--password", "pw", "--register"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bench-client chat");
+        let stdin = child.stdin.take().expect("stdin");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Person {
+            child,
+            stdin,
+            lines,
+            printed: String::new(),
+        };
+        p.wait_for(|l| l.starts_with("logged in"));
+        p
+    }
+
+    /// Reads printed lines until one satisfies `want`; returns it.
+    fn wait_for(&mut self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("bench-client chat answered ({e}): {}", self.printed));
+            self.printed.push_str(&line);
+            self.printed.push('\n');
+            if want(&line) {
+                return line;
             }
         }
-    });
-    let mut printed = String::new();
-    let wait_for = |want: &dyn Fn(&str) -> bool, printed: &mut String| loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("bench-client chat answered");
-        printed.push_str(&line);
-        printed.push('\n');
-        if want(&line) {
-            return;
-        }
-    };
-    wait_for(&|l| l.starts_with("logged in"), &mut printed);
-    for line in lines {
-        writeln!(stdin, "{line}").expect("type");
-        wait_for(&|l| l.starts_with('*') || l.starts_with('!'), &mut printed);
     }
-    writeln!(stdin, "/quit").expect("type");
-    drop(stdin);
-    assert!(child.wait().expect("exit").success());
-    printed
+
+    /// Types a line and waits for its answer (a line starting with `*` or `!`).
+    fn type_line(&mut self, line: &str) -> String {
+        self.type_only(line);
+        self.wait_for(|l| l.starts_with('*') || l.starts_with('!'))
+    }
+
+    /// Types a line whose answer the caller waits for itself.
+    fn type_only(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").expect("type");
+    }
+
+    fn quit(mut self) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "/quit").expect("type");
+        drop(self.stdin);
+        assert!(self.child.wait().expect("exit").success());
+        self.printed
+    }
+}
+
+#[test]
+fn a_person_sees_money_arrive_and_histories_with_names() {
+    let server = Server::start(&[]);
+    let mut bob = Person::log_in(&server, &[], "bob");
+    let mut alice = Person::log_in(&server, &[], "alice");
+    alice.type_line("/deposit 1000");
+    let done = alice.type_line("/transfer bob 250");
+    assert!(done.contains("balance 750"), "{done}");
+    // Bob typed nothing: the money announces itself.
+    let arrived = bob.wait_for(|l| l.starts_with('$'));
+    assert!(
+        arrived.starts_with("$ alice sent you 250 (txn "),
+        "{arrived}"
+    );
+    // A history names both sides, for the sender and the receiver.
+    alice.type_only("/txns");
+    let sent = alice.wait_for(|l| l.contains("sent 250"));
+    assert!(sent.contains("sent 250 to bob -> balance 750"), "{sent}");
+    bob.type_only("/txns");
+    let got = bob.wait_for(|l| l.contains("received 250"));
+    assert!(
+        got.contains("received 250 from alice -> balance 250"),
+        "{got}"
+    );
+    alice.quit();
+    bob.quit();
 }
 
 #[test]

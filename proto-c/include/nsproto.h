@@ -186,6 +186,12 @@
 // The opcode of TXN_HISTORY.
 #define NS_OP_TXN_HISTORY 517
 
+// USER_NAMES.
+#define NS_OP_USER_NAMES 267
+
+// MONEY_RECEIVED (push).
+#define NS_OP_MONEY_RECEIVED 518
+
 // The OK status.
 #define NS_STATUS_OK 0
 
@@ -364,6 +370,15 @@ typedef struct {
   uint16_t limit;
 } ns_txn_history_req;
 
+// USER_NAMES: up to 100 user ids. Encode only: `ns_decode_request` refuses this opcode
+// (`NS_ERR_UNKNOWN_OPCODE`), as a server written in C has no users table to answer from.
+typedef struct {
+  // The ids.
+  const uint32_t *ids;
+  // How many.
+  uintptr_t len;
+} ns_user_names_req;
+
 // A request body; `opcode` says which member is used (LOGOUT and BALANCE use none).
 typedef union {
   // HELLO.
@@ -394,6 +409,8 @@ typedef union {
   ns_transfer_req transfer;
   // TXN_HISTORY.
   ns_txn_history_req txn_history;
+  // USER_NAMES.
+  ns_user_names_req user_names;
 } ns_request_body;
 
 // A request: its opcode (`NS_OP_*`) and body.
@@ -600,6 +617,8 @@ typedef union {
   ns_direct_send_resp direct_send;
   // LIST_USERS.
   ns_list_users_resp list_users;
+  // USER_NAMES (the same type as LIST_USERS, at the same place: either name reads it).
+  ns_list_users_resp user_names;
   // LIST_ROOMS.
   ns_list_rooms_resp list_rooms;
   // ROOM_HISTORY.
@@ -665,6 +684,20 @@ typedef struct {
   uint64_t missed;
 } ns_gap_push;
 
+// MONEY_RECEIVED.
+typedef struct {
+  // The transfer's txn id.
+  uint64_t txn_id;
+  // Sender's id.
+  uint32_t from_id;
+  // Minor units received.
+  uint64_t amount;
+  // When applied.
+  uint64_t time_ms;
+  // Sender's name.
+  ns_bytes from;
+} ns_money_push;
+
 // A push body; `opcode` says which member.
 typedef union {
   // NOTICE.
@@ -675,6 +708,8 @@ typedef union {
   ns_direct_push direct;
   // CHAT_GAP.
   ns_gap_push gap;
+  // MONEY_RECEIVED.
+  ns_money_push money;
 } ns_push_body;
 
 // A push: its opcode and body.

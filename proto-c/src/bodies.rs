@@ -186,6 +186,17 @@ pub struct ns_txn_history_req {
     pub limit: u16,
 }
 
+/// USER_NAMES: up to 100 user ids. Encode only: `ns_decode_request` refuses this opcode
+/// (`NS_ERR_UNKNOWN_OPCODE`), as a server written in C has no users table to answer from.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ns_user_names_req {
+    /// The ids.
+    pub ids: *const u32,
+    /// How many.
+    pub len: usize,
+}
+
 /// A request body; `opcode` says which member is used (LOGOUT and BALANCE use none).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -218,6 +229,8 @@ pub union ns_request_body {
     pub transfer: ns_transfer_req,
     /// TXN_HISTORY.
     pub txn_history: ns_txn_history_req,
+    /// USER_NAMES.
+    pub user_names: ns_user_names_req,
 }
 
 /// A request: its opcode (`NS_OP_*`) and body.
@@ -282,6 +295,10 @@ pub const NS_OP_TRANSFER: u16 = 0x0203;
 pub const NS_OP_BALANCE: u16 = 0x0204;
 /// The opcode of TXN_HISTORY.
 pub const NS_OP_TXN_HISTORY: u16 = 0x0205;
+/// USER_NAMES.
+pub const NS_OP_USER_NAMES: u16 = 0x010B;
+/// MONEY_RECEIVED (push).
+pub const NS_OP_MONEY_RECEIVED: u16 = 0x0206;
 
 // Literals, so that cbindgen can write them into the header; checked against the protocol.
 const _: () = {
@@ -307,6 +324,8 @@ const _: () = {
     assert!(NS_OP_TRANSFER == Opcode::Transfer.as_u16());
     assert!(NS_OP_BALANCE == Opcode::Balance.as_u16());
     assert!(NS_OP_TXN_HISTORY == Opcode::TxnHistory.as_u16());
+    assert!(NS_OP_USER_NAMES == Opcode::UserNames.as_u16());
+    assert!(NS_OP_MONEY_RECEIVED == Opcode::MoneyReceived.as_u16());
 };
 
 /// The request `r` describes, borrowing its bytes.
@@ -380,6 +399,12 @@ pub(crate) unsafe fn to_request<'a>(r: &ns_request) -> Result<Request<'a>, i32> 
                 before_txn_id: b.txn_history.before_txn_id,
                 limit: b.txn_history.limit,
             }),
+            Opcode::UserNames => {
+                let ids = slice(b.user_names.ids, b.user_names.len).ok_or(NS_ERR_NULL)?;
+                Request::UserNames(UserNamesRequest {
+                    ids: field(List::new(ids.to_vec()))?,
+                })
+            }
             _ => return Err(NS_ERR_UNKNOWN_OPCODE),
         })
     }
@@ -412,7 +437,8 @@ fn from_request(r: &Request<'_>) -> ns_request {
                 client_nonce: ns_bytes::of(l.client_nonce.as_bytes()),
             }
         }
-        Request::Logout(_) | Request::Balance(_) => {}
+        // USER_NAMES is refused by the one caller before it gets here.
+        Request::Logout(_) | Request::Balance(_) | Request::UserNames(_) => {}
         Request::Heartbeat(h) => {
             body.heartbeat = ns_heartbeat_req {
                 client_time_ms: h.client_time_ms,
@@ -597,6 +623,7 @@ pub unsafe extern "C" fn ns_decode_request(
             return NS_ERR_NULL;
         };
         match Request::decode(op, body) {
+            Ok(Request::UserNames(_)) => NS_ERR_UNKNOWN_OPCODE,
             Ok(r) => {
                 *out = from_request(&r);
                 NS_OK
@@ -825,6 +852,8 @@ pub union ns_response_body {
     pub direct_send: ns_direct_send_resp,
     /// LIST_USERS.
     pub list_users: ns_list_users_resp,
+    /// USER_NAMES (the same type as LIST_USERS, at the same place: either name reads it).
+    pub user_names: ns_list_users_resp,
     /// LIST_ROOMS.
     pub list_rooms: ns_list_rooms_resp,
     /// ROOM_HISTORY.
@@ -876,6 +905,16 @@ struct OwnedResponse {
     _rooms: Vec<ns_room_entry>,
     _messages: Vec<ns_room_message>,
     _txns: Vec<ns_txn_entry>,
+}
+
+fn user_entries(users: &[UserEntry<'_>]) -> Vec<ns_user_entry> {
+    users
+        .iter()
+        .map(|u| ns_user_entry {
+            user_id: u.user_id,
+            name: ns_bytes::of(u.name.as_str().as_bytes()),
+        })
+        .collect()
 }
 
 fn room_message(m: &RoomMessage<'_>) -> ns_room_message {
@@ -969,17 +1008,16 @@ fn decode_response(
                 to_user_id: d.to_user_id,
             }
         }
-        Response::ListUsers(l) => {
-            o._users = l
-                .users
-                .items()
-                .iter()
-                .map(|u| ns_user_entry {
-                    user_id: u.user_id,
-                    name: ns_bytes::of(u.name.as_str().as_bytes()),
-                })
-                .collect();
+        Response::ListUsers(ListUsersResponse { users }) => {
+            o._users = user_entries(users.items());
             o.resp.body.list_users = ns_list_users_resp {
+                items: o._users.as_ptr(),
+                len: o._users.len(),
+            }
+        }
+        Response::UserNames(UserNamesResponse { users }) => {
+            o._users = user_entries(users.items());
+            o.resp.body.user_names = ns_list_users_resp {
                 items: o._users.as_ptr(),
                 len: o._users.len(),
             }
@@ -1145,7 +1183,7 @@ unsafe fn to_response<'a>(r: &ns_response) -> Result<Response<'a>, i32> {
             Opcode::DirectSend => Response::DirectSend(DirectSendResponse {
                 to_user_id: b.direct_send.to_user_id,
             }),
-            Opcode::ListUsers => {
+            Opcode::ListUsers | Opcode::UserNames => {
                 let l = b.list_users;
                 let items = slice(l.items, l.len).ok_or(NS_ERR_NULL)?;
                 let mut v = Vec::with_capacity(items.len());
@@ -1155,9 +1193,15 @@ unsafe fn to_response<'a>(r: &ns_response) -> Result<Response<'a>, i32> {
                         name: field(Name::new(u.name.str()?))?,
                     });
                 }
-                Response::ListUsers(ListUsersResponse {
-                    users: field(List::new(v))?,
-                })
+                if op == Opcode::UserNames {
+                    Response::UserNames(UserNamesResponse {
+                        users: field(List::new(v))?,
+                    })
+                } else {
+                    Response::ListUsers(ListUsersResponse {
+                        users: field(List::new(v))?,
+                    })
+                }
             }
             Opcode::ListRooms => {
                 let l = b.list_rooms;
@@ -1329,6 +1373,22 @@ pub struct ns_gap_push {
     pub missed: u64,
 }
 
+/// MONEY_RECEIVED.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ns_money_push {
+    /// The transfer's txn id.
+    pub txn_id: u64,
+    /// Sender's id.
+    pub from_id: u32,
+    /// Minor units received.
+    pub amount: u64,
+    /// When applied.
+    pub time_ms: u64,
+    /// Sender's name.
+    pub from: ns_bytes,
+}
+
 /// A push body; `opcode` says which member.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -1341,6 +1401,8 @@ pub union ns_push_body {
     pub direct: ns_direct_push,
     /// CHAT_GAP.
     pub gap: ns_gap_push,
+    /// MONEY_RECEIVED.
+    pub money: ns_money_push,
 }
 
 /// A push: its opcode and body.
@@ -1412,6 +1474,15 @@ pub(crate) fn push_from(op: Opcode, body: Vec<u8>) -> Result<*mut ns_push, i32> 
                 room_id: g.room_id,
                 first_seq: g.first_seq,
                 missed: g.missed,
+            },
+        },
+        Push::MoneyReceived(m) => ns_push_body {
+            money: ns_money_push {
+                txn_id: m.txn_id,
+                from_id: m.from_id,
+                amount: m.amount,
+                time_ms: m.time_ms,
+                from: ns_bytes::of(m.from.as_str().as_bytes()),
             },
         },
     };
@@ -1510,6 +1581,15 @@ pub unsafe extern "C" fn ns_encode_push(
                     first_seq: b.gap.first_seq,
                     missed: b.gap.missed,
                 })),
+                Opcode::MoneyReceived => (|| {
+                    Ok(Push::MoneyReceived(MoneyReceived {
+                        txn_id: b.money.txn_id,
+                        from_id: b.money.from_id,
+                        amount: b.money.amount,
+                        time_ms: b.money.time_ms,
+                        from: field(Name::new(b.money.from.str()?))?,
+                    }))
+                })(),
                 _ => Err(NS_ERR_UNKNOWN_OPCODE),
             }
         };

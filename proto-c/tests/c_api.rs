@@ -420,6 +420,15 @@ fn every_response_and_push_kind_round_trips_through_the_c_api() {
             },
         ),
         (
+            NS_OP_USER_NAMES,
+            ns_response_body {
+                user_names: ns_list_users_resp {
+                    items: users.as_ptr(),
+                    len: users.len(),
+                },
+            },
+        ),
+        (
             NS_OP_LIST_ROOMS,
             ns_response_body {
                 list_rooms: ns_list_rooms_resp {
@@ -579,6 +588,18 @@ fn every_response_and_push_kind_round_trips_through_the_c_api() {
             },
         },
         ns_push {
+            opcode: NS_OP_MONEY_RECEIVED,
+            body: ns_push_body {
+                money: ns_money_push {
+                    txn_id: 7,
+                    from_id: 3,
+                    amount: u64::MAX,
+                    time_ms: 4,
+                    from: b_static("eve"),
+                },
+            },
+        },
+        ns_push {
             opcode: NS_OP_CHAT_GAP,
             body: ns_push_body {
                 gap: ns_gap_push {
@@ -715,6 +736,38 @@ fn every_request_kind_round_trips_and_bad_arguments_are_refused() {
             "{}",
             name(ns_opcode_name(r.opcode))
         );
+    }
+    // USER_NAMES encodes (a client asks for names) and is the frame the Rust side makes; a
+    // C server cannot decode one (it has no users to answer from).
+    let ids = [4u32, 9];
+    let names = request(NS_OP_USER_NAMES, |b| {
+        b.user_names = ns_user_names_req {
+            ids: ids.as_ptr(),
+            len: ids.len(),
+        }
+    });
+    let frame = encode_request(12, &names);
+    let want = proto::body::UserNamesRequest {
+        ids: proto::codec::List::new(ids.to_vec()).expect("two ids"),
+    };
+    let mut rust = Vec::new();
+    proto::write_request(
+        &mut rust,
+        12,
+        &proto::Request::UserNames(want),
+        proto::BODY_LEN_LIMIT,
+    )
+    .expect("encode");
+    assert_eq!(frame, rust);
+    let (mut f, mut used) = (ns_frame::default(), 0);
+    let mut back = request(0, |_| {});
+    // SAFETY: buffers valid.
+    unsafe {
+        assert_eq!(
+            ns_frame_parse(frame.as_ptr(), frame.len(), 1 << 16, &mut f, &mut used),
+            NS_OK
+        );
+        assert_eq!(ns_decode_request(&f, &mut back), NS_ERR_UNKNOWN_OPCODE);
     }
     // Out-of-bounds fields, unknown opcodes, nulls, a small buffer: codes, never a crash.
     let long_name = "n".repeat(33);

@@ -25,6 +25,9 @@ pub const SALT_LEN_MAX: usize = 64;
 /// Most entries in any list a response carries; servers may return fewer to fit `body_len_max`.
 pub const LIST_LEN_MAX: usize = 1000;
 
+/// Most ids one USER_NAMES request may ask for.
+pub const USER_NAMES_MAX: usize = 100;
+
 /// Chat text: 1..=4000 bytes of UTF-8.
 pub type Text<'a> = Str<'a, 1, TEXT_LEN_MAX>;
 /// Software name and version, free-form, 0..=64 bytes.
@@ -404,6 +407,22 @@ body! {
 }
 
 body! {
+    /// USER_NAMES request: users by id, online or not.
+    pub struct UserNamesRequest {
+        /// At most [`USER_NAMES_MAX`] ids; ids with no user are left out of the answer.
+        pub ids: List<u32, USER_NAMES_MAX>,
+    }
+}
+
+body! {
+    /// USER_NAMES response.
+    pub struct UserNamesResponse<'a> {
+        /// One entry per requested id that is a user, in the request's order.
+        pub users: List<UserEntry<'a>, USER_NAMES_MAX>,
+    }
+}
+
+body! {
     /// DEPOSIT or WITHDRAW request.
     pub struct AmountRequest {
         /// Minor units (cents); must be > 0.
@@ -549,6 +568,22 @@ body! {
     }
 }
 
+body! {
+    /// MONEY_RECEIVED push: a TRANSFER to this user, sent once it is durable.
+    pub struct MoneyReceived<'a> {
+        /// The transfer's id, as TXN_HISTORY shows it.
+        pub txn_id: u64,
+        /// The sender's user id.
+        pub from_id: u32,
+        /// Minor units received.
+        pub amount: u64,
+        /// When it was applied, milliseconds since the Unix epoch.
+        pub time_ms: u64,
+        /// The sender's name.
+        pub from: Name<'a>,
+    }
+}
+
 /// A body that knows its opcode: a [`Request`], [`Response`] or [`Push`].
 pub trait OpcodeBody {
     /// The opcode the body goes with.
@@ -626,6 +661,7 @@ by_opcode! {
         ListUsers(PageRequest),
         ListRooms(PageRequest),
         RoomHistory(RoomHistoryRequest),
+        UserNames(UserNamesRequest),
         Deposit(AmountRequest),
         Withdraw(AmountRequest),
         Transfer(TransferRequest<'a>),
@@ -650,6 +686,7 @@ by_opcode! {
         ListUsers(ListUsersResponse<'a>),
         ListRooms(ListRoomsResponse<'a>),
         RoomHistory(RoomHistoryResponse<'a>),
+        UserNames(UserNamesResponse<'a>),
         Deposit(LedgerResponse),
         Withdraw(LedgerResponse),
         Transfer(LedgerResponse),
@@ -665,6 +702,7 @@ by_opcode! {
         ChatBroadcast(ChatBroadcast<'a>),
         DirectMessage(DirectMessage<'a>),
         ChatGap(ChatGap),
+        MoneyReceived(MoneyReceived<'a>),
     }
 }
 

@@ -88,6 +88,8 @@ wire_enum! {
         RoomHistory = 0x0109 => "ROOM_HISTORY",
         /// Push: the server could not deliver some of a room's messages to this client.
         ChatGap = 0x010A => "CHAT_GAP",
+        /// The names of users by id (online or not), for showing a history with names.
+        UserNames = 0x010B => "USER_NAMES",
         /// Adds money to the caller's account.
         Deposit = 0x0201 => "DEPOSIT",
         /// Takes money from the caller's account.
@@ -98,6 +100,8 @@ wire_enum! {
         Balance = 0x0204 => "BALANCE",
         /// The caller's transactions, newest first, paged by txn id.
         TxnHistory = 0x0205 => "TXN_HISTORY",
+        /// Push: a TRANSFER to this user was applied and is durable.
+        MoneyReceived = 0x0206 => "MONEY_RECEIVED",
     }
 }
 
@@ -106,7 +110,11 @@ impl Opcode {
     pub const fn is_push(self) -> bool {
         matches!(
             self,
-            Opcode::Notice | Opcode::ChatBroadcast | Opcode::DirectMessage | Opcode::ChatGap
+            Opcode::Notice
+                | Opcode::ChatBroadcast
+                | Opcode::DirectMessage
+                | Opcode::ChatGap
+                | Opcode::MoneyReceived
         )
     }
 

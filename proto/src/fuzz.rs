@@ -214,6 +214,9 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             before_txn_id: 0,
             limit: 20,
         }),
+        Request::UserNames(UserNamesRequest {
+            ids: List::new(vec![1, 2]).expect("two ids"),
+        }),
     ];
     let responses = vec![
         Response::Hello(HelloResponse {
@@ -282,6 +285,19 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             }])
             .expect("one entry"),
         }),
+        Response::UserNames(UserNamesResponse {
+            users: List::new(vec![
+                UserEntry {
+                    user_id: 1,
+                    name: name("alice"),
+                },
+                UserEntry {
+                    user_id: 2,
+                    name: name("bob"),
+                },
+            ])
+            .expect("two entries"),
+        }),
         Response::Deposit(LedgerResponse {
             balance: 10_000,
             txn_id: 1,
@@ -333,6 +349,13 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             room_id: 1,
             first_seq: 43,
             missed: 7,
+        }),
+        Push::MoneyReceived(MoneyReceived {
+            txn_id: 3,
+            from_id: 1,
+            amount: 1_250,
+            time_ms: 1_763_779_200_000,
+            from: name("alice"),
         }),
     ];
     // Request ids follow one rule so a request and its response carry the same one: the

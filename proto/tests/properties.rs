@@ -277,6 +277,18 @@ proptest! {
         };
         round_trip(&th_r, &mut buf)?;
         response_frame(&Response::TxnHistory(th_r), req_id)?;
+        let mr = MoneyReceived { txn_id, from_id: to_id, amount, time_ms: balance, from: n(&to_name) };
+        round_trip(&mr, &mut buf)?;
+        push_frame(&Push::MoneyReceived(mr))?;
+        let ids: Vec<u32> = txns.iter().map(|t| t.2).collect();
+        let un = UserNamesRequest { ids: List::new(ids.clone())? };
+        round_trip(&un, &mut buf)?;
+        request_frame(&Request::UserNames(un), req_id)?;
+        let un_r = UserNamesResponse {
+            users: List::new(ids.iter().map(|&id| UserEntry { user_id: id, name: n(&to_name) }).collect())?,
+        };
+        round_trip(&un_r, &mut buf)?;
+        response_frame(&Response::UserNames(un_r), req_id)?;
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub(crate) struct Member {
 crate::layout!(Member, 16, 8);
 
 const TEXT_WORDS: usize = TEXT_LEN_MAX.div_ceil(8);
+/// A ring event that carries a message's text.
+const KIND_MESSAGE: u32 = 0;
+/// An inbox event that tells a user about money it received ([`Credit`]).
+const KIND_CREDIT: u32 = 1;
 
 /// One event of a room's ring.
 #[repr(C, align(64))]
@@ -56,6 +60,9 @@ pub(crate) struct RoomEvent {
     /// The cluster stream's sequence number of the message, 0 on a single node: a bridge that
     /// applies a message twice (killed between applying it and saying so) sees it here.
     stream_seq: AtomicU64,
+    /// [`KIND_MESSAGE`], or [`KIND_CREDIT`] for a transfer's notice in an inbox, whose amount,
+    /// txn id and LSN are the first three words of `text` (`text_len` 0).
+    kind: AtomicU32,
     sender_name: [AtomicU64; NAME_LEN_MAX / 8],
     text: [AtomicU64; TEXT_WORDS],
 }
@@ -118,6 +125,19 @@ pub struct Event {
     pub origin: u64,
     /// Its sequence number in the cluster's stream, 0 on a single node.
     pub stream_seq: u64,
+    /// Set for an inbox event that announces a transfer to `target` (its `text` is empty).
+    pub credit: Option<Credit>,
+}
+
+/// A transfer announced to its recipient through their worker's inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    /// Minor units received.
+    pub amount: u64,
+    /// The transfer's txn id.
+    pub txn_id: u64,
+    /// The journal LSN that must be durable before the recipient is told (0: none).
+    pub lsn: u64,
 }
 
 /// Where a cluster message came from: which node, which worker there, and the worker's token
@@ -554,6 +574,26 @@ impl<'s> Rooms<'s> {
         ring.append(NewEvent::local(sender, target, sender_name, text, time_ms))
     }
 
+    /// Appends a notice of money received by `target` (from `sender`) to worker `worker`'s
+    /// inbox; returns its sequence number there. The worker delivers it once the journal is
+    /// durable up to `credit.lsn`, in inbox order. The caller then wakes the workers.
+    pub fn inbox_credit(
+        &self,
+        worker: u32,
+        sender: u32,
+        target: u32,
+        sender_name: &str,
+        credit: Credit,
+        time_ms: u64,
+    ) -> Result<u64, RoomError> {
+        let ring = self.inbox_ring(worker)?;
+        let _g = lock_head(ring.head, || {})?;
+        ring.append(NewEvent {
+            credit: Some(credit),
+            ..NewEvent::local(sender, target, sender_name, "", time_ms)
+        })
+    }
+
     /// Worker `worker`'s inbox's latest sequence number.
     pub fn inbox_last_seq(&self, worker: u32) -> Result<u64, RoomError> {
         Ok(self
@@ -691,6 +731,7 @@ struct NewEvent<'a> {
     time_ms: u64,
     origin: u64,
     stream_seq: u64,
+    credit: Option<Credit>,
 }
 
 impl<'a> NewEvent<'a> {
@@ -703,6 +744,7 @@ impl<'a> NewEvent<'a> {
             time_ms,
             origin: 0,
             stream_seq: 0,
+            credit: None,
         }
     }
 }
@@ -722,8 +764,9 @@ impl Ring<'_> {
             time_ms,
             origin,
             stream_seq,
+            credit,
         } = n;
-        if text.is_empty() || text.len() > TEXT_LEN_MAX {
+        if credit.is_none() && (text.is_empty() || text.len() > TEXT_LEN_MAX) {
             return Err(RoomError::Invalid("text"));
         }
         if sender_name.len() > NAME_LEN_MAX {
@@ -741,8 +784,20 @@ impl Ring<'_> {
         store_bytes(&e.sender_name, sender_name.as_bytes());
         e.sender_len
             .store(sender_name.len() as u32, Ordering::Relaxed);
-        store_bytes(&e.text, text.as_bytes());
-        e.text_len.store(text.len() as u32, Ordering::Relaxed);
+        match credit {
+            Some(c) => {
+                e.text[0].store(c.amount, Ordering::Relaxed);
+                e.text[1].store(c.txn_id, Ordering::Relaxed);
+                e.text[2].store(c.lsn, Ordering::Relaxed);
+                e.kind.store(KIND_CREDIT, Ordering::Relaxed);
+                e.text_len.store(0, Ordering::Relaxed);
+            }
+            None => {
+                store_bytes(&e.text, text.as_bytes());
+                e.kind.store(KIND_MESSAGE, Ordering::Relaxed);
+                e.text_len.store(text.len() as u32, Ordering::Relaxed);
+            }
+        }
         e.seq.store(seq, Ordering::Release);
         self.head.last_seq.store(seq, Ordering::Release);
         Ok(seq)
@@ -786,6 +841,11 @@ impl Ring<'_> {
         let time_ms = e.time_ms.load(Ordering::Relaxed);
         let origin = e.origin.load(Ordering::Relaxed);
         let stream_seq = e.stream_seq.load(Ordering::Relaxed);
+        let credit = (e.kind.load(Ordering::Relaxed) == KIND_CREDIT).then(|| Credit {
+            amount: e.text[0].load(Ordering::Relaxed),
+            txn_id: e.text[1].load(Ordering::Relaxed),
+            lsn: e.text[2].load(Ordering::Relaxed),
+        });
         core::sync::atomic::fence(Ordering::Acquire);
         if e.seq.load(Ordering::Relaxed) != seq {
             // Overwritten while we copied: the ring lapped this reader.
@@ -804,6 +864,7 @@ impl Ring<'_> {
             text,
             origin,
             stream_seq,
+            credit,
         })
     }
 }

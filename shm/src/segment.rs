@@ -25,7 +25,7 @@ use crate::users::UserRecord;
 /// `"NSSHM\0"` and the layout version in the low bytes.
 pub const MAGIC: u64 = 0x4E53_5348_4D00_0000;
 /// Bumped whenever any shared struct changes; a tool built for another layout refuses to attach.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Entries of a cluster node's outbox (workers to the bridge); a power of two.
 pub const OUTBOX_RING: usize = 1024;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{create, creds, instance, register_users, small_caps, unique_name};
-use shm::rooms::{MemberInfo, Read};
+use shm::rooms::{Credit, MemberInfo, Read};
 use shm::users::SessionId;
 use shm::{
     Capacities, LockMode, Metrics, Previous, RoomError, Rooms, Segment, ShmError, UserError, Users,
@@ -275,6 +275,34 @@ fn worker_inboxes_are_rings_outside_the_room_id_space() {
     );
     // The first room a client creates is room 1.
     assert_eq!(rooms.join("lobby", member(1)).expect("join").room_id, 1);
+}
+
+#[test]
+fn a_credit_in_an_inbox_reads_back_with_its_amount_txn_and_lsn_between_messages() {
+    let seg = create("credit", small_caps(), LockMode::Account);
+    let rooms = Rooms::of(&seg);
+    let credit = Credit {
+        amount: u64::MAX,
+        txn_id: 17,
+        lsn: 4242,
+    };
+    assert_eq!(rooms.inbox_publish(0, 5, 9, "u5", "before", 1), Ok(1));
+    assert_eq!(rooms.inbox_credit(0, 5, 9, "u5", credit, 2), Ok(2));
+    assert_eq!(rooms.inbox_publish(0, 5, 9, "u5", "after", 3), Ok(3));
+    let read = |seq| match rooms.inbox_read(0, seq).expect("read") {
+        Read::Event(e) => e,
+        other => panic!("{other:?}"),
+    };
+    let c = read(2);
+    assert_eq!(
+        (c.sender, c.target, c.time_ms, c.text.as_str()),
+        (5, 9, 2, "")
+    );
+    assert_eq!(c.sender_name, "u5");
+    assert_eq!(c.credit, Some(credit));
+    // The messages on either side are messages.
+    assert_eq!(read(1).credit, None);
+    assert_eq!((read(3).credit, read(3).text.as_str()), (None, "after"));
 }
 
 #[test]

@@ -201,6 +201,12 @@ pub struct Args {
     #[arg(long)]
     pub journal_truncate_corrupt: bool,
 
+    /// Read settings from this TOML file (keys are the long options: `port = 9000`); the
+    /// command line overrides it. `uring-server print-config` prints every setting with its
+    /// default.
+    #[arg(long, global = true)]
+    pub config: Option<std::path::PathBuf>,
+
     /// Name of this server instance's shared memory (/dev/shm/ns-<name>); tools use the same,
     /// given before or after the tool's name (`uring-server stats --name X`).
     #[arg(long, default_value = "ns", global = true)]
@@ -243,6 +249,8 @@ pub enum Command {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Print every setting a --config file may hold, each with its help and default.
+    PrintConfig,
     /// Register a user (how accounts are made when registration is closed).
     Adduser {
         /// The user's name.

@@ -11,6 +11,7 @@ pub mod buf_ring;
 pub mod chat;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod core;
 pub mod durable;
 pub mod epoll;

@@ -2,12 +2,17 @@
 //!
 //! The command line only: everything else is the `uring_server` library (`lib.rs`).
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use uring_server::{cli, master, tools};
+use uring_server::{cli, config, master, tools};
 
 fn main() {
-    let args = cli::Args::parse();
+    let args = match config::parse(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("uring-server: {e:#}");
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -35,6 +40,10 @@ fn main() {
                     0
                 },
             )
+        }
+        Some(cli::Command::PrintConfig) => {
+            print!("{}", config::template());
+            Ok(0)
         }
         Some(cli::Command::Adduser { user, password }) => {
             tools::adduser(&args.name, user, password.clone(), 0)

@@ -296,3 +296,175 @@ fn a_newer_login_ends_the_older_session() {
     assert!(saw_notice);
     assert_eq!(new.ledger(&deposit(1)).map(|r| r.0), Ok(1));
 }
+
+/// Reads `c`'s frames (pushes kept aside first) until a DIRECT_MESSAGE whose text is `marker`;
+/// returns the MONEY_RECEIVED pushes seen before it as (txn_id, from_id, amount, from).
+fn credits_before(c: &mut Client, marker: &str) -> Vec<(u64, u32, u64, String)> {
+    let mut got = Vec::new();
+    let mut pending = std::mem::take(&mut c.pushes);
+    loop {
+        for g in pending.drain(..) {
+            match g.push() {
+                proto::Push::MoneyReceived(m) => {
+                    got.push((m.txn_id, m.from_id, m.amount, m.from.as_str().to_string()))
+                }
+                proto::Push::DirectMessage(d) if d.text.as_str() == marker => return got,
+                _ => {}
+            }
+        }
+        pending.push(
+            c.next()
+                .expect("connection closed while waiting for pushes"),
+        );
+    }
+}
+
+fn dm(c: &mut Client, to: &str, text: &str) {
+    c.expect(
+        &Request::DirectSend(DirectSendRequest {
+            to: proto::codec::Name::new(to).expect("name"),
+            text: Text::new(text).expect("text"),
+        }),
+        Status::Ok,
+    );
+}
+
+#[test]
+fn a_transfer_tells_its_recipient_once_after_it_is_durable_even_when_retried() {
+    for backend in BACKENDS {
+        let server = Server::start("credit", &["-w", "2", "--io", backend]);
+        let mut alice = server.client();
+        let wa = alice.worker();
+        // The recipient on the other worker: the push crosses processes.
+        let mut bob = client_on_worker(&server, 1 - wa);
+        alice.join_as("alice");
+        bob.join_as("bob");
+        let mut carol = server.client();
+        carol.join_as("carol");
+        carol.call(&Request::Logout(Empty {}));
+        alice.ledger(&deposit(1_000)).expect("deposit");
+        // A transfer by name, retried with the same req_id (as if its answer were lost), one
+        // by id, and one to a user who is not logged in.
+        let id = alice.next_req_id();
+        let first = alice.ledger_with_id(id, &transfer_to("bob", 250));
+        let (_, t1) = first.expect("transfer");
+        assert_eq!(alice.ledger_with_id(id, &transfer_to("bob", 250)), first);
+        let (_, t2) = alice
+            .ledger(&transfer_id(bob.user_id, 40))
+            .expect("transfer by id");
+        alice.ledger(&transfer_to("carol", 10)).expect("to carol");
+        // Refused transfers tell nobody.
+        assert_eq!(
+            alice.ledger(&transfer_to("bob", 1_000_000)),
+            Err(Status::ErrInsufficientFunds)
+        );
+        dm(&mut alice, "bob", "end-1");
+        let from = alice.user_id;
+        let got = credits_before(&mut bob, "end-1");
+        assert_eq!(
+            got,
+            vec![
+                (t1, from, 250, "alice".to_string()),
+                (t2, from, 40, "alice".to_string())
+            ],
+            "{backend}: one push per applied transfer, in order, none for the retry"
+        );
+        assert_eq!(bob.balance(), 290, "{backend}");
+        // Alice, the sender, was told nothing of her own transfers.
+        dm(&mut bob, "alice", "end-2");
+        assert_eq!(credits_before(&mut alice, "end-2"), vec![], "{backend}");
+        // Carol logs in later: her money is in her history, not in a push.
+        carol.login_with("carol", secret());
+        assert_eq!(carol.balance(), 10, "{backend}");
+        dm(&mut alice, "carol", "end-3");
+        assert_eq!(credits_before(&mut carol, "end-3"), vec![], "{backend}");
+
+        // Not before it is durable: with the journal writer stopped, neither the sender's
+        // answer nor the recipient's push goes out; both go once it runs again.
+        let writer = server.stats_json()["journal"]["writer_pid"]
+            .as_u64()
+            .expect("writer pid") as i32;
+        let pid = nix::unistd::Pid::from_raw(writer);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        let held = alice.next_req_id();
+        alice.send_raw(&Client::frame(held, &transfer_to("bob", 5)));
+        let early = bob.read_frame_within(std::time::Duration::from_millis(400));
+        let early_answer = alice.read_frame_within(std::time::Duration::from_millis(100));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        assert!(
+            early.is_none(),
+            "{backend}: a push before the transfer was durable"
+        );
+        assert!(
+            early_answer.is_none(),
+            "{backend}: an answer before durable"
+        );
+        let t3 = match alice.response(held).reply() {
+            Reply::Ok(Response::Transfer(r)) => r.txn_id,
+            other => panic!("{other:?}"),
+        };
+        dm(&mut alice, "bob", "end-4");
+        assert_eq!(
+            credits_before(&mut bob, "end-4"),
+            vec![(t3, alice.user_id, 5, "alice".to_string())],
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_sets_the_server_and_the_command_line_overrides_it() {
+    let dir = std::env::temp_dir().join(unique_name("config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("ns.toml");
+    std::fs::write(
+        &path,
+        "registration = \"closed\"\nflood_burst = 2\nflood-per-sec = 1\n",
+    )
+    .expect("write the config");
+    let config = path.to_string_lossy().into_owned();
+    let from_file = Server::start("cfg", &["-w", "1", "--config", &config]);
+    let mut c = from_file.client();
+    assert_eq!(
+        c.register("erin"),
+        Status::ErrRegistrationClosed,
+        "from the file"
+    );
+    drop(from_file);
+    let over = Server::start(
+        "cfg",
+        &["-w", "1", "--config", &config, "--registration", "open"],
+    );
+    let mut c = over.client();
+    c.join_as("erin");
+    // The rest of the file still holds: a burst of 2, then the flood limit.
+    let room_id = join(&mut c, "cfg");
+    let sends: Vec<Status> = (0..3)
+        .map(|i| {
+            c.call(&Request::ChatSend(ChatSendRequest {
+                room_id,
+                text: Text::new(&format!("m{i}")).expect("text"),
+            }))
+            .status()
+        })
+        .collect();
+    assert_eq!(sends, [Status::Ok, Status::Ok, Status::ErrRateLimited]);
+    drop(over);
+    // A bad file stops the start with its name and the key, before anything is created.
+    std::fs::write(&path, "prot = 9000\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uring-server"))
+        .args([
+            "--config",
+            &config,
+            "--name",
+            &unique_name("cfgbad"),
+            "--port",
+            "0",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&config) && err.contains("\"prot\""), "{err}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -1,4 +1,4 @@
-//! Who is here: LIST_USERS, and DIRECT_SEND to one user through the inbox ring of the worker
+//! Who is here: LIST_USERS, USER_NAMES, and DIRECT_SEND to one user through the inbox ring of the worker
 //! that serves them.
 
 use proto::body::*;
@@ -26,6 +26,34 @@ impl Ctx<'_> {
             })
             .collect();
         let resp = Response::ListUsers(ListUsersResponse {
+            users: List::new(users)?,
+        });
+        self.respond(st, id, &resp);
+        Ok(())
+    }
+
+    /// The names of the users asked for by id, online or not; ids with no user are left out.
+    pub(super) fn user_names(
+        &mut self,
+        st: &mut ConnState,
+        id: u64,
+        q: &UserNamesRequest,
+    ) -> Handled {
+        let names: Vec<(u32, String)> = q
+            .ids
+            .items()
+            .iter()
+            .filter_map(|&id| self.users.name(id).map(|n| (id, n)))
+            .collect();
+        let users = names
+            .iter()
+            .filter_map(|(id, n)| {
+                Name::new(n)
+                    .ok()
+                    .map(|name| UserEntry { user_id: *id, name })
+            })
+            .collect();
+        let resp = Response::UserNames(UserNamesResponse {
             users: List::new(users)?,
         });
         self.respond(st, id, &resp);

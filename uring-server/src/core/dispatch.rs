@@ -145,6 +145,7 @@ impl Ctx<'_> {
             Request::Balance(_) => self.balance(st, user, id),
             Request::TxnHistory(q) => self.txn_history(st, user, id, &q),
             Request::ListUsers(q) => self.list_users(st, id, &q),
+            Request::UserNames(q) => self.user_names(st, id, &q),
             Request::DirectSend(d) => self.direct_send(st, user, id, &d),
             Request::JoinRoom(j) => self.join_room(st, user, id, &j),
             Request::LeaveRoom(l) => self.leave_room(st, user, id, l.room_id),

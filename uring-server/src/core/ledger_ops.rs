@@ -65,8 +65,35 @@ impl Ctx<'_> {
         let done = self.ledger.transfer(caller, to, id, t.amount);
         self.hold_until = self.ledger.take_rests_on();
         let done = done?;
+        if !done.replayed {
+            self.announce_credit(st, user, to, t.amount, done.txn_id);
+        }
         self.respond(st, id, &Response::Transfer(answer(done)));
         Ok(())
+    }
+
+    /// Tells the recipient of a transfer just applied, if they are logged in: a credit in the
+    /// inbox of the worker serving them, delivered once the transfer is durable. A retry
+    /// answered from the exactly-once record does not come here, so one transfer is one push.
+    /// The transfer stands whatever happens to its notice (a full inbox laps, and counts it).
+    fn announce_credit(&mut self, st: &ConnState, from: u32, to: u32, amount: u64, txn_id: u64) {
+        let Some(session) = self.users.session(to) else {
+            return;
+        };
+        let lsn = self.hold_until.filter(|_| self.journal_on).unwrap_or(0);
+        let credit = shm::rooms::Credit {
+            amount,
+            txn_id,
+            lsn,
+        };
+        let worker = u32::from(session.worker);
+        match self
+            .rooms
+            .inbox_credit(worker, from, to, &st.name, credit, self.wall_ms)
+        {
+            Ok(_) => self.wake_pending = true,
+            Err(e) => tracing::warn!("transfer {txn_id}: could not tell user {to}: {e}"),
+        }
     }
 
     /// Reads answer with what may not be on disk yet: while the journal cannot write they are

@@ -111,38 +111,61 @@ impl Core<'_> {
         seq != first
     }
 
-    /// Delivers the direct messages in this worker's inbox to their recipients here.
+    /// Delivers the direct messages and credits in this worker's inbox to their recipients
+    /// here, in inbox order. A credit whose transfer is not yet durable stops the pass: it and
+    /// everything after it go on a later pass (the journal writer bumps the chat epoch each
+    /// time it makes more durable).
     fn deliver_inbox(&mut self, touched: &mut Vec<usize>, frame: &mut Vec<u8>) {
         let inbox = u32::from(self.ctx.cfg.worker);
         let mut seq = self.ctx.chat.inbox_seq;
         let last = self.ctx.rooms.inbox_last_seq(inbox).unwrap_or(seq);
+        let mut durable = None;
         while seq < last {
-            seq += 1;
-            let event = match self.ctx.rooms.inbox_read(inbox, seq) {
+            let event = match self.ctx.rooms.inbox_read(inbox, seq + 1) {
                 Ok(Read::Event(e)) => e,
                 Ok(Read::Missed { oldest }) => {
                     // The inbox ring lapped this worker: those messages are lost, and counted.
-                    self.ctx.metrics.pushes_dropped.add(oldest - seq);
+                    self.ctx.metrics.pushes_dropped.add(oldest - seq - 1);
                     seq = oldest - 1;
                     continue;
                 }
                 Ok(Read::NotYet) | Err(_) => break,
             };
+            if let Some(c) = event.credit {
+                let durable = *durable.get_or_insert_with(|| shm::journal::durable(self.ctx.seg));
+                if c.lsn > durable {
+                    break;
+                }
+            }
+            seq += 1;
             let Some(&(key, conn_id)) = self.ctx.chat.users.get(&event.target) else {
                 self.ctx.metrics.pushes_dropped.add(1);
                 continue;
             };
-            let (Ok(from), Ok(text)) = (Name::new(&event.sender_name), Text::new(&event.text))
-            else {
+            let Ok(from) = Name::new(&event.sender_name) else {
                 continue;
             };
             frame.clear();
-            let push = Push::DirectMessage(DirectMessage {
-                from_id: event.sender,
-                time_ms: event.time_ms,
-                from,
-                text,
-            });
+            let push = match event.credit {
+                Some(c) => Push::MoneyReceived(MoneyReceived {
+                    txn_id: c.txn_id,
+                    from_id: event.sender,
+                    amount: c.amount,
+                    time_ms: event.time_ms,
+                    from,
+                }),
+                None => {
+                    let Ok(text) = Text::new(&event.text) else {
+                        continue;
+                    };
+                    Push::DirectMessage(DirectMessage {
+                        from_id: event.sender,
+                        time_ms: event.time_ms,
+                        from,
+                        text,
+                    })
+                }
+            };
             let _ = write_push(frame, &push, proto::BODY_LEN_LIMIT);
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.st.id == conn_id {
