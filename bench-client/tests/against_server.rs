@@ -84,6 +84,14 @@ fn the_library_speaks_every_flow() {
     let (room, _) = a.join("lobby").expect("join");
     b.join("lobby").expect("join");
     let seq = a.send(room, "hello bob").expect("send");
+    // The transfer announced itself to bob first, then the room message came.
+    let money = b.next_push().expect("push");
+    match money.push().expect("push body") {
+        proto::Push::MoneyReceived(m) => {
+            assert_eq!((m.amount, m.from.as_str()), (40, "alice"));
+        }
+        other => panic!("{other:?}"),
+    }
     let push = b.next_push().expect("push");
     match push.push().expect("push body") {
         proto::Push::ChatBroadcast(m) => {

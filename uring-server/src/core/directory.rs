@@ -8,23 +8,30 @@ use proto::{Response, Status};
 use super::error::{Handled, HandlerError};
 use super::{ConnState, Ctx};
 
+/// Entries for a list of (id, name), leaving out a name that is not a valid one on the wire.
+fn user_entries(names: &[(u32, String)]) -> Vec<UserEntry<'_>> {
+    names
+        .iter()
+        .filter_map(|(id, n)| {
+            Name::new(n)
+                .ok()
+                .map(|name| UserEntry { user_id: *id, name })
+        })
+        .collect()
+}
+
 impl Ctx<'_> {
+    /// The names of the users among `ids`, in order; ids with no user are left out.
+    fn named(&self, ids: impl IntoIterator<Item = u32>) -> Vec<(u32, String)> {
+        ids.into_iter()
+            .filter_map(|id| self.users.name(id).map(|n| (id, n)))
+            .collect()
+    }
+
     pub(super) fn list_users(&mut self, st: &mut ConnState, id: u64, q: &PageRequest) -> Handled {
         let limit = usize::from(q.limit).min(self.list_limit(4 + 2 + 32));
-        let names: Vec<(u32, String)> = self
-            .users
-            .online_after(q.after_id, limit)
-            .into_iter()
-            .filter_map(|id| self.users.name(id).map(|n| (id, n)))
-            .collect();
-        let users = names
-            .iter()
-            .filter_map(|(id, n)| {
-                Name::new(n)
-                    .ok()
-                    .map(|name| UserEntry { user_id: *id, name })
-            })
-            .collect();
+        let names = self.named(self.users.online_after(q.after_id, limit));
+        let users = user_entries(&names);
         let resp = Response::ListUsers(ListUsersResponse {
             users: List::new(users)?,
         });
@@ -39,20 +46,8 @@ impl Ctx<'_> {
         id: u64,
         q: &UserNamesRequest,
     ) -> Handled {
-        let names: Vec<(u32, String)> = q
-            .ids
-            .items()
-            .iter()
-            .filter_map(|&id| self.users.name(id).map(|n| (id, n)))
-            .collect();
-        let users = names
-            .iter()
-            .filter_map(|(id, n)| {
-                Name::new(n)
-                    .ok()
-                    .map(|name| UserEntry { user_id: *id, name })
-            })
-            .collect();
+        let names = self.named(q.ids.items().iter().copied());
+        let users = user_entries(&names);
         let resp = Response::UserNames(UserNamesResponse {
             users: List::new(users)?,
         });
