@@ -390,6 +390,11 @@ fn read_loop(s: Shared, view: &mut View) {
                     Ok(Reply::Ok(r)) => show_response(&mut o, &r, view),
                     Ok(Reply::Err(st, e)) => {
                         let _ = writeln!(o, "! {}: {}", st.name(), e.message.as_str());
+                        if f.header.opcode == Opcode::UserNames {
+                            // No names came: the held history goes out with ids.
+                            let txns = std::mem::take(&mut view.unnamed);
+                            view.show_txns(&mut o, &txns);
+                        }
                     }
                     Err(e) => {
                         let _ = writeln!(o, "! bad response: {e}");

@@ -628,6 +628,20 @@ fn every_response_and_push_kind_round_trips_through_the_c_api() {
     }
 }
 
+/// Parses one request frame and decodes its body: the decoder's code and what it filled in.
+fn decode_request(frame: &[u8]) -> (i32, ns_request) {
+    let (mut f, mut used) = (ns_frame::default(), 0);
+    let mut back = request(0, |_| {});
+    // SAFETY: buffers valid for the calls.
+    unsafe {
+        assert_eq!(
+            ns_frame_parse(frame.as_ptr(), frame.len(), 1 << 16, &mut f, &mut used),
+            NS_OK
+        );
+        (ns_decode_request(&f, &mut back), back)
+    }
+}
+
 #[test]
 fn every_request_kind_round_trips_and_bad_arguments_are_refused() {
     let key = [3u8; 32];
@@ -720,16 +734,8 @@ fn every_request_kind_round_trips_and_bad_arguments_are_refused() {
     ];
     for r in &reqs {
         let frame = encode_request(11, r);
-        let (mut f, mut used) = (ns_frame::default(), 0);
-        let mut back = request(0, |_| {});
-        // SAFETY: buffers valid.
-        unsafe {
-            assert_eq!(
-                ns_frame_parse(frame.as_ptr(), frame.len(), 1 << 16, &mut f, &mut used),
-                NS_OK
-            );
-            assert_eq!(ns_decode_request(&f, &mut back), NS_OK);
-        }
+        let (code, back) = decode_request(&frame);
+        assert_eq!(code, NS_OK);
         assert_eq!(
             encode_request(11, &back),
             frame,
@@ -759,16 +765,7 @@ fn every_request_kind_round_trips_and_bad_arguments_are_refused() {
     )
     .expect("encode");
     assert_eq!(frame, rust);
-    let (mut f, mut used) = (ns_frame::default(), 0);
-    let mut back = request(0, |_| {});
-    // SAFETY: buffers valid.
-    unsafe {
-        assert_eq!(
-            ns_frame_parse(frame.as_ptr(), frame.len(), 1 << 16, &mut f, &mut used),
-            NS_OK
-        );
-        assert_eq!(ns_decode_request(&f, &mut back), NS_ERR_UNKNOWN_OPCODE);
-    }
+    assert_eq!(decode_request(&frame).0, NS_ERR_UNKNOWN_OPCODE);
     // Out-of-bounds fields, unknown opcodes, nulls, a small buffer: codes, never a crash.
     let long_name = "n".repeat(33);
     let room = b(&long_name);

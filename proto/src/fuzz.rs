@@ -218,6 +218,16 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             ids: List::new(vec![1, 2]).expect("two ids"),
         }),
     ];
+    let alice_and_bob = vec![
+        UserEntry {
+            user_id: 1,
+            name: name("alice"),
+        },
+        UserEntry {
+            user_id: 2,
+            name: name("bob"),
+        },
+    ];
     let responses = vec![
         Response::Hello(HelloResponse {
             server: label("uring-server/0.1"),
@@ -252,17 +262,7 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
         Response::ChatSend(ChatSendResponse { seq: 42 }),
         Response::DirectSend(DirectSendResponse { to_user_id: 2 }),
         Response::ListUsers(ListUsersResponse {
-            users: List::new(vec![
-                UserEntry {
-                    user_id: 1,
-                    name: name("alice"),
-                },
-                UserEntry {
-                    user_id: 2,
-                    name: name("bob"),
-                },
-            ])
-            .expect("two entries"),
+            users: List::new(alice_and_bob.clone()).expect("two entries"),
         }),
         Response::ListRooms(ListRoomsResponse {
             rooms: List::new(vec![RoomEntry {
@@ -286,17 +286,7 @@ pub fn sample_frames() -> Vec<(String, Vec<u8>)> {
             .expect("one entry"),
         }),
         Response::UserNames(UserNamesResponse {
-            users: List::new(vec![
-                UserEntry {
-                    user_id: 1,
-                    name: name("alice"),
-                },
-                UserEntry {
-                    user_id: 2,
-                    name: name("bob"),
-                },
-            ])
-            .expect("two entries"),
+            users: List::new(alice_and_bob.clone()).expect("two entries"),
         }),
         Response::Deposit(LedgerResponse {
             balance: 10_000,
